@@ -106,13 +106,16 @@ type Limits struct {
 // controller's packed state word.
 const maxBudget = 1<<15 - 1
 
+// maxQueued bounds all queues together, for the same reason.
+const maxQueued = 1<<16 - 1
+
 // Validate reports every inconsistency in l, joined.
 func (l Limits) Validate() error {
 	var errs []error
 	if l.Budget < 1 || l.Budget > maxBudget {
 		errs = append(errs, fmt.Errorf("budget %d: must be between 1 and %d", l.Budget, maxBudget))
 	}
-	sum := 0
+	sum, queues := 0, 0
 	for _, lane := range Lanes() {
 		ll := l.Lane[lane]
 		if ll.Reserved < 0 {
@@ -134,6 +137,10 @@ func (l Limits) Validate() error {
 			errs = append(errs, fmt.Errorf("%s queue timeout %s: must not be negative", lane, ll.QueueTimeout))
 		}
 		sum += max(ll.Reserved, 0)
+		queues += max(ll.Queue, 0)
+	}
+	if queues > maxQueued {
+		errs = append(errs, fmt.Errorf("queues sum to %d, more than %d", queues, maxQueued))
 	}
 	if sum > l.Budget {
 		errs = append(errs, fmt.Errorf("reservations sum to %d, more than budget %d", sum, l.Budget))

@@ -1,0 +1,469 @@
+package admission
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+// The controller's counts live in one 64-bit word so that every admission
+// decision is made against one consistent state: in-flight requests of each
+// lane in 16 bits each, and the number of queued requests in the top 16.
+// Checking separate counters one after another lets concurrent arrivals
+// overshoot a limit together.
+const (
+	fieldBits   = 16
+	fieldMask   = 1<<fieldBits - 1
+	queuedShift = 48
+	oneQueued   = uint64(1) << queuedShift
+)
+
+func inFlightOf(s uint64, l Lane) int { return int(s >> (uint(l) * fieldBits) & fieldMask) }
+func queuedOf(s uint64) int           { return int(s >> queuedShift) }
+func one(l Lane) uint64               { return 1 << (uint(l) * fieldBits) }
+
+func totalOf(s uint64) int {
+	return inFlightOf(s, Core) + inFlightOf(s, Login) + inFlightOf(s, Export)
+}
+
+// canAdmit reports whether lane l may take a slot in state s under lim: the
+// lane is under its max, the budget has room, and the slot is either part of
+// l's own reservation or not needed to honour another lane's.
+func canAdmit(s uint64, lim *Limits, l Lane) bool {
+	in := inFlightOf(s, l)
+	ll := &lim.Lane[l]
+	if in >= ll.Max {
+		return false
+	}
+	total := totalOf(s)
+	if total >= lim.Budget {
+		return false
+	}
+	if in < ll.Reserved {
+		return true
+	}
+	unused := 0
+	for _, m := range Lanes() {
+		if m != l {
+			unused += max(0, lim.Lane[m].Reserved-inFlightOf(s, m))
+		}
+	}
+	return lim.Budget-total-unused > 0
+}
+
+// Controller admits requests under Limits. It is safe for concurrent use.
+//
+// Most callers want Acquire, which waits in the lane's queue like
+// rate.Limiter.Wait and fails fast when the wait could not end in time.
+// When no request waits, Acquire and Release are lock-free; once any request
+// queues, changes go through one mutex so that freed slots are handed to
+// waiters in order.
+type Controller struct {
+	state   atomic.Uint64
+	limits  atomic.Pointer[Limits]
+	buckets atomic.Pointer[buckets]
+	closed  atomic.Bool
+	clock   clockwork.Clock
+
+	// mu guards queues and seq, and serialises every state change made
+	// while a request is queued.
+	mu     sync.Mutex
+	queues [numLanes]queue
+	seq    uint64
+
+	lanes [numLanes]laneStats
+}
+
+// laneStats are a lane's counters, padded so lanes do not share a cache line.
+type laneStats struct {
+	queued    atomic.Int64
+	service   atomic.Int64 // moving average of slot hold time, ns
+	decisions [numDecisions]atomic.Uint64
+	_         [64]byte
+}
+
+// observe folds one slot hold time into the moving average. A weight of 1/8
+// follows a change within a few dozen requests without jumping on one
+// outlier.
+func (s *laneStats) observe(d time.Duration) {
+	for {
+		old := s.service.Load()
+		next := int64(d)
+		if old != 0 {
+			next = old + (int64(d)-old)/8
+		}
+		if s.service.CompareAndSwap(old, next) {
+			return
+		}
+	}
+}
+
+// Option configures a Controller.
+type Option func(*Controller)
+
+// WithClock makes the controller read time from clock; tests pass a fake.
+func WithClock(clock clockwork.Clock) Option {
+	return func(c *Controller) { c.clock = clock }
+}
+
+// New returns a controller enforcing limits.
+func New(limits Limits, opts ...Option) (*Controller, error) {
+	if err := limits.Validate(); err != nil {
+		return nil, fmt.Errorf("admission: invalid limits: %w", err)
+	}
+	c := &Controller{clock: clockwork.NewRealClock()}
+	for _, o := range opts {
+		o(c)
+	}
+	b, err := newBuckets(limits)
+	if err != nil {
+		return nil, fmt.Errorf("admission: login buckets: %w", err)
+	}
+	c.buckets.Store(b)
+	c.limits.Store(&limits)
+	return c, nil
+}
+
+// Limits returns the limits in force.
+func (c *Controller) Limits() Limits { return *c.limits.Load() }
+
+// Reconfigure replaces the limits without dropping anything: requests in
+// flight keep their slots and queued requests keep their places. When limits
+// shrink below what is in flight, new arrivals wait until enough drain.
+func (c *Controller) Reconfigure(limits Limits) error {
+	if err := limits.Validate(); err != nil {
+		return fmt.Errorf("admission: invalid limits: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, err := c.buckets.Load().reconfigure(c.clock.Now(), limits)
+	if err != nil {
+		return fmt.Errorf("admission: login buckets: %w", err)
+	}
+	c.buckets.Store(b)
+	c.limits.Store(&limits)
+	c.dispatch(&limits)
+	return nil
+}
+
+// Permit is a slot held by one request. Release it when the upstream has
+// finished the response.
+type Permit struct {
+	c       *Controller
+	start   time.Time
+	waited  time.Duration
+	lane    Lane
+	counted bool // false when the lane's field was saturated by Force
+	done    atomic.Bool
+}
+
+// Lane returns the lane the permit was granted in.
+func (p *Permit) Lane() Lane { return p.lane }
+
+// Waited returns how long the request queued before it was admitted.
+func (p *Permit) Waited() time.Duration { return p.waited }
+
+// Release returns the slot. It is idempotent and safe on a nil permit, so
+// every exit path of a handler may call it.
+func (p *Permit) Release() {
+	if p == nil || !p.done.CompareAndSwap(false, true) {
+		return
+	}
+	c := p.c
+	c.lanes[p.lane].observe(c.clock.Since(p.start))
+	if p.counted {
+		c.release(p.lane)
+	}
+}
+
+func (c *Controller) release(l Lane) {
+	for {
+		s := c.state.Load()
+		if queuedOf(s) != 0 {
+			break
+		}
+		if c.state.CompareAndSwap(s, s-one(l)) {
+			return
+		}
+	}
+	c.mu.Lock()
+	c.add(-int64(one(l)))
+	c.dispatch(c.limits.Load())
+	c.mu.Unlock()
+}
+
+// add changes the state word by delta. Lock-free paths may change the word
+// at the same time, so even holders of mu must use atomic arithmetic.
+func (c *Controller) add(delta int64) uint64 { return c.state.Add(uint64(delta)) }
+
+func (c *Controller) newPermit(l Lane, start time.Time, waited time.Duration) *Permit {
+	return &Permit{c: c, lane: l, start: start, waited: waited, counted: true}
+}
+
+func (c *Controller) count(l Lane, d Decision) { c.lanes[l].decisions[d].Add(1) }
+
+func (c *Controller) shed(l Lane, err error, retry time.Duration) *ShedError {
+	c.count(l, decisionFor(err))
+	return &ShedError{Lane: l, Err: err, RetryAfter: retry}
+}
+
+// Acquire admits a request of lane l, waiting in the lane's queue if
+// needed. client keys the per-client login bucket and is ignored for other
+// lanes.
+//
+// It returns a *ShedError wrapping ErrRateLimited, ErrQueueFull,
+// ErrWaitTooLong, ErrQueueTimeout or ErrClosed when the request is refused,
+// and an error wrapping the context's error when ctx ends first; the caller
+// then must not forward the request. A cancelled caller leaves the queue at
+// once.
+func (c *Controller) Acquire(ctx context.Context, l Lane, client string) (*Permit, error) {
+	if c.closed.Load() {
+		return nil, c.shed(l, ErrClosed, time.Second)
+	}
+	lim := c.limits.Load()
+	now := c.clock.Now()
+	var tok tokens
+	if l == Login {
+		var wait time.Duration
+		if tok, wait = c.buckets.Load().take(now, client); wait > 0 {
+			return nil, c.shed(l, ErrRateLimited, wait)
+		}
+	}
+	for {
+		s := c.state.Load()
+		if queuedOf(s) != 0 || !canAdmit(s, lim, l) {
+			break
+		}
+		if c.state.CompareAndSwap(s, s+one(l)) {
+			c.count(l, Admitted)
+			return c.newPermit(l, now, 0), nil
+		}
+	}
+	return c.acquireSlow(ctx, l, now, tok)
+}
+
+func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok tokens) (*Permit, error) {
+	c.mu.Lock()
+	lim := c.limits.Load()
+	ll := lim.Lane[l]
+	q := &c.queues[l]
+	var deadline time.Time
+	for {
+		s := c.state.Load()
+		if q.len == 0 && canAdmit(s, lim, l) {
+			if c.state.CompareAndSwap(s, s+one(l)) {
+				c.mu.Unlock()
+				c.count(l, Admitted)
+				return c.newPermit(l, now, 0), nil
+			}
+			continue
+		}
+		if q.len >= ll.Queue || ll.QueueTimeout <= 0 {
+			retry := c.expectedWait(l, q.len+1, s)
+			c.mu.Unlock()
+			tok.refund(now)
+			return nil, c.shed(l, ErrQueueFull, retry)
+		}
+		expected := c.expectedWait(l, q.len+1, s)
+		deadline = now.Add(ll.QueueTimeout)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
+		}
+		if now.Add(expected).After(deadline) {
+			c.mu.Unlock()
+			tok.refund(now)
+			return nil, c.shed(l, ErrWaitTooLong, expected)
+		}
+		// Counting the waiter in the same word a lock-free release changes
+		// means a release racing with this decision makes the swap fail, so
+		// the decision to wait is never taken on a stale state.
+		if c.state.CompareAndSwap(s, s+oneQueued) {
+			break
+		}
+	}
+	c.seq++
+	w := &waiter{lane: l, seq: c.seq, ready: make(chan struct{}, 1)}
+	q.push(w)
+	c.lanes[l].queued.Add(1)
+	c.dispatch(lim)
+	c.mu.Unlock()
+
+	timer := c.clock.NewTimer(deadline.Sub(now))
+	defer timer.Stop()
+	select {
+	case <-w.ready:
+	case <-timer.Chan():
+	case <-ctx.Done():
+	}
+
+	c.mu.Lock()
+	st := w.state
+	if st == waiting {
+		q.remove(w)
+		c.lanes[l].queued.Add(-1)
+		c.add(-int64(oneQueued))
+		s := c.state.Load()
+		retry := c.expectedWait(l, q.len+1, s)
+		c.mu.Unlock()
+		end := c.clock.Now()
+		tok.refund(end)
+		if err := ctx.Err(); err != nil {
+			c.count(l, Cancelled)
+			return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
+		}
+		return nil, c.shed(l, ErrQueueTimeout, retry)
+	}
+	c.mu.Unlock()
+	end := c.clock.Now()
+	if st == rejected {
+		tok.refund(end)
+		return nil, c.shed(l, ErrClosed, time.Second)
+	}
+	p := c.newPermit(l, end, end.Sub(now))
+	if err := ctx.Err(); err != nil {
+		// The slot arrived as the caller left; hand it on rather than
+		// forward a request nobody waits for.
+		p.Release()
+		c.count(l, Cancelled)
+		return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
+	}
+	c.count(l, Admitted)
+	return p, nil
+}
+
+// dispatch hands free slots to waiters: first to lanes still below their
+// reservation, then to any lane that may borrow, oldest request first.
+// Callers hold mu.
+func (c *Controller) dispatch(lim *Limits) {
+	for {
+		s := c.state.Load()
+		var best *waiter
+		bestReserved := false
+		for _, l := range Lanes() {
+			w := c.queues[l].head
+			if w == nil || !canAdmit(s, lim, l) {
+				continue
+			}
+			reserved := inFlightOf(s, l) < lim.Lane[l].Reserved
+			if best == nil || (reserved && !bestReserved) || (reserved == bestReserved && w.seq < best.seq) {
+				best, bestReserved = w, reserved
+			}
+		}
+		if best == nil {
+			return
+		}
+		if !c.state.CompareAndSwap(s, s+one(best.lane)-oneQueued) {
+			continue
+		}
+		c.queues[best.lane].remove(best)
+		c.lanes[best.lane].queued.Add(-1)
+		best.state = granted
+		best.ready <- struct{}{}
+	}
+}
+
+// expectedWait estimates how long a request at position pos (1-based) of
+// lane l's queue waits: the requests ahead drain at the rate the lane's
+// running slots complete. It is zero until the lane has a service time.
+func (c *Controller) expectedWait(l Lane, pos int, s uint64) time.Duration {
+	svc := time.Duration(c.lanes[l].service.Load())
+	if svc <= 0 {
+		return 0
+	}
+	running := max(1, inFlightOf(s, l))
+	return time.Duration(int64(svc) * int64(pos) / int64(running))
+}
+
+// Close refuses every queued and future request with ErrClosed, for a
+// shutdown that answers waiters at once instead of letting them time out.
+// Requests in flight keep their slots.
+func (c *Controller) Close() {
+	c.closed.Store(true)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for l := range c.queues {
+		q := &c.queues[l]
+		for q.head != nil {
+			w := q.head
+			q.remove(w)
+			c.lanes[l].queued.Add(-1)
+			c.add(-int64(oneQueued))
+			w.state = rejected
+			w.ready <- struct{}{}
+		}
+	}
+}
+
+// Pass counts a request forwarded without admission control (mode off) so
+// in-flight gauges stay truthful and a switch back to enforce starts from
+// the real load. It never blocks and never refuses.
+func (c *Controller) Pass(l Lane) *Permit {
+	c.count(l, Passed)
+	return c.force(l)
+}
+
+// Shadow computes what Acquire would decide now without waiting or
+// refusing: it returns the decision enforce mode would have taken and a
+// permit for the request, which is forwarded regardless. A request that
+// would have queued is reported as ShadowQueued; shadow mode has no real
+// queue, so a lane's requests beyond what it could have admitted stand in
+// for the queue ahead.
+func (c *Controller) Shadow(l Lane, client string) (Decision, *Permit) {
+	lim := c.limits.Load()
+	now := c.clock.Now()
+	d := ShadowAdmitted
+	var tok tokens
+	if l == Login {
+		var wait time.Duration
+		if tok, wait = c.buckets.Load().take(now, client); wait > 0 {
+			d = ShadowRateLimited
+		}
+	}
+	if d == ShadowAdmitted {
+		s := c.state.Load()
+		if !canAdmit(s, lim, l) {
+			ll := lim.Lane[l]
+			ahead := max(0, inFlightOf(s, l)-ll.Max) + max(0, totalOf(s)-lim.Budget)
+			switch {
+			case ahead >= ll.Queue || ll.QueueTimeout <= 0:
+				d = ShadowQueueFull
+			case c.expectedWait(l, ahead+1, s) > ll.QueueTimeout:
+				d = ShadowWaitTooLong
+			default:
+				d = ShadowQueued
+			}
+			if d != ShadowQueued {
+				tok.refund(now)
+			}
+		}
+	}
+	c.count(l, d)
+	return d, c.force(l)
+}
+
+// force takes a slot whatever the limits say.
+func (c *Controller) force(l Lane) *Permit {
+	p := &Permit{c: c, lane: l, start: c.clock.Now()}
+	for {
+		s := c.state.Load()
+		if inFlightOf(s, l) >= fieldMask {
+			return p // saturated: forwarded but not counted
+		}
+		if queuedOf(s) == 0 {
+			if c.state.CompareAndSwap(s, s+one(l)) {
+				p.counted = true
+				return p
+			}
+			continue
+		}
+		c.mu.Lock()
+		c.add(int64(one(l)))
+		c.mu.Unlock()
+		p.counted = true
+		return p
+	}
+}
