@@ -167,14 +167,25 @@ func (p *Permit) Lane() Lane { return p.lane }
 // Waited returns how long the request queued before it was admitted.
 func (p *Permit) Waited() time.Duration { return p.waited }
 
+// Start returns when the permit was granted.
+func (p *Permit) Start() time.Time { return p.start }
+
 // Release returns the slot. It is idempotent and safe on a nil permit, so
 // every exit path of a handler may call it.
 func (p *Permit) Release() {
+	if p != nil {
+		p.ReleaseAt(p.c.clock.Now())
+	}
+}
+
+// ReleaseAt is Release for a caller that has just read the clock: now ends
+// the slot's hold time, which feeds the lane's service-time estimate.
+func (p *Permit) ReleaseAt(now time.Time) {
 	if p == nil || !p.done.CompareAndSwap(false, true) {
 		return
 	}
 	c := p.c
-	c.lanes[p.lane].observe(c.clock.Since(p.start))
+	c.lanes[p.lane].observe(now.Sub(p.start))
 	if p.counted {
 		c.release(p.lane)
 	}
