@@ -218,7 +218,7 @@ func (c *Controller) newPermit(l Lane, start time.Time, waited time.Duration) *P
 func (c *Controller) count(l Lane, d Decision) { c.lanes[l].decisions[d].Add(1) }
 
 func (c *Controller) shed(l Lane, err error, retry time.Duration) *ShedError {
-	c.count(l, decisionFor(err))
+	c.count(l, DecisionOf(err))
 	return &ShedError{Lane: l, Err: err, RetryAfter: retry}
 }
 

@@ -1,5 +1,7 @@
 package admission
 
+import "errors"
+
 // Decision is the outcome of one request at the controller, as counted in
 // Snapshot and exported as the decision label of lanegate_requests_total.
 type Decision uint8
@@ -66,18 +68,19 @@ func (d Decision) Shed() bool {
 	return false
 }
 
-// decisionFor maps a shed error to its decision.
-func decisionFor(err error) Decision {
-	switch err {
-	case ErrQueueFull:
+// DecisionOf maps an error from Acquire to its decision: a shed reason, or
+// Cancelled for anything else (the caller's context ended).
+func DecisionOf(err error) Decision {
+	switch {
+	case errors.Is(err, ErrQueueFull):
 		return QueueFull
-	case ErrQueueTimeout:
+	case errors.Is(err, ErrQueueTimeout):
 		return QueueTimeout
-	case ErrWaitTooLong:
+	case errors.Is(err, ErrWaitTooLong):
 		return WaitTooLong
-	case ErrRateLimited:
+	case errors.Is(err, ErrRateLimited):
 		return RateLimited
-	case ErrClosed:
+	case errors.Is(err, ErrClosed):
 		return Closed
 	}
 	return Cancelled

@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/config"
+)
+
+// AdminOptions configure the admin listener's handler.
+type AdminOptions struct {
+	// Token, when set, is required as a bearer token on every endpoint but
+	// the health probes. Configuration insists on one when the admin
+	// listener is reachable from other hosts.
+	Token string
+	// Gatherer serves /metrics.
+	Gatherer prometheus.Gatherer
+	// ReadyTimeout bounds the upstream probe of /readyz.
+	ReadyTimeout time.Duration
+}
+
+// Admin serves lanegate's operational endpoints: metrics, health, status
+// and the run-time admission switch.
+type Admin struct {
+	h     *Handler
+	src   Snapshotter
+	opts  AdminOptions
+	log   *zap.Logger
+	mux   *http.ServeMux
+	ready func(ctx context.Context) error
+}
+
+// NewAdmin returns the admin handler for h, reading state from src.
+func NewAdmin(h *Handler, src Snapshotter, opts AdminOptions, log *zap.Logger) *Admin {
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = time.Second
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	a := &Admin{h: h, src: src, opts: opts, log: log, mux: http.NewServeMux()}
+	a.ready = a.dialUpstream
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, "ok\n")
+	})
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.Handle("GET /metrics", a.auth(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})))
+	a.mux.Handle("GET /status", a.auth(http.HandlerFunc(a.status)))
+	a.mux.Handle("GET /admission", a.auth(http.HandlerFunc(a.getMode)))
+	a.mux.Handle("PUT /admission", a.auth(http.HandlerFunc(a.putMode)))
+	return a
+}
+
+func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+func (a *Admin) auth(next http.Handler) http.Handler {
+	if a.opts.Token == "" {
+		return next
+	}
+	want := []byte("Bearer " + a.opts.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="lanegate admin"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// readyz reports whether the upstream accepts connections, so a load
+// balancer stops sending traffic to a lanegate whose app is down.
+func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), a.opts.ReadyTimeout)
+	defer cancel()
+	if err := a.ready(ctx); err != nil {
+		http.Error(w, "upstream unreachable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	io.WriteString(w, "ok\n")
+}
+
+func (a *Admin) dialUpstream(ctx context.Context) error {
+	u := a.h.upstream
+	host := u.Host
+	if u.Port() == "" {
+		port := "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+		host = net.JoinHostPort(u.Hostname(), port)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// LaneStatus is one lane in the /status document.
+type LaneStatus struct {
+	Reserved     int               `json:"reserved"`
+	Max          int               `json:"max"`
+	Queue        int               `json:"queue"`
+	QueueTimeout string            `json:"queue_timeout"`
+	InFlight     int               `json:"in_flight"`
+	Queued       int               `json:"queued"`
+	ServiceTime  string            `json:"service_time"`
+	Admitted     uint64            `json:"admitted"`
+	Shed         uint64            `json:"shed"`
+	Decisions    map[string]uint64 `json:"decisions"`
+}
+
+// Status is the /status document.
+type Status struct {
+	Mode     string                `json:"mode"`
+	Budget   int                   `json:"budget"`
+	InFlight int                   `json:"in_flight"`
+	Bypassed uint64                `json:"bypassed"`
+	Lanes    map[string]LaneStatus `json:"lanes"`
+}
+
+func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
+	snap := a.src.Snapshot()
+	st := Status{
+		Mode:     string(a.h.Mode()),
+		Budget:   snap.Budget,
+		InFlight: snap.InFlight,
+		Lanes:    make(map[string]LaneStatus, len(snap.Lanes)),
+	}
+	if a.h.metrics != nil {
+		st.Bypassed = a.h.metrics.bypassed.Load()
+	}
+	for _, ln := range snap.Lanes {
+		ls := LaneStatus{
+			Reserved:     ln.Reserved,
+			Max:          ln.Max,
+			Queue:        ln.Queue,
+			QueueTimeout: ln.QueueTimeout.String(),
+			InFlight:     ln.InFlight,
+			Queued:       ln.Queued,
+			ServiceTime:  ln.ServiceTime.String(),
+			Decisions:    map[string]uint64{},
+		}
+		for d, n := range ln.Decisions {
+			dec := admission.Decision(d)
+			if n == 0 {
+				continue
+			}
+			ls.Decisions[dec.String()] = n
+			switch {
+			case dec == admission.Admitted:
+				ls.Admitted += n
+			case dec.Shed():
+				ls.Shed += n
+			}
+		}
+		st.Lanes[ln.Lane.String()] = ls
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(st)
+}
+
+func (a *Admin) getMode(w http.ResponseWriter, _ *http.Request) {
+	fmt.Fprintln(w, a.h.Mode())
+}
+
+// putMode switches the admission mode at run time: body enforce, shadow
+// or off.
+func (a *Admin) putMode(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64))
+	if err != nil {
+		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	m, err := config.ParseMode(strings.TrimSpace(string(body)))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	old := a.h.Mode()
+	a.h.SetMode(m)
+	a.log.Warn("admission mode changed", zap.String("from", string(old)), zap.String("to", string(m)), zap.String("by", r.RemoteAddr))
+	fmt.Fprintln(w, m)
+}

@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lanegate/lanegate/admission"
+)
+
+// Snapshotter is what the metrics and status endpoints read from the
+// admission controller.
+type Snapshotter interface {
+	Snapshot() admission.Snapshot
+}
+
+// Labels that are not admission decisions.
+const (
+	laneBypass         = "bypass"
+	decisionBypass     = "bypass"
+	decisionTooLarge   = "body_too_large"
+	decisionClientGone = "client_gone"
+	// statusClientClosed is nginx's code for "the client went away before
+	// we answered"; it is logged, never sent.
+	statusClientClosed = 499
+)
+
+// numLabels is the admission lanes plus bypass.
+const numLabels = 4
+
+func laneLabel(c Class) string {
+	if c.Bypass {
+		return laneBypass
+	}
+	return c.Lane.String()
+}
+
+func labelIndex(c Class) int {
+	if c.Bypass {
+		return numLabels - 1
+	}
+	return int(c.Lane)
+}
+
+// Metrics holds lanegate's Prometheus metrics. Counts and gauges of the
+// controller are read from its Snapshot when scraped, so the request path
+// pays only for the two latency histograms. A nil *Metrics records
+// nothing.
+type Metrics struct {
+	queueWait [numLabels]prometheus.Observer
+	upstream  [numLabels]prometheus.Observer
+	upErrors  *prometheus.CounterVec
+	bypassed  atomic.Uint64
+	tooLarge  [numLabels]atomic.Uint64
+}
+
+// NewMetrics registers lanegate's metrics on reg. src supplies the
+// controller's state at scrape time.
+func NewMetrics(reg prometheus.Registerer, src Snapshotter) (*Metrics, error) {
+	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+	qw := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "lanegate_queue_wait_seconds",
+		Help:    "Time admitted requests spent queued for a slot, by lane.",
+		Buckets: buckets,
+	}, []string{"lane"})
+	up := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "lanegate_upstream_seconds",
+		Help:    "Time from forwarding a request to relaying the last byte of its response, by lane.",
+		Buckets: buckets,
+	}, []string{"lane"})
+	m := &Metrics{
+		upErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lanegate_upstream_errors_total",
+			Help: "Requests the upstream failed, by kind (refused, timeout, failed, body_too_large).",
+		}, []string{"kind"}),
+	}
+	labels := [numLabels]string{}
+	for _, l := range admission.Lanes() {
+		labels[l] = l.String()
+	}
+	labels[numLabels-1] = laneBypass
+	for i, name := range labels {
+		m.queueWait[i] = qw.WithLabelValues(name)
+		m.upstream[i] = up.WithLabelValues(name)
+	}
+	for _, c := range []prometheus.Collector{qw, up, m.upErrors, &snapshotCollector{src: src, m: m, labels: labels}} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("proxy: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) observeQueueWait(c Class, d time.Duration) {
+	if m != nil {
+		m.queueWait[labelIndex(c)].Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) observeUpstream(c Class, d time.Duration) {
+	if m != nil {
+		m.upstream[labelIndex(c)].Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) upstreamError(kind string) {
+	if m != nil {
+		m.upErrors.WithLabelValues(kind).Inc()
+	}
+}
+
+func (m *Metrics) bypass() {
+	if m != nil {
+		m.bypassed.Add(1)
+	}
+}
+
+func (m *Metrics) bodyTooLarge(c Class) {
+	if m != nil {
+		m.tooLarge[labelIndex(c)].Add(1)
+	}
+}
+
+var (
+	descInFlight = prometheus.NewDesc("lanegate_lane_in_flight", "Requests of the lane holding a slot.", []string{"lane"}, nil)
+	descQueued   = prometheus.NewDesc("lanegate_lane_queued", "Requests of the lane waiting for a slot.", []string{"lane"}, nil)
+	descReserved = prometheus.NewDesc("lanegate_lane_reserved", "Slots reserved for the lane.", []string{"lane"}, nil)
+	descMax      = prometheus.NewDesc("lanegate_lane_max", "Most slots the lane may hold.", []string{"lane"}, nil)
+	descService  = prometheus.NewDesc("lanegate_lane_service_seconds", "Moving average of how long the lane's requests hold a slot.", []string{"lane"}, nil)
+	descRequests = prometheus.NewDesc("lanegate_requests_total", "Requests by lane and admission decision.", []string{"lane", "decision"}, nil)
+	descBudget   = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes.", nil, nil)
+	descTotal    = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
+)
+
+// snapshotCollector exports the controller's state at scrape time.
+type snapshotCollector struct {
+	src    Snapshotter
+	m      *Metrics
+	labels [numLabels]string
+}
+
+func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal} {
+		ch <- d
+	}
+}
+
+func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Snapshot()
+	ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, float64(s.Budget))
+	ch <- prometheus.MustNewConstMetric(descTotal, prometheus.GaugeValue, float64(s.InFlight))
+	for _, ln := range s.Lanes {
+		name := ln.Lane.String()
+		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(ln.InFlight), name)
+		ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(ln.Queued), name)
+		ch <- prometheus.MustNewConstMetric(descReserved, prometheus.GaugeValue, float64(ln.Reserved), name)
+		ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(ln.Max), name)
+		ch <- prometheus.MustNewConstMetric(descService, prometheus.GaugeValue, ln.ServiceTime.Seconds(), name)
+		for _, d := range admission.Decisions() {
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(ln.Decisions[d]), name, d.String())
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.bypassed.Load()), laneBypass, decisionBypass)
+	for i, name := range c.labels {
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.tooLarge[i].Load()), name, decisionTooLarge)
+	}
+}
+
+// statusCode is the status to log: what was written, 499 when the client
+// left before anything was.
+func statusCode(written, override int) int {
+	switch {
+	case override != 0:
+		return override
+	case written != 0:
+		return written
+	}
+	return http.StatusOK
+}

@@ -1,0 +1,370 @@
+// Package proxy is lanegate's HTTP side: it classifies each request into a
+// lane, asks the admission controller for a slot, forwards admitted requests
+// to the upstream app with httputil.ReverseProxy, and answers refused ones
+// at once with 503 or 429 and Retry-After. It also serves the admin
+// endpoints.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/config"
+)
+
+// Admitter is what the handler needs of the admission controller.
+type Admitter interface {
+	Acquire(ctx context.Context, l admission.Lane, client string) (*admission.Permit, error)
+	Shadow(l admission.Lane, client string) (admission.Decision, *admission.Permit)
+	Pass(l admission.Lane) *admission.Permit
+}
+
+// Options configure a Handler. Zero durations and sizes mean "no limit"
+// except where noted.
+type Options struct {
+	// Upstream is the app server's base URL (scheme and host).
+	Upstream *url.URL
+	// TrustedProxies are the peers whose X-Forwarded-* headers are
+	// believed. From anyone else those headers are overwritten.
+	TrustedProxies []netip.Prefix
+	// Rules sort requests into lanes.
+	Rules Rules
+	// MaxBodyBytes refuses larger request bodies with 413.
+	MaxBodyBytes int64
+	// DialTimeout bounds connecting to the upstream; a refused or
+	// unreachable upstream answers 502.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for the upstream's response
+	// headers once the request is sent; past it the client gets 504.
+	ResponseHeaderTimeout time.Duration
+	// IdleConns is how many idle keep-alive connections to the upstream
+	// are kept: the budget, so every admitted request finds one warm.
+	IdleConns int
+	// UpstreamIdleTimeout closes idle upstream connections. Keep it below
+	// the app server's own keep-alive timeout (gunicorn: 2 s), or a POST
+	// may be sent on a connection the server is closing and fail.
+	UpstreamIdleTimeout time.Duration
+	// AccessLog writes one line per request.
+	AccessLog bool
+	// Mode is the initial admission mode; SetMode changes it.
+	Mode config.Mode
+}
+
+// Handler is lanegate's data-plane http.Handler.
+type Handler struct {
+	ctrl       Admitter
+	classifier *Classifier
+	rp         *httputil.ReverseProxy
+	transport  *http.Transport
+	trusted    []netip.Prefix
+	upstream   *url.URL
+	maxBody    int64
+	accessLog  bool
+	log        *zap.Logger
+	metrics    *Metrics
+	mode       atomic.Pointer[config.Mode]
+	recorders  sync.Pool
+}
+
+// New returns a handler forwarding to opts.Upstream under ctrl.
+func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handler, error) {
+	if opts.Upstream == nil || opts.Upstream.Host == "" {
+		return nil, errors.New("proxy: upstream URL with a host is required")
+	}
+	cl, err := NewClassifier(opts.Rules)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	h := &Handler{
+		ctrl:       ctrl,
+		classifier: cl,
+		trusted:    opts.TrustedProxies,
+		upstream:   opts.Upstream,
+		maxBody:    opts.MaxBodyBytes,
+		accessLog:  opts.AccessLog,
+		log:        log,
+		metrics:    metrics,
+	}
+	mode := opts.Mode
+	if mode == "" {
+		mode = config.ModeEnforce
+	}
+	h.mode.Store(&mode)
+	h.recorders.New = func() any { return new(recorder) }
+	h.transport = newTransport(opts)
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:      h.rewrite,
+		Transport:    h.transport,
+		BufferPool:   newBufferPool(),
+		ErrorHandler: h.upstreamError,
+		ErrorLog:     zap.NewStdLog(log.Named("reverseproxy")),
+	}
+	return h, nil
+}
+
+func newTransport(opts Options) *http.Transport {
+	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
+	idle := max(opts.IdleConns, 2)
+	return &http.Transport{
+		Proxy:                 nil, // never route app traffic through an environment proxy
+		DialContext:           dialer.DialContext,
+		MaxIdleConns:          idle * 2,
+		MaxIdleConnsPerHost:   idle * 2,
+		IdleConnTimeout:       opts.UpstreamIdleTimeout,
+		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass the app's encoding through untouched
+		ForceAttemptHTTP2:     false,
+	}
+}
+
+// Close releases idle upstream connections.
+func (h *Handler) Close() { h.transport.CloseIdleConnections() }
+
+// Mode returns the admission mode in force.
+func (h *Handler) Mode() config.Mode { return *h.mode.Load() }
+
+// SetMode switches the admission mode for requests that arrive from now
+// on. Requests already queued or in flight finish under the mode they
+// started with.
+func (h *Handler) SetMode(m config.Mode) { h.mode.Store(&m) }
+
+// ServeHTTP classifies, admits and forwards one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := h.recorders.Get().(*recorder)
+	rec.reset(w)
+	defer h.recorders.Put(rec)
+
+	class := h.classifier.Classify(r.Method, r.URL.Path)
+	ev := event{start: start, class: class, decision: decisionBypass}
+
+	if h.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
+		if r.ContentLength > h.maxBody {
+			ev.decision = decisionTooLarge
+			h.metrics.bodyTooLarge(class)
+			writeError(rec, r, http.StatusRequestEntityTooLarge, "request body too large")
+			h.finish(rec, r, &ev, time.Now())
+			return
+		}
+		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
+	}
+
+	if class.Bypass {
+		h.metrics.bypass()
+		h.rp.ServeHTTP(rec, r)
+		end := time.Now()
+		ev.upstream = end.Sub(start)
+		h.metrics.observeUpstream(class, ev.upstream)
+		h.finish(rec, r, &ev, end)
+		return
+	}
+
+	client := h.clientAddr(r)
+	var permit *admission.Permit
+	switch *h.mode.Load() {
+	case config.ModeOff:
+		permit = h.ctrl.Pass(class.Lane)
+		ev.decision = admission.Passed.String()
+	case config.ModeShadow:
+		var d admission.Decision
+		d, permit = h.ctrl.Shadow(class.Lane, client)
+		ev.decision = d.String()
+	default:
+		var err error
+		permit, err = h.ctrl.Acquire(r.Context(), class.Lane, client)
+		if err != nil {
+			h.refuse(rec, r, &ev, class.Lane, err)
+			return
+		}
+		ev.decision = admission.Admitted.String()
+		ev.queueWait = permit.Waited()
+		h.metrics.observeQueueWait(class, ev.queueWait)
+	}
+	if r.Context().Err() != nil {
+		// The client left while we decided; forwarding now would make the
+		// app do work nobody reads.
+		permit.Release()
+		ev.decision = decisionClientGone
+		ev.status = statusClientClosed
+		h.finish(rec, r, &ev, time.Now())
+		return
+	}
+	upstreamStart := time.Now()
+	h.rp.ServeHTTP(rec, r)
+	end := time.Now()
+	// The slot is held until the response body is fully relayed: the app
+	// keeps its database connection until it has written the last byte.
+	permit.ReleaseAt(end)
+	ev.upstream = end.Sub(upstreamStart)
+	h.metrics.observeUpstream(class, ev.upstream)
+	h.finish(rec, r, &ev, end)
+}
+
+// refuse answers a request the controller did not admit.
+func (h *Handler) refuse(rec *recorder, r *http.Request, ev *event, lane admission.Lane, err error) {
+	var se *admission.ShedError
+	if !errors.As(err, &se) {
+		// The client went away while queued: there is nobody to answer.
+		ev.decision = decisionClientGone
+		ev.status = statusClientClosed
+		h.finish(rec, r, ev, time.Now())
+		return
+	}
+	ev.decision = admission.DecisionOf(err).String()
+	writeShed(rec, r, lane, se)
+	h.finish(rec, r, ev, time.Now())
+}
+
+// event is what the access log says about one request.
+type event struct {
+	start     time.Time
+	class     Class
+	decision  string
+	queueWait time.Duration
+	upstream  time.Duration
+	status    int // overrides the recorded status, for 499
+}
+
+// finish writes the access log line. Request bodies and query strings are
+// never logged: allauth echoes passwords in JSON error bodies and reset
+// links carry secrets.
+func (h *Handler) finish(rec *recorder, r *http.Request, ev *event, end time.Time) {
+	if !h.accessLog {
+		return
+	}
+	h.log.Info("request",
+		zap.String("method", r.Method),
+		zap.String("path", r.URL.Path),
+		zap.String("lane", laneLabel(ev.class)),
+		zap.String("decision", ev.decision),
+		zap.Int("status", statusCode(rec.status, ev.status)),
+		zap.Int64("bytes", rec.bytes),
+		zap.Duration("queue_wait", ev.queueWait),
+		zap.Duration("upstream", ev.upstream),
+		zap.Duration("duration", end.Sub(ev.start)),
+		zap.String("client", r.RemoteAddr),
+	)
+}
+
+// clientAddr is the address a request came from: the peer, or, when the
+// peer is a trusted proxy, the nearest untrusted address it forwarded for.
+func (h *Handler) clientAddr(r *http.Request) string {
+	peer, ok := peerAddr(r)
+	if !ok {
+		return r.RemoteAddr
+	}
+	if !h.isTrusted(peer) {
+		return peer.String()
+	}
+	if c, ok := forwardedClient(r.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
+		return c
+	}
+	return peer.String()
+}
+
+func (h *Handler) isTrusted(a netip.Addr) bool {
+	for _, p := range h.trusted {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func peerAddr(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap(), true
+}
+
+// rewrite builds the outbound request. ReverseProxy has already removed
+// hop-by-hop and X-Forwarded-* headers from it.
+func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(h.upstream)
+	// Django's CSRF and ALLOWED_HOSTS checks need the client's Host.
+	pr.Out.Host = pr.In.Host
+	peer, ok := peerAddr(pr.In)
+	if ok && h.isTrusted(peer) {
+		// A trusted proxy's chain is kept and the peer appended, as a
+		// chain of proxies expects.
+		pr.SetXForwarded()
+		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
+			pr.Out.Header.Set("X-Forwarded-Proto", v)
+		}
+		if v := pr.In.Header.Get("X-Forwarded-Host"); v != "" {
+			pr.Out.Header.Set("X-Forwarded-Host", v)
+		}
+		return
+	}
+	// From anyone else the chain is a claim we cannot check: overwrite it,
+	// or the client picks the address Django and allauth rate-limit by.
+	out := pr.Out.Header
+	if ok {
+		out["X-Forwarded-For"] = []string{peer.String()}
+	} else if host, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+		out["X-Forwarded-For"] = []string{host}
+	}
+	out["X-Forwarded-Host"] = []string{pr.In.Host}
+	if pr.In.TLS != nil {
+		out["X-Forwarded-Proto"] = protoHTTPS
+	} else {
+		out["X-Forwarded-Proto"] = protoHTTP
+	}
+}
+
+var (
+	protoHTTP  = []string{"http"}
+	protoHTTPS = []string{"https"}
+)
+
+// upstreamError answers a request the upstream failed.
+func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		if rec, ok := w.(*recorder); ok {
+			rec.status = statusClientClosed
+		}
+		return
+	}
+	status, msg, kind := classifyUpstreamError(err)
+	h.metrics.upstreamError(kind)
+	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", r.URL.Path), zap.Error(err))
+	writeError(w, r, status, msg)
+}
+
+func classifyUpstreamError(err error) (status int, msg, kind string) {
+	var (
+		mbe *http.MaxBytesError
+		oe  *net.OpError
+		ne  net.Error
+	)
+	switch {
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge, "request body too large", "body_too_large"
+	case errors.As(err, &oe) && oe.Op == "dial":
+		// Refused, unreachable or slow to accept: the upstream is not
+		// there, which is a bad gateway, not a slow one.
+		return http.StatusBadGateway, "upstream refused the connection", "refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return http.StatusGatewayTimeout, "upstream timed out", "timeout"
+	default:
+		return http.StatusBadGateway, "upstream failed", "failed"
+	}
+}
