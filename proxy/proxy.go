@@ -65,7 +65,7 @@ type Options struct {
 // Handler is lanegate's data-plane http.Handler.
 type Handler struct {
 	ctrl       Admitter
-	classifier *Classifier
+	classifier atomic.Pointer[Classifier]
 	rp         *httputil.ReverseProxy
 	transport  *http.Transport
 	trusted    []netip.Prefix
@@ -91,20 +91,20 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		log = zap.NewNop()
 	}
 	h := &Handler{
-		ctrl:       ctrl,
-		classifier: cl,
-		trusted:    opts.TrustedProxies,
-		upstream:   opts.Upstream,
-		maxBody:    opts.MaxBodyBytes,
-		accessLog:  opts.AccessLog,
-		log:        log,
-		metrics:    metrics,
+		ctrl:      ctrl,
+		trusted:   opts.TrustedProxies,
+		upstream:  opts.Upstream,
+		maxBody:   opts.MaxBodyBytes,
+		accessLog: opts.AccessLog,
+		log:       log,
+		metrics:   metrics,
 	}
 	mode := opts.Mode
 	if mode == "" {
 		mode = config.ModeEnforce
 	}
 	h.mode.Store(&mode)
+	h.classifier.Store(cl)
 	h.recorders.New = func() any { return new(recorder) }
 	h.transport = newTransport(opts)
 	h.rp = &httputil.ReverseProxy{
@@ -144,6 +144,16 @@ func (h *Handler) Mode() config.Mode { return *h.mode.Load() }
 // started with.
 func (h *Handler) SetMode(m config.Mode) { h.mode.Store(&m) }
 
+// SetRules replaces the path rules for requests that arrive from now on.
+func (h *Handler) SetRules(r Rules) error {
+	cl, err := NewClassifier(r)
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
+	h.classifier.Store(cl)
+	return nil
+}
+
 // ServeHTTP classifies, admits and forwards one request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -151,7 +161,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.reset(w)
 	defer h.recorders.Put(rec)
 
-	class := h.classifier.Classify(r.Method, r.URL.Path)
+	class := h.classifier.Load().Classify(r.Method, r.URL.Path)
 	ev := event{start: start, class: class, decision: decisionBypass}
 
 	if h.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {

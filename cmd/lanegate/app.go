@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/config"
+	"github.com/lanegate/lanegate/proxy"
+)
+
+// listenAddrs are the addresses actually bound, which differ from the
+// configured ones when a port is 0.
+type listenAddrs struct {
+	Proxy, Admin string
+}
+
+func (a app) run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("lanegate", flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	envFile := fs.String("env-file", "", "dotenv `file` read before the environment (the environment wins)")
+	markdown := fs.Bool("markdown", false, "with config: print the reference table of every variable as Markdown")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: lanegate [--env-file FILE] [serve | config [--markdown]]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return errReported
+	}
+	cmd := "serve"
+	rest := fs.Args()
+	if len(rest) > 0 {
+		cmd, rest = rest[0], rest[1:]
+	}
+	// Flags may follow the command too: lanegate config --markdown.
+	if err := fs.Parse(rest); err != nil {
+		return errReported
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return errReported
+	}
+	switch cmd {
+	case "config":
+		return a.printConfig(*envFile, *markdown)
+	case "serve":
+		cfg, err := config.Load(config.LoadOptions{EnvFile: *envFile, Environ: a.environ})
+		if err != nil {
+			fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
+			return errReported
+		}
+		return a.serve(ctx, cfg, *envFile)
+	default:
+		fs.Usage()
+		return errReported
+	}
+}
+
+// printConfig prints the effective configuration, and fails after printing
+// what it can when the configuration is invalid.
+func (a app) printConfig(envFile string, markdown bool) error {
+	if markdown {
+		fmt.Fprint(a.stdout, config.MarkdownTable())
+		return nil
+	}
+	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
+	if err != nil {
+		fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
+		return errReported
+	}
+	return cfg.Print(a.stdout)
+}
+
+func newLogger(c config.Log, w zapcore.WriteSyncer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	ec.EncodeDuration = zapcore.MillisDurationEncoder
+	enc := zapcore.NewJSONEncoder(ec)
+	if c.Format == "console" {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	}
+	// No sampling: an access log that drops lines under load lies exactly
+	// when it is needed.
+	return zap.New(zapcore.NewCore(enc, w, level), zap.ErrorOutput(w)), nil
+}
+
+// serve runs the proxy and admin servers until ctx ends, then shuts down
+// gracefully.
+func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error {
+	log, err := newLogger(cfg.Log, zapcore.AddSync(a.stderr))
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+
+	ctrl, err := admission.New(cfg.Limits())
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := proxy.NewMetrics(reg, ctrl)
+	if err != nil {
+		return err
+	}
+	h, err := proxy.New(ctrl, handlerOptions(cfg), log.Named("proxy"), metrics)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	admin := proxy.NewAdmin(h, ctrl, proxy.AdminOptions{Token: cfg.Admin.Token, Gatherer: reg}, log.Named("admin"))
+
+	errLog := zap.NewStdLog(log.Named("http"))
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		ErrorLog:          errLog,
+	}
+	adminSrv := &http.Server{
+		Handler:           admin,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          errLog,
+	}
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s (LANEGATE_LISTEN): %w", cfg.Server.Listen, err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen %s (LANEGATE_ADMIN_LISTEN): %w", cfg.Admin.Listen, err)
+	}
+
+	errc := make(chan error, 2)
+	go func() {
+		var err error
+		if cfg.Server.TLSCertFile != "" {
+			err = srv.ServeTLS(ln, cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile)
+		} else {
+			err = srv.Serve(ln)
+		}
+		errc <- err
+	}()
+	go func() { errc <- adminSrv.Serve(adminLn) }()
+
+	limits := cfg.Limits()
+	log.Info("lanegate started",
+		zap.String("listen", ln.Addr().String()),
+		zap.String("admin", adminLn.Addr().String()),
+		zap.String("upstream", cfg.Upstream.URL.String()),
+		zap.String("mode", string(cfg.Admission.Mode)),
+		zap.Int("budget", limits.Budget),
+		zap.Bool("tls", cfg.Server.TLSCertFile != ""),
+	)
+	if a.started != nil {
+		a.started(listenAddrs{Proxy: ln.Addr().String(), Admin: adminLn.Addr().String()})
+	}
+
+	var serveErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errc:
+			serveErr = fmt.Errorf("server stopped: %w", err)
+			break loop
+		case <-a.reload:
+			a.reloadConfig(cfg, envFile, ctrl, h, log)
+		}
+	}
+
+	log.Info("shutting down", zap.Duration("timeout", cfg.Server.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	// Shutdown closes the listeners at once and then waits for requests in
+	// flight; Close answers the queued ones with 503 and Retry-After rather
+	// than letting them wait out the drain.
+	go func() { done <- srv.Shutdown(sctx) }()
+	ctrl.Close()
+	if err := <-done; err != nil {
+		log.Warn("drain timed out; closing remaining connections", zap.Error(err))
+		srv.Close()
+	}
+	adminSrv.Shutdown(sctx)
+	adminSrv.Close()
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// reloadConfig re-reads the env file and applies what can change without a
+// restart: limits, mode and routes. Listen addresses, upstream and TLS need
+// a restart; a changed value is reported and ignored.
+func (a app) reloadConfig(old config.Config, envFile string, ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger) {
+	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
+	if err != nil {
+		log.Error("reload refused: invalid configuration; keeping the running one", zap.Error(err))
+		return
+	}
+	if err := h.SetRules(routeRules(cfg)); err != nil {
+		log.Error("reload refused: routes", zap.Error(err))
+		return
+	}
+	if err := ctrl.Reconfigure(cfg.Limits()); err != nil {
+		log.Error("reload refused: limits", zap.Error(err))
+		return
+	}
+	h.SetMode(cfg.Admission.Mode)
+	if cfg.Server.Listen != old.Server.Listen || cfg.Admin.Listen != old.Admin.Listen ||
+		cfg.Upstream.URL.String() != old.Upstream.URL.String() || cfg.Server.TLSCertFile != old.Server.TLSCertFile {
+		log.Warn("listen addresses, upstream and TLS change only on restart")
+	}
+	log.Info("configuration reloaded", zap.String("mode", string(cfg.Admission.Mode)), zap.Int("budget", cfg.Limits().Budget))
+}
+
+func routeRules(cfg config.Config) proxy.Rules {
+	return proxy.Rules{Login: cfg.Routes.LoginPaths, Export: cfg.Routes.ExportPaths, Bypass: cfg.Routes.BypassPaths}
+}
+
+func handlerOptions(cfg config.Config) proxy.Options {
+	return proxy.Options{
+		Upstream:              cfg.Upstream.URL,
+		TrustedProxies:        cfg.Server.TrustedProxies,
+		Rules:                 routeRules(cfg),
+		MaxBodyBytes:          cfg.Server.MaxBodyBytes,
+		DialTimeout:           cfg.Upstream.DialTimeout,
+		ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
+		IdleConns:             cfg.Limits().Budget,
+		UpstreamIdleTimeout:   time.Second,
+		AccessLog:             cfg.Log.Access,
+		Mode:                  cfg.Admission.Mode,
+	}
+}

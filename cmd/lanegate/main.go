@@ -1,0 +1,56 @@
+// Command lanegate is an auth-aware reverse proxy that admits requests to a
+// Django app by lane, under a concurrency budget sized to its database pool.
+//
+//	lanegate [--env-file FILE]               serve
+//	lanegate [--env-file FILE] config        print the effective configuration
+//	lanegate config --markdown               print the configuration reference table
+//
+// Configuration comes from LANEGATE_* environment variables; see README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:])
+	stop()
+	if err != nil {
+		if !errors.Is(err, errReported) {
+			fmt.Fprintln(os.Stderr, "lanegate:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+// errReported means the failure was already explained on stderr.
+var errReported = errors.New("reported")
+
+// run is the whole program; main only turns its error into an exit code.
+func run(ctx context.Context, args []string) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return app{
+		stdout:  os.Stdout,
+		stderr:  os.Stderr,
+		environ: os.Environ(),
+		reload:  hup,
+	}.run(ctx, args)
+}
+
+// app holds what run takes from the process, so tests can supply their own.
+type app struct {
+	stdout, stderr io.Writer
+	environ        []string
+	reload         <-chan os.Signal
+	// started, when set, receives the bound addresses once serving.
+	started func(addrs listenAddrs)
+}
