@@ -1,0 +1,217 @@
+// Package config reads lanegate's settings from LANEGATE_* environment
+// variables, optionally under a dotenv file, and checks them as a whole.
+//
+// Most admission numbers need not be set: they are derived from the size of
+// the PgBouncer pool the app draws from, because every request lanegate lets
+// through may hold one pooled connection. Load reports every problem at once,
+// each naming the variable to fix, so a bad deploy fails in one round trip.
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"net/url"
+	"time"
+)
+
+// prefix starts the name of every variable lanegate reads.
+const prefix = "LANEGATE_"
+
+// Mode selects what the admission controller does with what it decides.
+type Mode string
+
+// The admission modes.
+const (
+	// ModeEnforce queues and sheds requests as the limits say.
+	ModeEnforce Mode = "enforce"
+	// ModeShadow admits everything but records what enforce would have
+	// queued or shed, to size limits against real traffic before relying
+	// on them.
+	ModeShadow Mode = "shadow"
+	// ModeOff passes every request straight through, as if lanegate were a
+	// plain reverse proxy: the switch to flip when the limits themselves are
+	// suspected.
+	ModeOff Mode = "off"
+)
+
+// ParseMode returns the mode named s ("enforce", "shadow" or "off").
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(s); m {
+	case ModeEnforce, ModeShadow, ModeOff:
+		return m, nil
+	}
+	return "", fmt.Errorf("unknown admission mode %q: want enforce, shadow or off", s)
+}
+
+// Config is lanegate's whole configuration, as Load reads it.
+//
+// Fields tagged env are filled from LANEGATE_<name>. The tag desc documents
+// a variable and derived describes how its default is computed when that
+// depends on other variables; Variables and the README table are generated
+// from these tags, so they are the one place to document a variable.
+//
+// Pointer fields are nil when their variable is unset, meaning "derive it":
+// read admission sizes through Limits, which fills them in.
+type Config struct {
+	// Server is the listener clients connect to.
+	Server Server
+	// Upstream is the app server lanegate forwards to.
+	Upstream Upstream
+	// Admin is the operators' HTTP endpoint.
+	Admin Admin
+	// Admission sizes the lanes; read it through Limits.
+	Admission Admission
+	// Routes sorts request paths into lanes.
+	Routes Routes
+	// Log configures logging.
+	Log Log
+
+	// origin maps each variable that was set (non-empty) to where:
+	// "" for the environment, else the env file's path. Print reports it.
+	origin map[string]string
+}
+
+// Server configures the client-facing listener.
+type Server struct {
+	// Listen is the client-facing address, host:port.
+	Listen string `env:"LISTEN" envDefault:":8080" desc:"Address lanegate listens on for client traffic, host:port."`
+	// TLSCertFile and TLSKeyFile, when set, make the listener serve HTTPS.
+	TLSCertFile string `env:"TLS_CERT_FILE" desc:"PEM certificate chain. Set it with LANEGATE_TLS_KEY_FILE to serve HTTPS; leave both empty when a load balancer terminates TLS."`
+	// TLSKeyFile is the private key for TLSCertFile.
+	TLSKeyFile string `env:"TLS_KEY_FILE" desc:"PEM private key for LANEGATE_TLS_CERT_FILE."`
+	// TrustedProxies are the peers whose X-Forwarded-For is believed when
+	// finding a client's address.
+	TrustedProxies []netip.Prefix `env:"TRUSTED_PROXIES" desc:"Comma-separated CIDRs (a bare IP means that one address) of proxies in front of lanegate whose X-Forwarded-For names the client. Empty trusts none: the TCP peer is the client. Per-client login limits key on this address."`
+	// ReadHeaderTimeout bounds how long a client may take to send headers.
+	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s" desc:"Longest a client may take to send its request headers; stops slow clients from holding connections."`
+	// IdleTimeout is how long an idle keep-alive connection stays open.
+	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"120s" desc:"How long an idle keep-alive client connection is kept open."`
+	// MaxHeaderBytes caps the size of a request's headers.
+	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" envDefault:"32768" desc:"Largest request header block accepted, in bytes."`
+	// MaxBodyBytes caps a request body; 0 means no limit.
+	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"67108864" desc:"Largest request body accepted, in bytes (larger ones are refused with 413); 0 means unlimited."`
+	// ShutdownTimeout is how long in-flight requests may finish on SIGTERM.
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" desc:"On SIGTERM, how long in-flight requests may run to completion before connections are closed."`
+}
+
+// Upstream configures the connection to the app server.
+type Upstream struct {
+	// URL is the app server's base URL: scheme and host only. Callers must
+	// not modify it; Config values share it.
+	URL *url.URL `env:"UPSTREAM" envDefault:"http://127.0.0.1:8000" desc:"Base URL of the Django app server: http or https, a host, no path."`
+	// DialTimeout bounds connecting to the upstream.
+	DialTimeout time.Duration `env:"UPSTREAM_DIAL_TIMEOUT" envDefault:"2s" desc:"Longest wait to open a connection to the upstream."`
+	// ResponseHeaderTimeout bounds the wait for the upstream's response
+	// headers after the request is sent.
+	ResponseHeaderTimeout time.Duration `env:"UPSTREAM_RESPONSE_HEADER_TIMEOUT" envDefault:"60s" desc:"Longest wait for the upstream's response headers once the request is sent."`
+}
+
+// Admin configures the operators' endpoint (metrics, health, live limits).
+type Admin struct {
+	// Listen is the admin server's address, host:port.
+	Listen string `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090" desc:"Address of the admin server (metrics, health, live limits). Anywhere but loopback it needs LANEGATE_ADMIN_TOKEN."`
+	// Token is the bearer token the admin server demands; empty means
+	// none, which Load allows only on a loopback address.
+	Token string `env:"ADMIN_TOKEN" secret:"true" desc:"Bearer token the admin server requires. Mandatory when LANEGATE_ADMIN_LISTEN is not a loopback address (127.0.0.0/8, ::1, localhost); an empty host such as :9090 listens everywhere. Set it in the real environment, not in a file."`
+}
+
+// Admission holds the inputs of the admission policy. Unset pointer fields
+// are derived: use Config.Limits for the values in force.
+type Admission struct {
+	// Mode says whether limits are enforced, only measured, or ignored.
+	Mode Mode `env:"ADMISSION" envDefault:"enforce" desc:"enforce queues and sheds requests; shadow admits everything but records what enforce would have shed; off is a plain reverse proxy."`
+	// DBPoolSize is PgBouncer's server-connection pool for the app.
+	DBPoolSize int `env:"DB_POOL_SIZE" envDefault:"20" desc:"Server connections PgBouncer keeps for the app's database and user (its default_pool_size). The budget and lane sizes are derived from it."`
+	// PoolHeadroom is the percentage of the pool kept for clients that do
+	// not pass through lanegate.
+	PoolHeadroom int `env:"POOL_HEADROOM" envDefault:"20" desc:"Percent of the pool (0 to 99) left for its other clients, which do not pass through lanegate: workers, cron, migrations, admin shells."`
+	// Budget is the number of requests in flight to the upstream across
+	// all lanes; nil derives it from the pool.
+	Budget *int `env:"BUDGET" derived:"pool - ceil(pool * headroom / 100), at least 1 (16 for a pool of 20)" desc:"Requests in flight to the app at once, across all lanes. Each may hold a pooled connection, so by default it is the pool less the headroom; past it, requests queue in lanegate instead of in PgBouncer."`
+	// UpstreamCPUs is the app server's core count; nil means this host's.
+	UpstreamCPUs *int `env:"UPSTREAM_CPUS" derived:"CPUs of the machine lanegate runs on" desc:"CPU cores serving the app. The login lane's max follows it: a login is CPU-bound password hashing, so more logins than cores only queue inside the app while holding connections. Set it when lanegate does not share the app's machine."`
+
+	// Login is the login lane.
+	Login LoginLane `envPrefix:"LOGIN_"`
+	// Core is the lane of ordinary pages and API calls.
+	Core CoreLane `envPrefix:"CORE_"`
+	// Export is the lane of slow reports and exports.
+	Export ExportLane `envPrefix:"EXPORT_"`
+
+	// LoginRate paces logins from all clients together, per second.
+	LoginRate float64 `env:"LOGIN_RATE" envDefault:"10" desc:"Logins per second admitted from all clients together (a token bucket); 0 disables it."`
+	// LoginBurst is the global login bucket's size.
+	LoginBurst int `env:"LOGIN_BURST" envDefault:"20" desc:"Logins admitted at once after a quiet spell, under LANEGATE_LOGIN_RATE."`
+	// LoginPerClientRate paces the logins of each client address.
+	LoginPerClientRate float64 `env:"LOGIN_PER_CLIENT_RATE" envDefault:"0" desc:"Logins per second from one client address; 0, the default, disables it because load tests and office NATs send many logins from one address."`
+	// LoginPerClientBurst is each client's login bucket size.
+	LoginPerClientBurst int `env:"LOGIN_PER_CLIENT_BURST" envDefault:"5" desc:"Logins one client may make at once after a quiet spell, under LANEGATE_LOGIN_PER_CLIENT_RATE."`
+	// LoginClientsMax bounds the per-client buckets remembered.
+	LoginClientsMax int `env:"LOGIN_CLIENTS_MAX" envDefault:"10000" desc:"Client addresses whose login buckets are remembered; the least recently seen is forgotten first."`
+
+	// PgBouncerQueryWaitTimeout mirrors PgBouncer's query_wait_timeout;
+	// nil or 0 means there is none to stay under.
+	PgBouncerQueryWaitTimeout *time.Duration `env:"PGBOUNCER_QUERY_WAIT_TIMEOUT" desc:"PgBouncer's query_wait_timeout, with a unit (120s, not 120). When set, every lane's queue timeout must be shorter, so a request lanegate cannot serve is refused cleanly before PgBouncer would fail it mid-request. Unset or 0: no check."`
+}
+
+// The lanes' settings have one type each, rather than one shared type,
+// because the tags that document them (and the defaults) differ per lane.
+// Their reserved, max and queue are derived from the budget when unset; see
+// Config.Limits for the rules and the README for the reasons.
+
+// LoginLane is the login lane: authentication requests that hash a
+// password on the app's CPU while holding a database connection.
+type LoginLane struct {
+	// Reserved slots are for logins only; nil derives them.
+	Reserved *int `env:"RESERVED" derived:"budget/8, at least 1 and at most the lane's max; 0 when the budget is 1" desc:"Slots only logins may use, so users can still sign in while pages fill the budget."`
+	// Max caps logins in flight; nil derives it.
+	Max *int `env:"MAX" derived:"min(LANEGATE_UPSTREAM_CPUS, budget/2), at least 1" desc:"Most logins in flight. Hashing is CPU-bound: beyond one login per core they only queue inside the app holding a connection, and half the budget keeps logins from crowding out pages."`
+	// Queue is how many logins may wait; nil derives it.
+	Queue *int `env:"QUEUE" derived:"8 * budget" desc:"Logins that may wait for a slot; more are refused with 503."`
+	// QueueTimeout is the longest a login waits for a slot.
+	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"15s" desc:"Longest a login waits for a slot before it is refused. Longer than a page's: someone who has typed a password will wait."`
+}
+
+// CoreLane is the lane of ordinary pages and API calls.
+type CoreLane struct {
+	// Reserved slots are for ordinary requests only; nil derives them.
+	Reserved *int `env:"RESERVED" derived:"min(budget/2, budget - login reserved - export reserved), at most the lane's max" desc:"Slots only ordinary pages and API calls may use, so logins and exports can never take the whole budget."`
+	// Max caps ordinary requests in flight; nil derives it.
+	Max *int `env:"MAX" derived:"budget" desc:"Most ordinary requests in flight; by default they may use every slot not reserved for another lane."`
+	// Queue is how many ordinary requests may wait; nil derives it.
+	Queue *int `env:"QUEUE" derived:"8 * budget" desc:"Ordinary requests that may wait for a slot; more are refused with 503."`
+	// QueueTimeout is the longest an ordinary request waits for a slot.
+	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"5s" desc:"Longest an ordinary request waits for a slot before it is refused; short, because a page that slow is abandoned or retried anyway."`
+}
+
+// ExportLane is the lane of slow, heavy work such as reports and exports.
+type ExportLane struct {
+	// Reserved slots are for exports only; nil means none.
+	Reserved *int `env:"RESERVED" derived:"0" desc:"Slots only exports may use. None by default: exports borrow idle slots and wait when there are none."`
+	// Max caps exports in flight; nil derives it.
+	Max *int `env:"MAX" derived:"budget/4, at least 1" desc:"Most exports in flight, so slow reports can never hold most of the pool."`
+	// Queue is how many exports may wait; nil derives it.
+	Queue *int `env:"QUEUE" derived:"budget/2, at least 1" desc:"Exports that may wait for a slot; more are refused with 503."`
+	// QueueTimeout is the longest an export waits for a slot.
+	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"30s" desc:"Longest an export waits for a slot before it is refused."`
+}
+
+// Routes sorts requests into lanes by URL path.
+type Routes struct {
+	// LoginPaths are the path prefixes of the login lane.
+	LoginPaths []string `env:"LOGIN_PATHS" envDefault:"/accounts/login/,/accounts/signup/,/accounts/password/reset/" desc:"Comma-separated path prefixes of the login lane."`
+	// ExportPaths are the path prefixes of the export lane.
+	ExportPaths []string `env:"EXPORT_PATHS" desc:"Comma-separated path prefixes of the export lane. Empty: nothing is treated as an export."`
+	// BypassPaths are proxied without admission.
+	BypassPaths []string `env:"BYPASS_PATHS" envDefault:"/static/,/media/,/favicon.ico" desc:"Comma-separated path prefixes proxied without admission, such as static files, which never touch the database."`
+}
+
+// Log configures logging.
+type Log struct {
+	// Format is "json" or "console".
+	Format string `env:"LOG_FORMAT" envDefault:"json" desc:"json for log collectors, console for people."`
+	// Level is "debug", "info", "warn" or "error".
+	Level string `env:"LOG_LEVEL" envDefault:"info" desc:"Least severe level logged: debug, info, warn or error."`
+	// Access turns on one log line per request.
+	Access bool `env:"ACCESS_LOG" envDefault:"true" desc:"Log one line per request."`
+}

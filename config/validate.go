@@ -1,0 +1,345 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lanegate/lanegate/admission"
+)
+
+// maxQueue bounds a lane's queue. Waiting requests cost memory and a
+// goroutine each, and a queue this long could never drain within any
+// sensible queue timeout.
+const maxQueue = 1_000_000
+
+// validator collects every problem with a Config.
+type validator struct {
+	c Config
+	r resolution
+	// bad holds variables already reported (or unparsable). Checks that
+	// combine variables skip any that depend on a bad one, so one mistake
+	// is reported once, where it is, and not again through every value
+	// derived from it.
+	bad  map[string]bool
+	errs []error
+}
+
+// validate returns every problem with c. failed lists variables that could
+// not be parsed, whose values are therefore meaningless.
+func (c Config) validate(failed map[string]bool) []error {
+	v := &validator{c: c, r: c.resolve(), bad: make(map[string]bool)}
+	maps.Copy(v.bad, failed)
+	v.server()
+	v.upstream()
+	v.admin()
+	v.admission()
+	v.routes()
+	v.log()
+	return v.errs
+}
+
+// skip reports whether name's own checks should be skipped because it
+// failed to parse.
+func (v *validator) skip(name string) bool { return v.bad[name] }
+
+// fail reports a problem with name's own value, shown as describe shows
+// it, and marks name bad.
+func (v *validator) fail(name, format string, args ...any) {
+	v.report(name, v.r.describe(name, false)+": "+fmt.Sprintf(format, args...))
+}
+
+// failQuoted is fail for string values, which are quoted so that empty
+// and space-padded values are visible.
+func (v *validator) failQuoted(name, value, format string, args ...any) {
+	v.report(name, fmt.Sprintf("%s=%q: ", name, value)+fmt.Sprintf(format, args...))
+}
+
+// report records msg as a problem with name and marks name bad.
+func (v *validator) report(name, msg string) {
+	v.bad[name] = true
+	v.errs = append(v.errs, errors.New(msg))
+}
+
+// relate reports a problem between variables unless one of them, or
+// anything they were derived from, is already reported. It returns whether
+// the problem was reported.
+func (v *validator) relate(names []string, format string, args ...any) bool {
+	for _, n := range names {
+		for _, d := range v.r.vars[n].deps {
+			if v.bad[d] {
+				return false
+			}
+		}
+	}
+	v.errs = append(v.errs, fmt.Errorf(format, args...))
+	return true
+}
+
+// positive checks durations that must be above zero.
+func (v *validator) positive(name string, d time.Duration) {
+	if !v.skip(name) && d <= 0 {
+		v.fail(name, "must be positive")
+	}
+}
+
+func (v *validator) server() {
+	s := v.c.Server
+	v.address(varListen, s.Listen)
+	if (s.TLSCertFile == "") != (s.TLSKeyFile == "") {
+		set, unset := varTLSCert, varTLSKey
+		if s.TLSCertFile == "" {
+			set, unset = unset, set
+		}
+		v.report(unset, fmt.Sprintf("%s is empty but %s is set: set both to serve HTTPS, or neither", unset, set))
+	}
+	v.readable(varTLSCert, s.TLSCertFile)
+	v.readable(varTLSKey, s.TLSKeyFile)
+	v.positive(varReadHeader, s.ReadHeaderTimeout)
+	v.positive(varIdle, s.IdleTimeout)
+	v.positive(varShutdown, s.ShutdownTimeout)
+	if !v.skip(varMaxHeaderBytes) && s.MaxHeaderBytes < 1 {
+		v.fail(varMaxHeaderBytes, "must be at least 1")
+	}
+	if !v.skip(varMaxBodyBytes) && s.MaxBodyBytes < 0 {
+		v.fail(varMaxBodyBytes, "must not be negative (0 means unlimited)")
+	}
+}
+
+// address checks a host:port listen address.
+func (v *validator) address(name, addr string) {
+	if v.skip(name) {
+		return
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.failQuoted(name, addr, "not a host:port address (want e.g. :8080 or 127.0.0.1:8080)")
+		return
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		v.failQuoted(name, addr, "port %q is not a number from 0 to 65535", port)
+	}
+}
+
+// readable checks that a configured file can be opened now, rather than
+// failing at the first TLS handshake.
+func (v *validator) readable(name, path string) {
+	if path == "" || v.skip(name) {
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		v.failQuoted(name, path, "cannot read the file: %v", err)
+		return
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		v.failQuoted(name, path, "is a directory, not a file")
+	}
+}
+
+func (v *validator) upstream() {
+	u := v.c.Upstream
+	switch {
+	case v.skip(varUpstream):
+	case u.URL == nil:
+		v.report(varUpstream, varUpstream+" must be set")
+	case u.URL.Scheme != "http" && u.URL.Scheme != "https":
+		v.failQuoted(varUpstream, u.URL.String(), "scheme must be http or https (want e.g. http://127.0.0.1:8000)")
+	case u.URL.Host == "":
+		v.failQuoted(varUpstream, u.URL.String(), "has no host (want e.g. http://127.0.0.1:8000)")
+	case u.URL.Path != "" && u.URL.Path != "/":
+		v.failQuoted(varUpstream, u.URL.String(), "must not have a path: lanegate forwards each request's own path unchanged")
+	case u.URL.RawQuery != "" || u.URL.Fragment != "":
+		v.failQuoted(varUpstream, u.URL.String(), "must not have a query or fragment")
+	}
+	v.positive(varDial, u.DialTimeout)
+	v.positive(varResponseHeader, u.ResponseHeaderTimeout)
+}
+
+func (v *validator) admin() {
+	a := v.c.Admin
+	v.address(varAdminListen, a.Listen)
+	if v.skip(varAdminListen) || v.skip(varListen) {
+		return
+	}
+	if a.Listen == v.c.Server.Listen {
+		v.failQuoted(varAdminListen, a.Listen, "is also %s: the admin server needs an address of its own", varListen)
+		return
+	}
+	host, _, _ := net.SplitHostPort(a.Listen)
+	if a.Token == "" && !isLoopback(host) {
+		v.report(varAdminToken, fmt.Sprintf("%s is required because %s=%q is not a loopback address", varAdminToken, varAdminListen, a.Listen))
+	}
+}
+
+// isLoopback reports whether a listen host accepts only local connections.
+// An empty host, like 0.0.0.0, listens on every interface.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.Unmap().IsLoopback()
+}
+
+func (v *validator) admission() {
+	a := v.c.Admission
+	if !v.skip(varPoolSize) && (a.DBPoolSize < 1 || a.DBPoolSize > maxPoolSize) {
+		v.fail(varPoolSize, "must be between 1 and %d", maxPoolSize)
+	}
+	if !v.skip(varHeadroom) && (a.PoolHeadroom < 0 || a.PoolHeadroom > 99) {
+		v.fail(varHeadroom, "must be a percentage from 0 to 99")
+	}
+	if a.Budget != nil && !v.skip(varBudget) && (*a.Budget < 1 || *a.Budget > maxPoolSize) {
+		v.fail(varBudget, "must be between 1 and %d", maxPoolSize)
+	}
+	if a.UpstreamCPUs != nil && !v.skip(varCPUs) && *a.UpstreamCPUs < 1 {
+		v.fail(varCPUs, "must be at least 1")
+	}
+	v.lanes()
+	v.rates()
+	v.queryWait()
+}
+
+func (v *validator) lanes() {
+	lim := v.r.limits
+	for _, l := range admission.Lanes() {
+		ll := lim.Lane[l]
+		for _, x := range []struct {
+			what string
+			n    int
+		}{{laneVarReserved, ll.Reserved}, {laneVarMax, ll.Max}, {laneVarQueue, ll.Queue}} {
+			name := laneVar(l, x.what)
+			switch {
+			case v.skip(name):
+			case x.n < 0:
+				v.fail(name, "must not be negative")
+			case x.what == laneVarQueue && x.n > maxQueue:
+				v.fail(name, "must be at most %d", maxQueue)
+			}
+		}
+		v.positive(laneVar(l, laneVarQueueTimeout), lim.Lane[l].QueueTimeout)
+	}
+
+	budget := v.r.describe(varBudget, false)
+	overBudget := false
+	for _, l := range admission.Lanes() {
+		ll := lim.Lane[l]
+		reserved, maxName := laneVar(l, laneVarReserved), laneVar(l, laneVarMax)
+		if ll.Max > lim.Budget {
+			v.relate([]string{maxName, varBudget}, "%s exceeds %s", v.r.describe(maxName, false), budget)
+		}
+		switch {
+		case ll.Reserved > lim.Budget:
+			overBudget = v.relate([]string{reserved, varBudget}, "%s exceeds %s", v.r.describe(reserved, false), budget) || overBudget
+		case ll.Reserved > ll.Max:
+			v.relate([]string{reserved, maxName}, "%s exceeds %s", v.r.describe(reserved, false), v.r.describe(maxName, false))
+		}
+	}
+	if overBudget {
+		return // the sum is over too, for the reason already given
+	}
+	var names, terms []string
+	sum := 0
+	for _, l := range admission.Lanes() {
+		name := laneVar(l, laneVarReserved)
+		names = append(names, name)
+		terms = append(terms, v.r.describe(name, true))
+		sum += max(lim.Lane[l].Reserved, 0)
+	}
+	if sum > lim.Budget {
+		v.relate(append(names, varBudget), "reservations exceed the budget: %s = %d, more than %s",
+			strings.Join(terms, " + "), sum, budget)
+	}
+}
+
+func (v *validator) rates() {
+	a := v.c.Admission
+	buckets := []struct {
+		rate, burst string
+		r           float64
+		b           int
+	}{
+		{varLoginRate, varLoginBurst, a.LoginRate, a.LoginBurst},
+		{varClientRate, varClientBurst, a.LoginPerClientRate, a.LoginPerClientBurst},
+	}
+	for _, bk := range buckets {
+		if !v.skip(bk.rate) && bk.r < 0 {
+			v.fail(bk.rate, "must not be negative (0 disables it)")
+		}
+		if bk.r > 0 && bk.b < 1 {
+			v.relate([]string{bk.rate, bk.burst}, "%s: must be at least 1 because %s is not 0",
+				v.r.describe(bk.burst, false), v.r.describe(bk.rate, false))
+		}
+	}
+	if !v.skip(varClientsMax) && a.LoginClientsMax < 0 {
+		v.fail(varClientsMax, "must not be negative")
+	} else if a.LoginClientsMax < 1 && a.LoginPerClientRate > 0 {
+		v.relate([]string{varClientsMax, varClientRate}, "%s: must be at least 1 because %s is not 0",
+			v.r.describe(varClientsMax, false), v.r.describe(varClientRate, false))
+	}
+}
+
+// queryWait keeps every lane's queue timeout under PgBouncer's
+// query_wait_timeout, so that lanegate, which can answer 503 with a
+// Retry-After, gives up on a request before PgBouncer fails it with a
+// database error in the middle of the app's work.
+func (v *validator) queryWait() {
+	qw := v.c.Admission.PgBouncerQueryWaitTimeout
+	if qw == nil || v.skip(varQueryWait) {
+		return
+	}
+	if *qw < 0 {
+		v.fail(varQueryWait, "must not be negative (0 means PgBouncer has no query_wait_timeout)")
+		return
+	}
+	if *qw == 0 {
+		return
+	}
+	for _, l := range admission.Lanes() {
+		name := laneVar(l, laneVarQueueTimeout)
+		if v.r.limits.Lane[l].QueueTimeout >= *qw {
+			v.relate([]string{name, varQueryWait}, "%s is not shorter than %s",
+				v.r.describe(name, false), v.r.describe(varQueryWait, false))
+		}
+	}
+}
+
+func (v *validator) routes() {
+	r := v.c.Routes
+	for _, p := range []struct {
+		name  string
+		paths []string
+	}{{varLoginPaths, r.LoginPaths}, {varExportPaths, r.ExportPaths}, {varBypassPaths, r.BypassPaths}} {
+		if v.skip(p.name) {
+			continue
+		}
+		var bad []string
+		for _, path := range p.paths {
+			if !strings.HasPrefix(path, "/") {
+				bad = append(bad, strconv.Quote(path))
+			}
+		}
+		if len(bad) > 0 {
+			v.failQuoted(p.name, strings.Join(p.paths, ","), "%s: each path must start with \"/\"", strings.Join(bad, ", "))
+		}
+	}
+}
+
+func (v *validator) log() {
+	l := v.c.Log
+	if !v.skip(varLogFormat) && !slices.Contains([]string{"json", "console"}, l.Format) {
+		v.failQuoted(varLogFormat, l.Format, "want json or console")
+	}
+	if !v.skip(varLogLevel) && !slices.Contains([]string{"debug", "info", "warn", "error"}, l.Level) {
+		v.failQuoted(varLogLevel, l.Level, "want debug, info, warn or error")
+	}
+}
