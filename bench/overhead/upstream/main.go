@@ -1,7 +1,11 @@
 // Command upstream is the trivial HTTP upstream fronted by every contender in
-// the overhead benchmark: it answers every GET / with a fixed ~100-byte 200
-// body over keep-alive connections and does nothing else (no logging, no
-// per-request allocation beyond what net/http needs).
+// the overhead benchmark: it answers GET / with a fixed 100-byte 200 body over
+// keep-alive connections and does nothing else (no logging, no per-request
+// allocation beyond what net/http needs).
+//
+// GET /_bench/conns returns how many TCP connections it has accepted so far,
+// counting the one that asks, so the harness can tell whether a proxy reuses
+// its upstream connections or opens new ones under load.
 package main
 
 import (
@@ -11,10 +15,12 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -22,7 +28,21 @@ import (
 // body is exactly 100 bytes so that every contender moves the same payload.
 var body = []byte("lanegate overhead benchmark: trivial upstream response body, fixed size, padded to 100 bytes.......\n")
 
+// accepted counts the TCP connections accepted since start.
+var accepted atomic.Int64
+
+func countConns(_ net.Conn, state http.ConnState) {
+	if state == http.StateNew {
+		accepted.Add(1)
+	}
+}
+
 func handler(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/_bench/conns" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, accepted.Load())
+		return
+	}
 	if r.URL.Path != "/" {
 		http.NotFound(w, r)
 		return
@@ -50,6 +70,7 @@ func main() {
 	srv := &http.Server{
 		Addr:              *listen,
 		Handler:           http.HandlerFunc(handler),
+		ConnState:         countConns,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          log.New(io.Discard, "", 0),
