@@ -196,14 +196,15 @@ type ExportLane struct {
 	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"30s" desc:"Longest an export waits for a slot before it is refused."`
 }
 
-// Routes sorts requests into lanes by URL path.
+// Routes sorts requests into lanes by URL path. Each rule is a clean,
+// decoded path; one ending in "/" covers everything below it.
 type Routes struct {
-	// LoginPaths are the path prefixes of the login lane.
-	LoginPaths []string `env:"LOGIN_PATHS" envDefault:"/accounts/login/,/accounts/signup/,/accounts/password/reset/" desc:"Comma-separated path prefixes of the login lane."`
-	// ExportPaths are the path prefixes of the export lane.
-	ExportPaths []string `env:"EXPORT_PATHS" desc:"Comma-separated path prefixes of the export lane. Empty: nothing is treated as an export."`
-	// BypassPaths are proxied without admission.
-	BypassPaths []string `env:"BYPASS_PATHS" envDefault:"/static/,/media/,/favicon.ico" desc:"Comma-separated path prefixes proxied without admission, such as static files, which never touch the database."`
+	// LoginPaths are the login lane's path rules.
+	LoginPaths []string `env:"LOGIN_PATHS" envDefault:"/accounts/login/,/accounts/signup/,/accounts/password/reset/" desc:"Comma-separated paths whose POSTs (any method but GET, HEAD, OPTIONS and TRACE) take the login lane: the views that hash passwords. A path ending in / covers everything below it; any other path matches exactly."`
+	// ExportPaths are the export lane's path rules.
+	ExportPaths []string `env:"EXPORT_PATHS" desc:"Comma-separated paths that take the export lane whatever the method, written like LANEGATE_LOGIN_PATHS. Empty: nothing is treated as an export."`
+	// BypassPaths are served without admission for GET and HEAD.
+	BypassPaths []string `env:"BYPASS_PATHS" envDefault:"/static/,/media/,/favicon.ico" desc:"Comma-separated paths whose GETs and HEADs skip admission because they never touch the database, such as static files; written like LANEGATE_LOGIN_PATHS."`
 }
 
 // Log configures logging.

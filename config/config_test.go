@@ -388,9 +388,17 @@ func TestLoadErrors(t *testing.T) {
 			name: "paths must start with a slash",
 			env:  map[string]string{"LANEGATE_LOGIN_PATHS": "/ok/,accounts/login/", "LANEGATE_BYPASS_PATHS": "static"},
 			want: []string{
-				`LANEGATE_LOGIN_PATHS="/ok/,accounts/login/": "accounts/login/": each path must start with "/"`,
-				`LANEGATE_BYPASS_PATHS="static": "static": each path must start with "/"`,
+				`LANEGATE_LOGIN_PATHS="/ok/,accounts/login/": "accounts/login/" does not start with "/"`,
+				`LANEGATE_BYPASS_PATHS="static": "static" does not start with "/"`,
 			},
+		},
+		{
+			name: "paths must be clean and have no query",
+			env:  map[string]string{"LANEGATE_EXPORT_PATHS": "/reports//x/,/a/../b,/export?all=1,/fine/"},
+			want: []string{`LANEGATE_EXPORT_PATHS="/reports//x/,/a/../b,/export?all=1,/fine/": ` +
+				`"/reports//x/" is not clean: request paths are cleaned before matching, write "/reports/x/"; ` +
+				`"/a/../b" is not clean: request paths are cleaned before matching, write "/b"; ` +
+				`"/export?all=1" has a "?": rules match the path, not the query`},
 		},
 		{
 			name: "listen not host:port",

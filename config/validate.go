@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -313,6 +314,8 @@ func (v *validator) queryWait() {
 	}
 }
 
+// routes checks path rules the way the proxy's classifier will, so that a
+// bad rule is reported with its variable before anything starts.
 func (v *validator) routes() {
 	r := v.c.Routes
 	for _, p := range []struct {
@@ -322,16 +325,31 @@ func (v *validator) routes() {
 		if v.skip(p.name) {
 			continue
 		}
-		var bad []string
-		for _, path := range p.paths {
-			if !strings.HasPrefix(path, "/") {
-				bad = append(bad, strconv.Quote(path))
+		var problems []string
+		for _, rule := range p.paths {
+			switch {
+			case !strings.HasPrefix(rule, "/"):
+				problems = append(problems, fmt.Sprintf(`%q does not start with "/"`, rule))
+			case strings.Contains(rule, "?"):
+				problems = append(problems, fmt.Sprintf(`%q has a "?": rules match the path, not the query`, rule))
+			case cleanRule(rule) != rule:
+				problems = append(problems, fmt.Sprintf("%q is not clean: request paths are cleaned before matching, write %q", rule, cleanRule(rule)))
 			}
 		}
-		if len(bad) > 0 {
-			v.failQuoted(p.name, strings.Join(p.paths, ","), "%s: each path must start with \"/\"", strings.Join(bad, ", "))
+		if len(problems) > 0 {
+			v.failQuoted(p.name, strings.Join(p.paths, ","), "%s", strings.Join(problems, "; "))
 		}
 	}
+}
+
+// cleanRule cleans a rooted path as request paths are cleaned before
+// matching, keeping a trailing slash, which marks a directory rule.
+func cleanRule(p string) string {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
 }
 
 func (v *validator) log() {
