@@ -104,6 +104,8 @@ type Upstream struct {
 	// ResponseHeaderTimeout bounds the wait for the upstream's response
 	// headers after the request is sent.
 	ResponseHeaderTimeout time.Duration `env:"UPSTREAM_RESPONSE_HEADER_TIMEOUT" envDefault:"60s" desc:"Longest wait for the upstream's response headers once the request is sent."`
+	// IdleTimeout closes idle keep-alive connections to the upstream.
+	IdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"1s" desc:"How long an idle keep-alive connection to the upstream is kept. Keep it below the app server's own keep-alive (gunicorn: 2s), or a POST may be sent on a connection the server is closing and fail with 502."`
 }
 
 // Admin configures the operators' endpoint (metrics, health, live limits).

@@ -67,6 +67,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"Upstream.URL", cfg.Upstream.URL.String(), "http://127.0.0.1:8000"},
 		{"Upstream.DialTimeout", cfg.Upstream.DialTimeout, 2 * time.Second},
 		{"Upstream.ResponseHeaderTimeout", cfg.Upstream.ResponseHeaderTimeout, 60 * time.Second},
+		{"Upstream.IdleTimeout", cfg.Upstream.IdleTimeout, time.Second},
 		{"Admin.Listen", cfg.Admin.Listen, "127.0.0.1:9090"},
 		{"Admin.Token", cfg.Admin.Token, ""},
 		{"Admission.Mode", cfg.Admission.Mode, ModeEnforce},
@@ -648,7 +649,7 @@ func TestVariablesMatchParser(t *testing.T) {
 		varListen, varUpstream, varAdminListen, varAdminToken, varTLSCert, varTLSKey, varPoolSize,
 		varHeadroom, varBudget, varCPUs, varLoginRate, varLoginBurst, varClientRate, varClientBurst,
 		varClientsMax, varQueryWait, varLoginPaths, varExportPaths, varBypassPaths, varReadHeader,
-		varIdle, varMaxHeaderBytes, varMaxBodyBytes, varDial, varResponseHeader, varShutdown,
+		varIdle, varMaxHeaderBytes, varMaxBodyBytes, varDial, varResponseHeader, varUpstreamIdle, varShutdown,
 		varLogFormat, varLogLevel, varMode,
 	} {
 		if !slices.Contains(names, name) {

@@ -36,6 +36,7 @@ const (
 	varMaxBodyBytes     = prefix + "MAX_BODY_BYTES"
 	varDial             = prefix + "UPSTREAM_DIAL_TIMEOUT"
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
+	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
 	varShutdown         = prefix + "SHUTDOWN_TIMEOUT"
 	varLogFormat        = prefix + "LOG_FORMAT"
 	varLogLevel         = prefix + "LOG_LEVEL"

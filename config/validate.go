@@ -163,6 +163,7 @@ func (v *validator) upstream() {
 	}
 	v.positive(varDial, u.DialTimeout)
 	v.positive(varResponseHeader, u.ResponseHeaderTimeout)
+	v.positive(varUpstreamIdle, u.IdleTimeout)
 }
 
 func (v *validator) admin() {

@@ -248,7 +248,7 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		DialTimeout:           cfg.Upstream.DialTimeout,
 		ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
 		IdleConns:             cfg.Limits().Budget,
-		UpstreamIdleTimeout:   time.Second,
+		UpstreamIdleTimeout:   cfg.Upstream.IdleTimeout,
 		AccessLog:             cfg.Log.Access,
 		Mode:                  cfg.Admission.Mode,
 	}
