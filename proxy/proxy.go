@@ -177,11 +177,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if class.Bypass {
 		h.metrics.bypass()
-		h.rp.ServeHTTP(rec, r)
-		end := time.Now()
-		ev.upstream = end.Sub(start)
-		h.metrics.observeUpstream(class, ev.upstream)
-		h.finish(rec, r, &ev, end)
+		h.forward(rec, r, &ev, nil, start)
 		return
 	}
 
@@ -215,15 +211,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.finish(rec, r, &ev, time.Now())
 		return
 	}
-	upstreamStart := time.Now()
+	h.forward(rec, r, &ev, permit, time.Now())
+}
+
+// forward relays r to the upstream, then releases permit (nil for a
+// bypassed request). The slot is held until the response body is fully
+// relayed: the app keeps its database connection until it has written the
+// last byte.
+//
+// When the body cannot be relayed to its end, because the client or the
+// upstream went away mid-body, ReverseProxy aborts the handler by panicking
+// with http.ErrAbortHandler. The release is deferred so that it runs then
+// too: a slot skipped there would be lost for good.
+func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *admission.Permit, start time.Time) {
+	defer func() {
+		end := time.Now()
+		permit.ReleaseAt(end)
+		ev.upstream = end.Sub(start)
+		h.metrics.observeUpstream(ev.class, ev.upstream)
+		h.finish(rec, r, ev, end)
+	}()
 	h.rp.ServeHTTP(rec, r)
-	end := time.Now()
-	// The slot is held until the response body is fully relayed: the app
-	// keeps its database connection until it has written the last byte.
-	permit.ReleaseAt(end)
-	ev.upstream = end.Sub(upstreamStart)
-	h.metrics.observeUpstream(class, ev.upstream)
-	h.finish(rec, r, &ev, end)
 }
 
 // refuse answers a request the controller did not admit.
@@ -280,7 +288,7 @@ func (h *Handler) clientAddr(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	if !h.isTrusted(peer) {
-		return peer.String()
+		return "x"
 	}
 	if c, ok := forwardedClient(r.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
 		return c
@@ -314,7 +322,12 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	peer, ok := peerAddr(pr.In)
 	if ok && h.isTrusted(peer) {
 		// A trusted proxy's chain is kept and the peer appended, as a
-		// chain of proxies expects.
+		// chain of proxies expects. SetXForwarded appends to the outbound
+		// header, which ReverseProxy has emptied, so the chain is copied
+		// back first.
+		if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
+			pr.Out.Header["X-Forwarded-For"] = prior
+		}
 		pr.SetXForwarded()
 		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
 			pr.Out.Header.Set("X-Forwarded-Proto", v)
