@@ -1,0 +1,227 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lanegate/lanegate/config"
+)
+
+// runOnce runs a command that is expected to return by itself.
+func runOnce(t *testing.T, env []string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx := testContext(t)
+	out, errOut := newLogBuffer(), newLogBuffer()
+	a := app{
+		stdout:  out,
+		stderr:  errOut,
+		environ: env,
+		started: func(listenAddrs) { t.Errorf("%q: started serving, want it to return", args) },
+	}
+	err = a.run(ctx, args)
+	return out.String(), errOut.String(), err
+}
+
+// printed parses the config command's output: variable name to value.
+func printed(t *testing.T, out string) map[string]string {
+	t.Helper()
+	vals := make(map[string]string)
+	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		assign, _, ok := strings.Cut(line, "  # ")
+		name, value, ok2 := strings.Cut(assign, "=")
+		if !ok || !ok2 {
+			t.Fatalf("line %q: want NAME=value  # comment", line)
+		}
+		if _, dup := vals[name]; dup {
+			t.Errorf("%s: printed twice", name)
+		}
+		vals[name] = strings.TrimSpace(value)
+	}
+	return vals
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigPrintsEveryVariable(t *testing.T) {
+	env := []string{"LANEGATE_BUDGET=12", "LANEGATE_LOG_FORMAT=console"}
+	var secrets []string
+	for _, v := range config.Variables() {
+		if v.Secret {
+			s := "s3cret-" + strings.ToLower(v.Name)
+			secrets = append(secrets, s)
+			env = append(env, v.Name+"="+s)
+		}
+	}
+	if len(secrets) == 0 {
+		t.Fatal("no secret variable: want at least LANEGATE_ADMIN_TOKEN")
+	}
+	stdout, stderr, err := runOnce(t, env, "config")
+	if err != nil {
+		t.Fatalf("config: got error %v, want none; stderr:\n%s", err, stderr)
+	}
+	if stderr != "" {
+		t.Errorf("config: got stderr %q, want none", stderr)
+	}
+	vals := printed(t, stdout)
+	for _, v := range config.Variables() {
+		got, ok := vals[v.Name]
+		switch {
+		case !ok:
+			t.Errorf("%s: not printed", v.Name)
+		case v.Secret && got != "<redacted>":
+			t.Errorf("%s: printed %q, want <redacted>", v.Name, got)
+		}
+	}
+	if len(vals) != len(config.Variables()) {
+		t.Errorf("printed %d variables, want %d", len(vals), len(config.Variables()))
+	}
+	for _, s := range secrets {
+		if strings.Contains(stdout, s) {
+			t.Errorf("output contains the secret %q:\n%s", s, stdout)
+		}
+	}
+	for name, want := range map[string]string{
+		"LANEGATE_BUDGET":     "12",
+		"LANEGATE_LOG_FORMAT": "console",
+		"LANEGATE_LISTEN":     ":8080",
+	} {
+		if vals[name] != want {
+			t.Errorf("%s: printed %q, want %q", name, vals[name], want)
+		}
+	}
+}
+
+func TestConfigMarkdown(t *testing.T) {
+	want := config.MarkdownTable()
+	for _, args := range [][]string{{"config", "--markdown"}, {"--markdown", "config"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			// The reference table documents the variables; it does not
+			// depend on (or validate) the environment.
+			stdout, stderr, err := runOnce(t, []string{"LANEGATE_BUDGET=abc"}, args...)
+			if err != nil {
+				t.Fatalf("got error %v, want none; stderr:\n%s", err, stderr)
+			}
+			if stdout != want {
+				t.Errorf("got stdout\n%s\nwant config.MarkdownTable()\n%s", stdout, want)
+			}
+		})
+	}
+}
+
+func TestCommandLineErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing.env")
+	tests := []struct {
+		name    string
+		env     []string
+		args    []string
+		stderrs []string // each must appear on stderr
+	}{
+		{
+			name:    "reservation over the budget",
+			env:     []string{"LANEGATE_LOGIN_RESERVED=30", "LANEGATE_BUDGET=20"},
+			args:    []string{"config"},
+			stderrs: []string{"invalid configuration", "LANEGATE_LOGIN_RESERVED"},
+		},
+		{
+			name:    "unparsable value",
+			env:     []string{"LANEGATE_SHUTDOWN_TIMEOUT=30"},
+			args:    []string{"config"},
+			stderrs: []string{"LANEGATE_SHUTDOWN_TIMEOUT", "unit"},
+		},
+		{
+			name:    "unknown command",
+			args:    []string{"frobnicate"},
+			stderrs: []string{"usage: lanegate"},
+		},
+		{
+			name:    "unknown flag",
+			args:    []string{"--no-such-flag"},
+			stderrs: []string{"no-such-flag", "usage: lanegate"},
+		},
+		{
+			name:    "unknown flag after the command",
+			args:    []string{"config", "--no-such-flag"},
+			stderrs: []string{"no-such-flag", "usage: lanegate"},
+		},
+		{
+			name:    "extra argument",
+			args:    []string{"config", "extra"},
+			stderrs: []string{"usage: lanegate"},
+		},
+		{
+			name:    "flag without its value",
+			args:    []string{"--env-file"},
+			stderrs: []string{"env-file", "usage: lanegate"},
+		},
+		{
+			name:    "missing env file with config",
+			args:    []string{"--env-file", missing, "config"},
+			stderrs: []string{missing},
+		},
+		{
+			name:    "missing env file when serving",
+			args:    []string{"--env-file", missing},
+			stderrs: []string{missing},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, err := runOnce(t, tt.env, tt.args...)
+			if !errors.Is(err, errReported) {
+				t.Errorf("got error %v, want errReported (explained on stderr)", err)
+			}
+			for _, s := range tt.stderrs {
+				if !strings.Contains(stderr, s) {
+					t.Errorf("stderr does not mention %q:\n%s", s, stderr)
+				}
+			}
+			if stdout != "" {
+				t.Errorf("got stdout %q, want none", stdout)
+			}
+		})
+	}
+}
+
+func TestConfigEnvFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "lanegate.env")
+	writeFile(t, file, "LANEGATE_LOG_LEVEL=debug\nLANEGATE_DB_POOL_SIZE=40\nLANEGATE_BUDGET=7\n")
+	env := []string{"LANEGATE_BUDGET=9"} // the environment wins over the file
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"flag before the command", []string{"--env-file", file, "config"}},
+		{"flag after the command", []string{"config", "--env-file", file}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, err := runOnce(t, env, tt.args...)
+			if err != nil {
+				t.Fatalf("got error %v, want none; stderr:\n%s", err, stderr)
+			}
+			vals := printed(t, stdout)
+			for name, want := range map[string]string{
+				"LANEGATE_LOG_LEVEL":    "debug",
+				"LANEGATE_DB_POOL_SIZE": "40",
+				"LANEGATE_BUDGET":       "9",
+			} {
+				if vals[name] != want {
+					t.Errorf("%s: printed %q, want %q", name, vals[name], want)
+				}
+			}
+			if !strings.Contains(stdout, "set in "+file) {
+				t.Errorf("output does not say which values came from %s:\n%s", file, stdout)
+			}
+		})
+	}
+}
