@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -139,6 +140,16 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		IdleTimeout:       time.Minute,
 		ErrorLog:          errLog,
 	}
+	if cfg.Server.TLSCertFile != "" {
+		// Loaded here, not by ServeTLS, so that a bad certificate fails
+		// the start, naming its variables, before anything is announced.
+		cert, err := tls.LoadX509KeyPair(cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile)
+		if err != nil {
+			return fmt.Errorf("TLS certificate %s and key %s (LANEGATE_TLS_CERT_FILE, LANEGATE_TLS_KEY_FILE): %w",
+				cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile, err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s (LANEGATE_LISTEN): %w", cfg.Server.Listen, err)
@@ -152,8 +163,8 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	errc := make(chan error, 2)
 	go func() {
 		var err error
-		if cfg.Server.TLSCertFile != "" {
-			err = srv.ServeTLS(ln, cfg.Server.TLSCertFile, cfg.Server.TLSKeyFile)
+		if srv.TLSConfig != nil {
+			err = srv.ServeTLS(ln, "", "")
 		} else {
 			err = srv.Serve(ln)
 		}

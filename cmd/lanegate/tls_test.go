@@ -8,10 +8,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -99,5 +101,36 @@ func TestTLS(t *testing.T) {
 	in.cancel()
 	if err := in.wait(ctx, t); err != nil {
 		t.Errorf("run: got %v, want nil", err)
+	}
+}
+
+func TestTLSBadCertificate(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile, _ := selfSigned(t, dir)
+	other, _, _ := selfSigned(t, t.TempDir()) // its key is not keyFile
+	garbage := filepath.Join(dir, "garbage.pem")
+	writeFile(t, garbage, "not a certificate\n")
+	for _, tt := range []struct {
+		name, cert, key string
+	}{
+		{"certificate not PEM", garbage, keyFile},
+		{"key not PEM", certFile, garbage},
+		{"key of another certificate", other, keyFile},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// Refused at startup, before serving or announcing anything
+			// (runOnce fails the test if started is called).
+			_, stderr, err := runOnce(t, environ("http://127.0.0.1:1",
+				"LANEGATE_TLS_CERT_FILE="+tt.cert, "LANEGATE_TLS_KEY_FILE="+tt.key))
+			if err == nil || errors.Is(err, errReported) {
+				t.Fatalf("got error %v, want one for main to print", err)
+			}
+			if !strings.Contains(err.Error(), "LANEGATE_TLS_CERT_FILE") {
+				t.Errorf("error %q does not name LANEGATE_TLS_CERT_FILE", err)
+			}
+			if strings.Contains(stderr, "lanegate started") {
+				t.Errorf("log says it started with an unusable certificate:\n%s", stderr)
+			}
+		})
 	}
 }
