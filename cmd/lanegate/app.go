@@ -36,7 +36,7 @@ func (a app) run(ctx context.Context, args []string) error {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		return errReported
+		return helpOrReported(err)
 	}
 	cmd := "serve"
 	rest := fs.Args()
@@ -45,7 +45,7 @@ func (a app) run(ctx context.Context, args []string) error {
 	}
 	// Flags may follow the command too: lanegate config --markdown.
 	if err := fs.Parse(rest); err != nil {
-		return errReported
+		return helpOrReported(err)
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
@@ -65,6 +65,16 @@ func (a app) run(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errReported
 	}
+}
+
+// helpOrReported turns a flag parsing error, which the flag set has
+// already explained with the usage, into run's result: asking for help
+// with -h or -help succeeds.
+func helpOrReported(err error) error {
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	return errReported
 }
 
 // printConfig prints the effective configuration, and fails after printing

@@ -225,3 +225,18 @@ func TestConfigEnvFile(t *testing.T) {
 		})
 	}
 }
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"config", "-h"}, {"--env-file", "x.env", "-help"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			// Asking for help is not a failure: usage, then exit 0.
+			_, stderr, err := runOnce(t, nil, args...)
+			if err != nil {
+				t.Errorf("got error %v, want none", err)
+			}
+			if !strings.Contains(stderr, "usage: lanegate") || !strings.Contains(stderr, "-env-file") {
+				t.Errorf("stderr does not show the usage and flags:\n%s", stderr)
+			}
+		})
+	}
+}
