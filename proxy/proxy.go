@@ -288,7 +288,7 @@ func (h *Handler) clientAddr(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	if !h.isTrusted(peer) {
-		return "x"
+		return peer.String()
 	}
 	if c, ok := forwardedClient(r.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
 		return c

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -37,9 +39,21 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// Unwrap lets http.ResponseController reach the connection's Flush and
-// Hijack, which ReverseProxy uses for streaming and upgrades.
+// Unwrap lets http.ResponseController reach the connection's Flush, which
+// ReverseProxy uses for streaming.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack hands the connection over for a protocol switch. ReverseProxy
+// hijacks only after the upstream answered 101 Switching Protocols, and
+// writes that 101 to the connection itself, past WriteHeader, so it is
+// recorded here.
+func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && r.status == 0 {
+		r.status = http.StatusSwitchingProtocols
+	}
+	return c, brw, err
+}
 
 // forwardedClient returns the nearest address in an X-Forwarded-For chain
 // that is not a trusted proxy: entries right of it were added by proxies we
