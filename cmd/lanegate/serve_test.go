@@ -46,6 +46,9 @@ func TestServeProxies(t *testing.T) {
 	if r := do(ctx, c, http.MethodGet, in.adminURL("/healthz"), ""); r.status != http.StatusOK {
 		t.Errorf("GET admin /healthz: got %d %q, error %v; want 200", r.status, r.body, r.err)
 	}
+	if r := do(ctx, c, http.MethodGet, in.adminURL("/metrics"), ""); r.status != http.StatusOK || !strings.Contains(r.body, "go_goroutines") {
+		t.Errorf("GET admin /metrics: got %d, error %v, want 200 with the Go collector's metrics:\n%s", r.status, r.err, r.body)
+	}
 
 	c.Transport.(*http.Transport).CloseIdleConnections()
 	in.cancel()
