@@ -77,8 +77,9 @@ func helpOrReported(err error) error {
 	return errReported
 }
 
-// printConfig prints the effective configuration, and fails after printing
-// what it can when the configuration is invalid.
+// printConfig prints the effective configuration. When the configuration
+// is invalid it prints nothing on stdout and reports every problem on
+// stderr.
 func (a app) printConfig(envFile string, markdown bool) error {
 	if markdown {
 		fmt.Fprint(a.stdout, config.MarkdownTable())
