@@ -680,3 +680,10 @@ func TestLoadSkipsMalformedEnviron(t *testing.T) {
 		t.Errorf("budget: got %d, want 7", got)
 	}
 }
+
+func TestBothListenersOnPortZero(t *testing.T) {
+	_, err := Load(LoadOptions{Environ: []string{"LANEGATE_LISTEN=127.0.0.1:0", "LANEGATE_ADMIN_LISTEN=127.0.0.1:0"}})
+	if err != nil {
+		t.Fatalf("got %v, want two port-0 listeners accepted", err)
+	}
+}

@@ -172,7 +172,8 @@ func (v *validator) admin() {
 	if v.skip(varAdminListen) || v.skip(varListen) {
 		return
 	}
-	if a.Listen == v.c.Server.Listen {
+	// Port 0 asks the kernel for a free port, so two ":0" listeners differ.
+	if _, port, _ := net.SplitHostPort(a.Listen); a.Listen == v.c.Server.Listen && port != "0" {
 		v.failQuoted(varAdminListen, a.Listen, "is also %s: the admin server needs an address of its own", varListen)
 		return
 	}

@@ -36,12 +36,10 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// adminListen asks for an ephemeral port like proxyListen, spelled
-// differently because the configuration refuses an admin address equal to
-// LANEGATE_LISTEN, even when both ask for port 0.
+// Both listeners ask the kernel for a free port.
 const (
 	proxyListen = "127.0.0.1:0"
-	adminListen = "127.0.0.1:00"
+	adminListen = "127.0.0.1:0"
 )
 
 // environ is a complete environment for serving in front of upstream, with
