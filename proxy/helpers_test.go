@@ -90,6 +90,13 @@ func testLogger(t testing.TB) (*zap.Logger, *observer.ObservedLogs) {
 // upstream requests must release them first (a defer does).
 func testNewProxy(t testing.TB, upstream string, limits admission.Limits, opts Options) *testProxy {
 	t.Helper()
+	return testNewProxyWith(t, upstream, limits, opts, nil)
+}
+
+// testNewProxyWith is testNewProxy for a handler that asks wrap(ctrl) for
+// admission instead of the controller itself, when wrap is not nil.
+func testNewProxyWith(t testing.TB, upstream string, limits admission.Limits, opts Options, wrap func(*admission.Controller) Admitter) *testProxy {
+	t.Helper()
 	ctrl, err := admission.New(limits)
 	if err != nil {
 		t.Fatalf("admission.New: got error %v, want nil", err)
@@ -108,7 +115,11 @@ func testNewProxy(t testing.TB, upstream string, limits admission.Limits, opts O
 		t.Fatalf("NewMetrics: got error %v, want nil", err)
 	}
 	log, logs := testLogger(t)
-	h, err := New(ctrl, opts, log, m)
+	var adm Admitter = ctrl
+	if wrap != nil {
+		adm = wrap(ctrl)
+	}
+	h, err := New(adm, opts, log, m)
 	if err != nil {
 		t.Fatalf("New: got error %v, want nil", err)
 	}
@@ -117,7 +128,9 @@ func testNewProxy(t testing.TB, upstream string, limits admission.Limits, opts O
 		srv.Close()
 		h.Close()
 	})
-	return &testProxy{Ctrl: ctrl, Handler: h, Server: srv, Client: srv.Client(), Reg: reg, Metrics: m, Logs: logs}
+	c := srv.Client()
+	c.Timeout = 3 * testTimeout // a hung proxy fails the test rather than hangs it
+	return &testProxy{Ctrl: ctrl, Handler: h, Server: srv, Client: c, Reg: reg, Metrics: m, Logs: logs}
 }
 
 // testUpstream starts an upstream app server closed when the test ends.
@@ -224,6 +237,54 @@ func testWaitIdle(t testing.TB, ctrl *admission.Controller) {
 // testLane returns one lane of ctrl's snapshot.
 func testLane(ctrl *admission.Controller, l admission.Lane) admission.LaneSnapshot {
 	return ctrl.Snapshot().Lanes[l]
+}
+
+// testClientFrom returns a client whose connections come from the loopback
+// address ip, so that a test can play several peers.
+func testClientFrom(t testing.TB, ip string) *http.Client {
+	t.Helper()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tr := &http.Transport{DialContext: d.DialContext}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// testFirstBytes sends a GET for u and reads the first n bytes of the
+// response body, from another goroutine, so that a proxy that holds back
+// headers or bytes fails the test instead of hanging it. The caller reads
+// or closes the rest of the body.
+func testFirstBytes(t testing.TB, c *http.Client, u string, n int) (*http.Response, string) {
+	t.Helper()
+	type first struct {
+		resp *http.Response
+		data string
+		err  error
+	}
+	ch := make(chan first, 1)
+	go func() {
+		resp, err := c.Get(u)
+		if err != nil {
+			ch <- first{err: err}
+			return
+		}
+		buf := make([]byte, n)
+		k, err := io.ReadFull(resp.Body, buf)
+		ch <- first{resp, string(buf[:k]), err}
+	}()
+	select {
+	case f := <-ch:
+		if f.err != nil {
+			if f.resp != nil {
+				f.resp.Body.Close()
+			}
+			t.Fatalf("GET %s, first %d bytes: got %q, %v, want no error", u, n, f.data, f.err)
+		}
+		t.Cleanup(func() { f.resp.Body.Close() })
+		return f.resp, f.data
+	case <-time.After(testTimeout):
+		t.Fatalf("GET %s: got no headers or fewer than %d bytes within %s, want them before the upstream finishes", u, n, testTimeout)
+		return nil, ""
+	}
 }
 
 // testResult is one response, read in full.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -280,28 +281,53 @@ func TestLoginBucketPerClient(t *testing.T) {
 	limits := testLimits()
 	limits.LoginPerClient = admission.RateLimit{Rate: 0.001, Burst: 1}
 	limits.MaxClients = 100
+	// peer is the loopback address a login comes from; xff what it claims.
+	type login struct {
+		peer, xff string
+		want      int
+	}
 	tests := []struct {
 		name    string
 		trusted []netip.Prefix
-		xff     []string
-		want    []int
+		logins  []login
 	}{
 		{
 			name:    "trusted peer: one bucket per forwarded client",
 			trusted: testLoopback,
-			xff:     []string{"1.1.1.1", "2.2.2.2", "1.1.1.1", "9.9.9.9, 2.2.2.2"},
-			want:    []int{200, 200, 429, 429},
+			logins: []login{
+				{"127.0.0.1", "1.1.1.1", 200},
+				{"127.0.0.1", "2.2.2.2", 200},
+				{"127.0.0.1", "1.1.1.1", 429},
+				{"127.0.0.2", "9.9.9.9, 2.2.2.2", 429}, // another proxy, same client
+			},
 		},
 		{
 			name:    "trusted peer: trusted hops skipped",
 			trusted: testLoopback,
-			xff:     []string{"1.1.1.1, 127.0.0.5", "1.1.1.1"},
-			want:    []int{200, 429},
+			logins: []login{
+				{"127.0.0.1", "1.1.1.1, 127.0.0.5", 200},
+				{"127.0.0.1", "1.1.1.1", 429},
+			},
+		},
+		{
+			name:    "trusted peer: without a chain or with a malformed one, the peer's bucket",
+			trusted: testLoopback,
+			logins: []login{
+				{"127.0.0.1", "", 200},
+				{"127.0.0.2", "", 200},
+				{"127.0.0.1", "not-an-address", 429},
+				{"127.0.0.2", "1.1.1.1, bogus", 429},
+			},
 		},
 		{
 			name: "untrusted peer: forged chain buys no bucket",
-			xff:  []string{"3.3.3.3", "4.4.4.4", ""},
-			want: []int{200, 429, 429},
+			logins: []login{
+				{"127.0.0.1", "3.3.3.3", 200},
+				{"127.0.0.1", "4.4.4.4", 429},
+				{"127.0.0.1", "", 429},
+				{"127.0.0.2", "3.3.3.3", 200}, // its own bucket, whatever it claims
+				{"127.0.0.2", "", 429},
+			},
 		},
 	}
 	for _, tt := range tests {
@@ -310,19 +336,23 @@ func TestLoginBucketPerClient(t *testing.T) {
 			gate.Open()
 			up := testUpstream(t, gate)
 			p := testNewProxy(t, up.URL, limits, Options{TrustedProxies: tt.trusted})
-			for i, xff := range tt.xff {
-				hdr := map[string]string{}
-				if xff != "" {
-					hdr["X-Forwarded-For"] = xff
-				}
-				res := testFetch(t, p.Client, http.MethodPost, p.Server.URL+"/accounts/login/", hdr, strings.NewReader("user=a"))
-				if res.Resp.StatusCode != tt.want[i] {
-					t.Errorf("login %d with X-Forwarded-For %q: got status %d, want %d", i+1, xff, res.Resp.StatusCode, tt.want[i])
-				}
-			}
+			clients := map[string]*http.Client{}
 			want := 0
-			for _, s := range tt.want {
-				if s == http.StatusOK {
+			for i, l := range tt.logins {
+				c := clients[l.peer]
+				if c == nil {
+					c = testClientFrom(t, l.peer)
+					clients[l.peer] = c
+				}
+				hdr := map[string]string{}
+				if l.xff != "" {
+					hdr["X-Forwarded-For"] = l.xff
+				}
+				res := testFetch(t, c, http.MethodPost, p.Server.URL+"/accounts/login/", hdr, strings.NewReader("user=a"))
+				if res.Resp.StatusCode != l.want {
+					t.Errorf("login %d from %s with X-Forwarded-For %q: got status %d, want %d", i+1, l.peer, l.xff, res.Resp.StatusCode, l.want)
+				}
+				if l.want == http.StatusOK {
 					want++
 				}
 			}
@@ -365,24 +395,9 @@ func TestStreaming(t *testing.T) {
 			}))
 			p := testNewProxy(t, up.URL, testLimits(), Options{})
 
-			resp, err := p.Client.Get(p.Server.URL + "/events")
-			if err != nil {
-				t.Fatalf("GET: got error %v, want a response", err)
-			}
-			defer resp.Body.Close()
-			got := make(chan string, 1)
-			go func() {
-				buf := make([]byte, len(first))
-				n, _ := io.ReadFull(resp.Body, buf)
-				got <- string(buf[:n])
-			}()
-			select {
-			case s := <-got:
-				if s != first {
-					t.Fatalf("first chunk: got %q, want %q", s, first)
-				}
-			case <-time.After(testTimeout):
-				t.Fatalf("first chunk: got nothing within %s while the upstream held the rest, want %q", testTimeout, first)
+			resp, got := testFirstBytes(t, p.Client, p.Server.URL+"/events", len(first))
+			if got != first {
+				t.Fatalf("first chunk: got %q, want %q", got, first)
 			}
 			if n := testLane(p.Ctrl, admission.Core).InFlight; n != 1 {
 				t.Errorf("core in flight while streaming: got %d, want 1", n)
@@ -795,6 +810,58 @@ func TestClientGoneWhileQueued(t *testing.T) {
 	}
 }
 
+// testLateAdmitter grants a slot only once the request's client has gone,
+// as when a client leaves just as its slot arrives.
+type testLateAdmitter struct {
+	*admission.Controller
+	entered chan struct{}
+}
+
+func (a *testLateAdmitter) Acquire(ctx context.Context, l admission.Lane, client string) (*admission.Permit, error) {
+	a.entered <- struct{}{}
+	<-ctx.Done()
+	return a.Controller.Acquire(context.Background(), l, client)
+}
+
+func TestClientGoneAsAdmitted(t *testing.T) {
+	gate := testNewGate()
+	defer gate.Open()
+	up := testUpstream(t, gate)
+	late := &testLateAdmitter{entered: make(chan struct{}, 1)}
+	p := testNewProxyWith(t, up.URL, testLimits(), Options{AccessLog: true}, func(c *admission.Controller) Admitter {
+		late.Controller = c
+		return late
+	})
+	ctx, cancel := testCtx(t)
+	gone := testGo(p.Client, testRequest(t, http.MethodGet, p.Server.URL+"/gone", nil, nil).WithContext(ctx))
+	select {
+	case <-late.entered:
+	case <-time.After(testTimeout):
+		t.Fatalf("the request never asked for admission")
+	}
+	cancel()
+	if res := testReceive(t, gone); res.Err == nil {
+		t.Fatalf("cancelled request: got status %d, want an error", res.Resp.StatusCode)
+	}
+	testWaitFor(t, "the access log line of the cancelled request", func() bool {
+		return p.Logs.FilterMessage("request").Len() == 1
+	})
+	entry := p.Logs.FilterMessage("request").All()[0].ContextMap()
+	if entry["decision"] != decisionClientGone || entry["status"] != int64(statusClientClosed) {
+		t.Errorf("access log: got decision %v status %v, want %s %d", entry["decision"], entry["status"], decisionClientGone, statusClientClosed)
+	}
+	if n := p.Ctrl.Snapshot().InFlight; n != 0 {
+		t.Errorf("in flight after the request left: got %d, want 0", n)
+	}
+	m := testParseMetrics(t, testGather(t, p))
+	if got := m[`lanegate_upstream_seconds_count{lane="core"}`]; got != 0 {
+		t.Errorf("requests forwarded: got %v, want 0", got)
+	}
+	if got := gate.Hits(); got != 0 {
+		t.Errorf("requests reaching the upstream: got %d, want 0", got)
+	}
+}
+
 func TestSlotHeldUntilBodyDone(t *testing.T) {
 	const part1, part2 = "first half;", "second half"
 	tests := []struct {
@@ -828,14 +895,9 @@ func TestSlotHeldUntilBodyDone(t *testing.T) {
 			}))
 			p := testNewProxy(t, up.URL, testLimits(), Options{})
 
-			resp, err := p.Client.Get(p.Server.URL + "/reports/big.csv")
-			if err != nil {
-				t.Fatalf("GET: got error %v, want a response", err)
-			}
-			defer resp.Body.Close()
-			buf := make([]byte, len(part1))
-			if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != part1 {
-				t.Fatalf("first part: got %q, %v, want %q, nil", buf, err, part1)
+			resp, got := testFirstBytes(t, p.Client, p.Server.URL+"/reports/big.csv", len(part1))
+			if got != part1 {
+				t.Fatalf("first part: got %q, want %q", got, part1)
 			}
 			if n := testLane(p.Ctrl, admission.Export).InFlight; n != 1 {
 				t.Errorf("export in flight with the body incomplete: got %d, want 1", n)
