@@ -1091,7 +1091,7 @@ func BenchmarkHandlerDirectBaseline(b *testing.B) {
 		io.WriteString(w, "hello, world\n")
 	}))
 	u, _ := url.Parse(up.URL)
-	tr := newTransport(Options{IdleConns: 256})
+	tr := &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}
 	b.Cleanup(tr.CloseIdleConnections)
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
