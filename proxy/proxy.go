@@ -67,7 +67,7 @@ type Handler struct {
 	ctrl       Admitter
 	classifier atomic.Pointer[Classifier]
 	rp         *httputil.ReverseProxy
-	transport  *http.Transport
+	transport  roundTripCloser
 	trusted    []netip.Prefix
 	upstream   *url.URL
 	maxBody    int64
@@ -117,7 +117,42 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 	return h, nil
 }
 
-func newTransport(opts Options) *http.Transport {
+// roundTripCloser is a transport whose idle connections can be closed.
+type roundTripCloser interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
+// newTransport returns the synchronous HTTP/1.1 transport for a plain-HTTP
+// upstream, the usual case of gunicorn or runserver on the same host or
+// network, and net/http's transport for an HTTPS one.
+func newTransport(opts Options) roundTripCloser {
+	std := newStdTransport(opts)
+	if opts.Upstream.Scheme != "http" {
+		return std
+	}
+	host := opts.Upstream.Host
+	if opts.Upstream.Port() == "" {
+		host = net.JoinHostPort(opts.Upstream.Hostname(), "80")
+	}
+	return &h1Transport{
+		dial:                  (&net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		addr:                  host,
+		responseHeaderTimeout: opts.ResponseHeaderTimeout,
+		idleTimeout:           opts.UpstreamIdleTimeout,
+		maxIdle:               idleConns(opts),
+		fallback:              std,
+	}
+}
+
+// idleConns is how many idle upstream connections are kept. Enforce mode
+// never has more than the budget in flight, but bypassed requests and
+// modes shadow and off do; an idle pool smaller than the concurrency closes
+// and redials connections on every burst. Idle connections cost little and
+// are closed after UpstreamIdleTimeout.
+func idleConns(opts Options) int { return max(opts.IdleConns*4, 256) }
+
+func newStdTransport(opts Options) *http.Transport {
 	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
 	idle := max(opts.IdleConns, 2)
 	return &http.Transport{

@@ -1,0 +1,347 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// h1Transport is an HTTP/1.1 http.RoundTripper for the one upstream: it
+// writes the request and reads the response on the calling goroutine, over
+// a LIFO pool of keep-alive connections.
+//
+// http.Transport hands every request to two goroutines per connection (one
+// writes, one reads) and back; on a small machine those wake-ups are most
+// of a proxy's added latency. An upstream like gunicorn speaks plain
+// HTTP/1.1 and answers one request at a time per connection, which needs
+// none of that machinery.
+//
+// Requests asking for a protocol upgrade go to the fallback transport,
+// which knows how to hand the connection over.
+type h1Transport struct {
+	dial                  func(ctx context.Context, network, addr string) (net.Conn, error)
+	addr                  string // host:port
+	responseHeaderTimeout time.Duration
+	idleTimeout           time.Duration
+	maxIdle               int
+	fallback              http.RoundTripper
+	now                   func() time.Time // time.Now; tests pass a fake
+
+	mu    sync.Mutex // guards idle and sweep
+	idle  []*h1Conn  // most recently used last
+	sweep *time.Timer
+}
+
+type h1Conn struct {
+	net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	idleFrom time.Time
+	reused   bool
+	werr     error // the last write error on Conn
+}
+
+// connWriter is what the buffered writer writes to: it records write
+// errors, which (*http.Request).Write would otherwise report as body read
+// errors in a type callers cannot unwrap. Having no ReadFrom, it also keeps
+// bufio from bypassing it.
+type connWriter struct{ c *h1Conn }
+
+func (w connWriter) Write(p []byte) (int, error) {
+	n, err := w.c.Conn.Write(p)
+	if err != nil {
+		w.c.werr = err
+	}
+	return n, err
+}
+
+// errServerClosedIdle marks a pooled connection the server closed while it
+// sat idle; a request that had sent nothing on it may be retried.
+var errServerClosedIdle = errors.New("proxy: upstream closed an idle connection")
+
+// aLongTimeAgo is a deadline that makes blocked reads and writes fail now.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Header.Get("Upgrade") != "" {
+		return t.fallback.RoundTrip(req)
+	}
+	replayable := req.Body == nil || req.Body == http.NoBody
+	for attempt := 0; ; attempt++ {
+		c, err := t.get(req.Context())
+		if err != nil {
+			closeBody(req)
+			return nil, err
+		}
+		resp, err := t.roundTrip(c, req)
+		if err == nil {
+			return resp, nil
+		}
+		c.Close()
+		if errors.Is(err, errServerClosedIdle) && c.reused && replayable && attempt == 0 && req.Context().Err() == nil {
+			continue
+		}
+		closeBody(req)
+		return nil, err
+	}
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	// A client that goes away unblocks whatever this connection is doing.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
+	if t.responseHeaderTimeout > 0 {
+		// Covers writing the request too: an upstream that stops reading
+		// is as stuck as one that never answers.
+		c.SetDeadline(time.Now().Add(t.responseHeaderTimeout))
+	}
+	c.werr = nil
+	if err := writeRequest(c.bw, req); err != nil {
+		stop()
+		if c.werr != nil {
+			// The connection failed, not the body; see writeRequest.
+			err = c.werr
+		}
+		return nil, t.wrap(c, err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		stop()
+		return nil, t.wrap(c, err)
+	}
+	var resp *http.Response
+	for {
+		r, err := http.ReadResponse(c.br, req)
+		if err != nil {
+			stop()
+			return nil, t.wrap(c, err)
+		}
+		// Interim responses (100 Continue, 103 Early Hints) are not
+		// relayed; the final response follows on the same connection.
+		if r.StatusCode >= 100 && r.StatusCode < 200 && r.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		resp = r
+		break
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// An upgrade the request did not ask for cannot be relayed here.
+		stop()
+		return nil, errors.New("proxy: unexpected 101 Switching Protocols")
+	}
+	c.SetDeadline(time.Time{})
+	if ctx.Err() != nil {
+		stop()
+		return nil, ctx.Err()
+	}
+	keep := !resp.Close && !req.Close
+	if resp.Body == http.NoBody {
+		if stop() && keep {
+			t.put(c)
+		} else {
+			c.Close()
+		}
+		return resp, nil
+	}
+	resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: stop, keep: keep}
+	return resp, nil
+}
+
+// writeRequest writes req, returning an error from reading its body as it
+// is: (*http.Request).Write hides it in a type callers cannot unwrap, and a
+// body over the size limit must stay an *http.MaxBytesError to become a 413.
+// Write errors are recovered the same way, by connWriter.
+func writeRequest(w io.Writer, req *http.Request) error {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req.Write(w)
+	}
+	body := &readErrBody{rc: req.Body}
+	out := *req // RoundTrip must not modify its request
+	out.Body = body
+	err := out.Write(w)
+	if body.err != nil && err != nil {
+		return body.err
+	}
+	return err
+}
+
+// readErrBody remembers the error its reader returned.
+type readErrBody struct {
+	rc  io.ReadCloser
+	err error
+}
+
+func (b *readErrBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *readErrBody) Close() error { return b.rc.Close() }
+
+// wrap turns a failure on a reused connection before any response byte
+// into errServerClosedIdle, and keeps the original error for the log.
+func (t *h1Transport) wrap(c *h1Conn, err error) error {
+	if c.reused && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
+		return fmt.Errorf("%w: %w", errServerClosedIdle, err)
+	}
+	return err
+}
+
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// h1Body returns its connection to the pool once the body has been read to
+// the end, and closes it otherwise.
+type h1Body struct {
+	rc   io.ReadCloser
+	c    *h1Conn
+	t    *h1Transport
+	stop func() bool
+	keep bool
+	eof  bool
+	done bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	ok := b.stop()
+	if !b.eof || !ok || !b.keep {
+		// Close the connection first: closing an unfinished body would
+		// otherwise read the rest of it just to throw it away.
+		b.c.Close()
+		b.rc.Close()
+		return nil
+	}
+	b.rc.Close()
+	b.t.put(b.c)
+	return nil
+}
+
+func (t *h1Transport) clock() time.Time {
+	if t.now != nil {
+		return t.now()
+	}
+	return time.Now()
+}
+
+// get returns a pooled connection that has not idled too long, or dials.
+func (t *h1Transport) get(ctx context.Context) (*h1Conn, error) {
+	now := t.clock()
+	t.mu.Lock()
+	for len(t.idle) > 0 {
+		c := t.idle[len(t.idle)-1]
+		t.idle[len(t.idle)-1] = nil
+		t.idle = t.idle[:len(t.idle)-1]
+		if t.idleTimeout > 0 && now.Sub(c.idleFrom) > t.idleTimeout {
+			t.mu.Unlock()
+			c.Close()
+			t.mu.Lock()
+			continue
+		}
+		t.mu.Unlock()
+		c.reused = true
+		return c, nil
+	}
+	t.mu.Unlock()
+	nc, err := t.dial(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &h1Conn{Conn: nc, br: bufio.NewReaderSize(nc, 16<<10)}
+	c.bw = bufio.NewWriterSize(connWriter{c}, 8<<10)
+	return c, nil
+}
+
+// put returns a connection to the pool, closing it when the pool is full.
+func (t *h1Transport) put(c *h1Conn) {
+	if c.br.Buffered() > 0 {
+		// Bytes after the response: the server is confused; do not reuse.
+		c.Close()
+		return
+	}
+	c.idleFrom = t.clock()
+	t.mu.Lock()
+	if len(t.idle) >= t.maxIdle {
+		t.mu.Unlock()
+		c.Close()
+		return
+	}
+	t.idle = append(t.idle, c)
+	if t.idleTimeout > 0 && t.sweep == nil {
+		t.sweep = time.AfterFunc(t.idleTimeout, t.sweepIdle)
+	}
+	t.mu.Unlock()
+}
+
+// sweepIdle closes connections idle past the timeout, so a quiet proxy
+// does not hold sockets the upstream has long closed.
+func (t *h1Transport) sweepIdle() {
+	now := t.clock()
+	t.mu.Lock()
+	var stale []*h1Conn
+	keep := t.idle[:0]
+	for _, c := range t.idle {
+		if now.Sub(c.idleFrom) >= t.idleTimeout {
+			stale = append(stale, c)
+		} else {
+			keep = append(keep, c)
+		}
+	}
+	for i := len(keep); i < len(t.idle); i++ {
+		t.idle[i] = nil
+	}
+	t.idle = keep
+	t.sweep = nil
+	if len(t.idle) > 0 {
+		t.sweep = time.AfterFunc(t.idleTimeout, t.sweepIdle)
+	}
+	t.mu.Unlock()
+	for _, c := range stale {
+		c.Close()
+	}
+}
+
+// CloseIdleConnections closes every pooled connection.
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = nil
+	if t.sweep != nil {
+		t.sweep.Stop()
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
+	if f, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
+		f.CloseIdleConnections()
+	}
+}

@@ -1,0 +1,345 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawServer is an upstream written against TCP, so a test controls exactly
+// what goes on the wire: each accepted connection is handed to serve.
+type rawServer struct {
+	ln    net.Listener
+	conns atomic.Int64
+	wg    sync.WaitGroup
+}
+
+func newRawServer(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) *rawServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &rawServer{ln: ln}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.conns.Add(1)
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				defer c.Close()
+				serve(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); s.wg.Wait() })
+	return s
+}
+
+// serveOK answers every request on the connection with a small 200, keeping
+// the connection alive, until the client closes it.
+func serveOK(c net.Conn, br *bufio.Reader) {
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}
+}
+
+func newTestTransport(addr string) *h1Transport {
+	return &h1Transport{
+		dial:        (&net.Dialer{Timeout: time.Second}).DialContext,
+		addr:        addr,
+		idleTimeout: time.Minute,
+		maxIdle:     4,
+		fallback:    http.DefaultTransport,
+	}
+}
+
+func doGet(t *testing.T, tr http.RoundTripper, ctx context.Context, addr string) (*http.Response, string, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return nil, "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return resp, string(b), nil
+}
+
+func TestTransportReusesConnections(t *testing.T) {
+	s := newRawServer(t, serveOK)
+	tr := newTestTransport(s.ln.Addr().String())
+	defer tr.CloseIdleConnections()
+	for i := range 5 {
+		resp, body, err := doGet(t, tr, context.Background(), s.ln.Addr().String())
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: got %d %q, want 200 \"ok\"", i, resp.StatusCode, body)
+		}
+	}
+	if got := s.conns.Load(); got != 1 {
+		t.Fatalf("connections opened: got %d, want 1", got)
+	}
+}
+
+func TestTransportHonoursConnectionClose(t *testing.T) {
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+	})
+	tr := newTestTransport(s.ln.Addr().String())
+	defer tr.CloseIdleConnections()
+	for i := range 3 {
+		if _, _, err := doGet(t, tr, context.Background(), s.ln.Addr().String()); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if got := s.conns.Load(); got != 3 {
+		t.Fatalf("connections opened: got %d, want 3 (one per request)", got)
+	}
+}
+
+// An upstream that closes a keep-alive connection without saying so (as
+// gunicorn does when its keep-alive expires) must not fail the next GET:
+// nothing was processed, so it is sent again on a new connection. A POST
+// is not replayed: the app may have acted on it.
+func TestTransportRetriesStaleIdleConnection(t *testing.T) {
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, req.Body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		// Close silently after one response.
+	})
+	addr := s.ln.Addr().String()
+	tr := newTestTransport(addr)
+	defer tr.CloseIdleConnections()
+	if _, _, err := doGet(t, tr, context.Background(), addr); err != nil {
+		t.Fatal(err)
+	}
+	if _, body, err := doGet(t, tr, context.Background(), addr); err != nil || body != "ok" {
+		t.Fatalf("GET on a stale connection: got %q, %v; want a transparent retry", body, err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("a=1"))
+	_, err := tr.RoundTrip(req)
+	if !errors.Is(err, errServerClosedIdle) {
+		t.Fatalf("POST on a stale connection: got %v, want errServerClosedIdle", err)
+	}
+}
+
+func TestTransportSkipsInterimResponses(t *testing.T) {
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"+
+			"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")
+	})
+	tr := newTestTransport(s.ln.Addr().String())
+	defer tr.CloseIdleConnections()
+	resp, body, err := doGet(t, tr, context.Background(), s.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || body != "final" {
+		t.Fatalf("got %d %q, want 200 \"final\"", resp.StatusCode, body)
+	}
+}
+
+func TestTransportResponseHeaderTimeout(t *testing.T) {
+	release := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		<-release
+	})
+	defer close(release)
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.responseHeaderTimeout = 50 * time.Millisecond
+	_, _, err := doGet(t, tr, context.Background(), s.ln.Addr().String())
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("got %v, want a timeout", err)
+	}
+	if got := len(tr.idle); got != 0 {
+		t.Fatalf("pooled after a timeout: got %d, want 0", got)
+	}
+}
+
+func TestTransportClientCancelUnblocks(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		close(arrived)
+		<-release
+	})
+	defer close(release)
+	tr := newTestTransport(s.ln.Addr().String())
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := doGet(t, tr, ctx, s.ln.Addr().String())
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("got a response, want an error after cancel")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RoundTrip still blocked after the client cancelled")
+	}
+	if got := len(tr.idle); got != 0 {
+		t.Fatalf("pooled after cancel: got %d, want 0", got)
+	}
+}
+
+// A body closed before its end must close the connection: reusing it
+// would read the rest of the old body as the next response.
+func TestTransportUnfinishedBodyClosesConnection(t *testing.T) {
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789")
+		}
+	})
+	addr := s.ln.Addr().String()
+	tr := newTestTransport(addr)
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 3)
+	io.ReadFull(resp.Body, buf)
+	resp.Body.Close()
+	if got := len(tr.idle); got != 0 {
+		t.Fatalf("pooled after a partial read: got %d, want 0", got)
+	}
+	if _, body, err := doGet(t, tr, context.Background(), addr); err != nil || body != "0123456789" {
+		t.Fatalf("next request: got %q, %v", body, err)
+	}
+	if got := s.conns.Load(); got != 2 {
+		t.Fatalf("connections opened: got %d, want 2", got)
+	}
+}
+
+func TestTransportIdleTimeout(t *testing.T) {
+	s := newRawServer(t, serveOK)
+	addr := s.ln.Addr().String()
+	tr := newTestTransport(addr)
+	defer tr.CloseIdleConnections()
+	// The transport's sweeper may read the clock from its own goroutine.
+	var clock atomic.Int64
+	clock.Store(time.Unix(1000, 0).UnixNano())
+	tr.now = func() time.Time { return time.Unix(0, clock.Load()) }
+	advance := func(d time.Duration) { clock.Add(int64(d)) }
+	tr.idleTimeout = time.Hour
+	if _, _, err := doGet(t, tr, context.Background(), addr); err != nil {
+		t.Fatal(err)
+	}
+	advance(30 * time.Minute)
+	if _, _, err := doGet(t, tr, context.Background(), addr); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.conns.Load(); got != 1 {
+		t.Fatalf("within the idle timeout: got %d connections, want 1", got)
+	}
+	advance(2 * time.Hour)
+	if _, _, err := doGet(t, tr, context.Background(), addr); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.conns.Load(); got != 2 {
+		t.Fatalf("past the idle timeout: got %d connections, want 2", got)
+	}
+	advance(2 * time.Hour)
+	tr.sweepIdle()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if got := len(tr.idle); got != 0 {
+		t.Fatalf("after a sweep past the timeout: got %d idle, want 0", got)
+	}
+}
+
+func TestTransportPoolBounded(t *testing.T) {
+	s := newRawServer(t, serveOK)
+	addr := s.ln.Addr().String()
+	tr := newTestTransport(addr)
+	tr.maxIdle = 2
+	defer tr.CloseIdleConnections()
+	var resps []*http.Response
+	for range 4 {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resps = append(resps, resp)
+	}
+	for _, r := range resps {
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	if got := len(tr.idle); got != 2 {
+		t.Fatalf("idle connections: got %d, want 2", got)
+	}
+}
+
+type recordingRT struct{ got *http.Request }
+
+func (r *recordingRT) RoundTrip(req *http.Request) (*http.Response, error) {
+	r.got = req
+	return &http.Response{StatusCode: http.StatusSwitchingProtocols, Body: http.NoBody, Request: req}, nil
+}
+
+func TestTransportUpgradeUsesFallback(t *testing.T) {
+	fb := &recordingRT{}
+	tr := newTestTransport("127.0.0.1:1")
+	tr.fallback = fb
+	req, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1:1/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "websocket")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fb.got != req || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade not handed to the fallback transport: got %v", fb.got)
+	}
+}
