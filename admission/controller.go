@@ -438,7 +438,9 @@ func (c *Controller) Shadow(l Lane, client string) (Decision, *Permit) {
 		s := c.state.Load()
 		if !canAdmit(s, lim, l) {
 			ll := lim.Lane[l]
-			ahead := max(0, inFlightOf(s, l)-ll.Max) + max(0, totalOf(s)-lim.Budget)
+			// Requests beyond the lane's max or beyond the budget would have
+			// been queued; whichever overshoot is larger is the queue ahead.
+			ahead := max(inFlightOf(s, l)-ll.Max, totalOf(s)-lim.Budget, 0)
 			switch {
 			case ahead >= ll.Queue || ll.QueueTimeout <= 0:
 				d = ShadowQueueFull

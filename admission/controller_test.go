@@ -580,3 +580,27 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// A lane at both its max and the budget has one queue ahead, not two.
+func TestShadowQueueAheadNotDoubleCounted(t *testing.T) {
+	var l Limits
+	l.Budget = 2
+	l.Lane[Core] = LaneLimits{Reserved: 2, Max: 2, Queue: 2, QueueTimeout: time.Second}
+	c, _ := newTest(t, l)
+	var permits []*Permit
+	var got []Decision
+	for range 5 {
+		d, p := c.Shadow(Core, "")
+		got = append(got, d)
+		permits = append(permits, p)
+	}
+	want := []Decision{ShadowAdmitted, ShadowAdmitted, ShadowQueued, ShadowQueued, ShadowQueueFull}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("request %d: got %s, want %s", i, got[i], want[i])
+		}
+	}
+	for _, p := range permits {
+		p.Release()
+	}
+}
