@@ -68,19 +68,17 @@ func (b *buckets) reconfigure(now time.Time, l Limits) (*buckets, error) {
 	return nb, nil
 }
 
-// take reserves a token from each enabled bucket. When one has no token now
+// take takes a token from each enabled bucket. When one has no token now
 // it gives back what it took and returns the wait until a token is due. On
-// success it returns the reservations so a request shed later can give its
+// success it returns what was taken, so a request shed later can give its
 // tokens back with refund.
 func (b *buckets) take(now time.Time, client string) (tokens, time.Duration) {
 	var t tokens
 	if b.global != nil {
-		r := b.global.ReserveN(now, 1)
-		if d := r.DelayFrom(now); !r.OK() || d > 0 {
-			r.CancelAt(now)
-			return tokens{}, max(d, time.Second)
+		if d := takeOne(b.global, now); d > 0 {
+			return tokens{}, d
 		}
-		t.global = r
+		t.global = b.global
 	}
 	if b.perClient != nil {
 		b.mu.Lock()
@@ -90,29 +88,44 @@ func (b *buckets) take(now time.Time, client string) (tokens, time.Duration) {
 			b.perClient.Add(client, lim)
 		}
 		b.mu.Unlock()
-		r := lim.ReserveN(now, 1)
-		if d := r.DelayFrom(now); !r.OK() || d > 0 {
-			r.CancelAt(now)
+		if d := takeOne(lim, now); d > 0 {
 			t.refund(now)
-			return tokens{}, max(d, time.Second)
+			return tokens{}, d
 		}
-		t.client = r
+		t.client = lim
 	}
 	return t, 0
 }
 
-// tokens are the reservations one admitted login holds.
+// takeOne takes a token if one is there now, and otherwise returns how long
+// until one will be (at least a second: Retry-After counts whole seconds).
+func takeOne(lim *rate.Limiter, now time.Time) time.Duration {
+	r := lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); !r.OK() || d > 0 {
+		r.CancelAt(now)
+		return max(d, time.Second)
+	}
+	return 0
+}
+
+// tokens are the buckets one admitted login took a token from.
 type tokens struct {
-	global, client *rate.Reservation
+	global, client *rate.Limiter
 }
 
 // refund gives the tokens back, for a request that was then shed: a login
 // refused for want of a slot should not also cost its client a token.
+//
+// Reservation.CancelAt cannot do this for a request that waited in a queue:
+// it restores nothing once the reservation's time has passed, and passing
+// it the earlier time would rewind the bucket's clock and mint tokens for
+// the wait twice. Taking -1 tokens at now adds one token, which the bucket
+// caps at its burst the next time it is read.
 func (t tokens) refund(now time.Time) {
 	if t.global != nil {
-		t.global.CancelAt(now)
+		t.global.AllowN(now, -1)
 	}
 	if t.client != nil {
-		t.client.CancelAt(now)
+		t.client.AllowN(now, -1)
 	}
 }

@@ -76,6 +76,10 @@ type Controller struct {
 	seq    uint64
 
 	lanes [numLanes]laneStats
+
+	// beforeSlow, when set by a test, runs between the lock-free attempt
+	// and the slow path, to stage races there deterministically.
+	beforeSlow func()
 }
 
 // laneStats are a lane's counters, padded so lanes do not share a cache line.
@@ -185,9 +189,24 @@ func (p *Permit) ReleaseAt(now time.Time) {
 		return
 	}
 	c := p.c
-	c.lanes[p.lane].observe(now.Sub(p.start))
+	// One stream or upgrade held for minutes would make every queued
+	// request look hopeless for the next few dozen completions; a sample
+	// is capped at what the queue timeout can make sense of.
+	limit := max(4*c.limits.Load().Lane[p.lane].QueueTimeout, time.Second)
+	c.lanes[p.lane].observe(min(now.Sub(p.start), limit))
 	if p.counted {
 		c.release(p.lane)
+	}
+}
+
+// Abandon returns the slot of a request that was never forwarded, without
+// counting its hold time as service time.
+func (p *Permit) Abandon() {
+	if p == nil || !p.done.CompareAndSwap(false, true) {
+		return
+	}
+	if p.counted {
+		p.c.release(p.lane)
 	}
 }
 
@@ -235,7 +254,6 @@ func (c *Controller) Acquire(ctx context.Context, l Lane, client string) (*Permi
 	if c.closed.Load() {
 		return nil, c.shed(l, ErrClosed, time.Second)
 	}
-	lim := c.limits.Load()
 	now := c.clock.Now()
 	var tok tokens
 	if l == Login {
@@ -245,6 +263,9 @@ func (c *Controller) Acquire(ctx context.Context, l Lane, client string) (*Permi
 		}
 	}
 	for {
+		// Limits are read afresh each try, so an arrival racing a
+		// Reconfigure that shrinks them is judged by the new ones.
+		lim := c.limits.Load()
 		s := c.state.Load()
 		if queuedOf(s) != 0 || !canAdmit(s, lim, l) {
 			break
@@ -254,11 +275,21 @@ func (c *Controller) Acquire(ctx context.Context, l Lane, client string) (*Permi
 			return c.newPermit(l, now, 0), nil
 		}
 	}
+	if c.beforeSlow != nil {
+		c.beforeSlow()
+	}
 	return c.acquireSlow(ctx, l, now, tok)
 }
 
 func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok tokens) (*Permit, error) {
 	c.mu.Lock()
+	if c.closed.Load() {
+		// Close ran between the check in Acquire and here; it has already
+		// emptied the queues and would not see this request.
+		c.mu.Unlock()
+		tok.refund(now)
+		return nil, c.shed(l, ErrClosed, time.Second)
+	}
 	lim := c.limits.Load()
 	ll := lim.Lane[l]
 	q := &c.queues[l]
@@ -273,7 +304,9 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 			}
 			continue
 		}
-		if q.len >= ll.Queue || ll.QueueTimeout <= 0 {
+		// The queued count has 16 bits; queues kept from before a
+		// Reconfigure could otherwise push it past them.
+		if q.len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued {
 			retry := c.expectedWait(l, q.len+1, s)
 			c.mu.Unlock()
 			tok.refund(now)
@@ -338,7 +371,7 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 	if err := ctx.Err(); err != nil {
 		// The slot arrived as the caller left; hand it on rather than
 		// forward a request nobody waits for.
-		p.Release()
+		p.Abandon()
 		c.count(l, Cancelled)
 		return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
 	}
@@ -458,25 +491,20 @@ func (c *Controller) Shadow(l Lane, client string) (Decision, *Permit) {
 	return d, c.force(l)
 }
 
-// force takes a slot whatever the limits say.
+// force takes a slot whatever the limits say. A lane whose 16-bit count is
+// full is forwarded uncounted rather than carried into its neighbour.
 func (c *Controller) force(l Lane) *Permit {
 	p := &Permit{c: c, lane: l, start: c.clock.Now()}
 	for {
 		s := c.state.Load()
 		if inFlightOf(s, l) >= fieldMask {
-			return p // saturated: forwarded but not counted
+			return p
 		}
-		if queuedOf(s) == 0 {
-			if c.state.CompareAndSwap(s, s+one(l)) {
-				p.counted = true
-				return p
-			}
-			continue
+		// An increase needs no dispatch, so unlike a release it may
+		// race the mutex holders: their swaps fail and they look again.
+		if c.state.CompareAndSwap(s, s+one(l)) {
+			p.counted = true
+			return p
 		}
-		c.mu.Lock()
-		c.add(int64(one(l)))
-		c.mu.Unlock()
-		p.counted = true
-		return p
 	}
 }

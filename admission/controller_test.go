@@ -604,3 +604,85 @@ func TestShadowQueueAheadNotDoubleCounted(t *testing.T) {
 		p.Release()
 	}
 }
+
+// A login that queued and then timed out gets its token back: the next
+// login from the same client is not rate limited.
+func TestQueuedLoginRefundsTokenAfterTimeout(t *testing.T) {
+	var l Limits
+	l.Budget = 1
+	l.Lane[Login] = LaneLimits{Reserved: 1, Max: 1, Queue: 1, QueueTimeout: 5 * time.Second}
+	l.LoginPerClient = RateLimit{Rate: 0.001, Burst: 2}
+	l.MaxClients = 10
+	c, clock := newTest(t, l)
+	p, err := c.Acquire(context.Background(), Login, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := enqueue(t, context.Background(), c, clock, Login, 0) // takes the second token
+	clock.Advance(5 * time.Second)
+	if r := recv(t, ch); !errors.Is(r.err, ErrQueueTimeout) {
+		t.Fatalf("got %v, want ErrQueueTimeout", r.err)
+	}
+	p.Release()
+	p, err = c.Acquire(context.Background(), Login, "client")
+	if err != nil {
+		t.Fatalf("after a queued login timed out: got %v, want its token back", err)
+	}
+	p.Release()
+	// A refund never lifts the bucket above its burst.
+	if _, err := c.Acquire(context.Background(), Login, "client"); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("third login: got %v, want ErrRateLimited", err)
+	}
+}
+
+// A request that passed Acquire's closed check just before Close ran is
+// refused when it reaches the queue, not left waiting in a queue that Close
+// already emptied.
+func TestCloseBetweenCheckAndQueue(t *testing.T) {
+	var l Limits
+	l.Budget = 1
+	l.Lane[Core] = LaneLimits{Reserved: 1, Max: 1, Queue: 100, QueueTimeout: time.Hour}
+	c, _ := newTest(t, l)
+	hold := mustAcquire(t, c, Core)
+	defer hold.Release()
+	c.beforeSlow = c.Close
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Acquire(context.Background(), Core, "")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("got %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("request queued after Close and was never answered")
+	}
+}
+
+// One very long hold does not make every later queued request look
+// hopeless: samples are capped.
+func TestServiceTimeSampleCapped(t *testing.T) {
+	l := testLimits()
+	c, clock := newTest(t, l)
+	p := mustAcquire(t, c, Core)
+	clock.Advance(10 * time.Minute)
+	p.Release()
+	if got, limit := c.Snapshot().Lanes[Core].ServiceTime, 4*l.Lane[Core].QueueTimeout; got != limit {
+		t.Fatalf("service time after a 10 min hold: got %s, want the cap %s", got, limit)
+	}
+}
+
+// A slot given up without forwarding leaves no service-time sample.
+func TestAbandonSkipsServiceTime(t *testing.T) {
+	c, clock := newTest(t, testLimits())
+	p := mustAcquire(t, c, Core)
+	clock.Advance(time.Second)
+	p.Abandon()
+	p.Release() // idempotent with Abandon
+	snap := c.Snapshot().Lanes[Core]
+	if snap.ServiceTime != 0 || snap.InFlight != 0 {
+		t.Fatalf("got service time %s, in flight %d; want 0, 0", snap.ServiceTime, snap.InFlight)
+	}
+}
