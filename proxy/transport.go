@@ -73,7 +73,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Header.Get("Upgrade") != "" {
 		return t.fallback.RoundTrip(req)
 	}
-	replayable := req.Body == nil || req.Body == http.NoBody
+	replayable := isIdempotent(req.Method) && (req.Body == nil || req.Body == http.NoBody)
 	for attempt := 0; ; attempt++ {
 		c, err := t.get(req.Context())
 		if err != nil {
@@ -93,6 +93,18 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// isIdempotent reports whether sending the request twice is harmless. An
+// upstream that drops a reused connection may have processed the request
+// (gunicorn killing a slow worker looks the same as an idle close), so only
+// these are ever sent again, as net/http's transport does.
+func isIdempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
 func closeBody(req *http.Request) {
 	if req.Body != nil {
 		req.Body.Close()
@@ -103,23 +115,37 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	ctx := req.Context()
 	// A client that goes away unblocks whatever this connection is doing.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
-	if t.responseHeaderTimeout > 0 {
-		// Covers writing the request too: an upstream that stops reading
-		// is as stuck as one that never answers.
-		c.SetDeadline(time.Now().Add(t.responseHeaderTimeout))
-	}
+	// Writing has no deadline of its own: the body streams from the client
+	// at the client's pace, and a client that gives up cancels ctx.
 	c.werr = nil
 	if err := writeRequest(c.bw, req); err != nil {
-		stop()
-		if c.werr != nil {
-			// The connection failed, not the body; see writeRequest.
-			err = c.werr
+		if c.werr == nil {
+			stop()
+			return nil, err // the client's body failed, not the upstream
 		}
-		return nil, t.wrap(c, err)
+		// The upstream stopped reading. It may have answered early (a
+		// 413 or 403 before the body's end) and closed; relay that answer
+		// rather than a 502.
+		if resp := t.earlyResponse(c, req); resp != nil {
+			stop()
+			return resp, nil
+		}
+		stop()
+		return nil, t.wrap(c, c.werr)
 	}
 	if err := c.bw.Flush(); err != nil {
 		stop()
 		return nil, t.wrap(c, err)
+	}
+	// The response-header timeout starts once the request is sent, as in
+	// net/http. Setting it may overwrite the deadline a cancellation just
+	// set, so cancellation is checked after.
+	if t.responseHeaderTimeout > 0 {
+		c.SetReadDeadline(time.Now().Add(t.responseHeaderTimeout))
+	}
+	if err := ctx.Err(); err != nil {
+		stop()
+		return nil, err
 	}
 	var resp *http.Response
 	for {
@@ -157,6 +183,25 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	}
 	resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: stop, keep: keep}
 	return resp, nil
+}
+
+// earlyResponse reads a response the upstream sent before it stopped
+// reading the request, if one arrives within a second. The connection is
+// not reused afterwards.
+func (t *h1Transport) earlyResponse(c *h1Conn, req *http.Request) *http.Response {
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	resp, err := http.ReadResponse(c.br, req)
+	if err != nil || resp.StatusCode < 200 {
+		return nil
+	}
+	c.SetReadDeadline(time.Time{})
+	resp.Close = true
+	if resp.Body != http.NoBody {
+		resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: func() bool { return true }, keep: false}
+	} else {
+		c.Close()
+	}
+	return resp
 }
 
 // writeRequest writes req, returning an error from reading its body as it

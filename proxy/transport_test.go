@@ -151,10 +151,74 @@ func TestTransportRetriesStaleIdleConnection(t *testing.T) {
 	if _, body, err := doGet(t, tr, context.Background(), addr); err != nil || body != "ok" {
 		t.Fatalf("GET on a stale connection: got %q, %v; want a transparent retry", body, err)
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("a=1"))
-	_, err := tr.RoundTrip(req)
-	if !errors.Is(err, errServerClosedIdle) {
-		t.Fatalf("POST on a stale connection: got %v, want errServerClosedIdle", err)
+	for _, body := range []io.Reader{strings.NewReader("a=1"), nil} {
+		// Prime a pooled connection the server will have closed.
+		if _, _, err := doGet(t, tr, context.Background(), addr); err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", body)
+		before := s.conns.Load()
+		_, err := tr.RoundTrip(req)
+		if !errors.Is(err, errServerClosedIdle) {
+			t.Fatalf("POST (body %v) on a stale connection: got %v, want errServerClosedIdle", body != nil, err)
+		}
+		if got := s.conns.Load() - before; got != 0 {
+			t.Fatalf("POST (body %v) was sent again on %d new connection(s), want never", body != nil, got)
+		}
+	}
+}
+
+// The response-header timeout starts when the request is sent: a client
+// uploading slowly is not cut off by it.
+func TestTransportSlowUploadNotTimedOut(t *testing.T) {
+	s := newRawServer(t, serveOK)
+	addr := s.ln.Addr().String()
+	tr := newTestTransport(addr)
+	tr.responseHeaderTimeout = 100 * time.Millisecond
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	go func() {
+		for range 4 {
+			pw.Write([]byte("chunk"))
+			<-time.After(60 * time.Millisecond) // the client's pace, not synchronisation
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", pr)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("slow upload: got %v, want the response", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("got %d, want 200", resp.StatusCode)
+	}
+}
+
+// An upstream that answers before reading the whole body (say 413) and
+// closes: the client gets that answer, not a 502.
+func TestTransportRelaysEarlyResponse(t *testing.T) {
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 413 Request Entity Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+		c.(*net.TCPConn).CloseRead()
+	})
+	addr := s.ln.Addr().String()
+	tr := newTestTransport(addr)
+	defer tr.CloseIdleConnections()
+	body := strings.NewReader(strings.Repeat("x", 8<<20))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", body)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("got %v, want the upstream's 413", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 413 || string(b) != "big" {
+		t.Fatalf("got %d %q, want 413 \"big\"", resp.StatusCode, b)
 	}
 }
 
