@@ -217,4 +217,6 @@ type Log struct {
 	Level string `env:"LOG_LEVEL" envDefault:"info" desc:"Least severe level logged: debug, info, warn or error."`
 	// Access turns on one log line per request.
 	Access bool `env:"ACCESS_LOG" envDefault:"true" desc:"Log one line per request."`
+	// RedactPaths are path prefixes whose remainder is never logged.
+	RedactPaths []string `env:"LOG_REDACT_PATHS" envDefault:"/accounts/password/reset/key/,/accounts/confirm-email/,/reset/" desc:"Comma-separated path prefixes after which logged paths are cut, because links under them carry a secret in the path (allauth's password-reset and email-confirmation keys, Django's password-reset tokens)."`
 }

@@ -14,6 +14,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,9 @@ type Options struct {
 	UpstreamIdleTimeout time.Duration
 	// AccessLog writes one line per request.
 	AccessLog bool
+	// RedactPaths are path prefixes after which the rest of a logged path
+	// is replaced: links whose path carries a secret.
+	RedactPaths []string
 	// Mode is the initial admission mode; SetMode changes it.
 	Mode config.Mode
 }
@@ -72,6 +76,7 @@ type Handler struct {
 	upstream   *url.URL
 	maxBody    int64
 	accessLog  bool
+	redact     []string
 	log        *zap.Logger
 	metrics    *Metrics
 	mode       atomic.Pointer[config.Mode]
@@ -96,6 +101,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		upstream:  opts.Upstream,
 		maxBody:   opts.MaxBodyBytes,
 		accessLog: opts.AccessLog,
+		redact:    opts.RedactPaths,
 		log:       log,
 		metrics:   metrics,
 	}
@@ -194,7 +200,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := h.recorders.Get().(*recorder)
 	rec.reset(w)
-	defer h.recorders.Put(rec)
+	defer func() {
+		rec.reset(nil) // do not keep the connection alive from the pool
+		h.recorders.Put(rec)
+	}()
 
 	class := h.classifier.Load().Classify(r.Method, r.URL.Path)
 	ev := event{start: start, class: class, decision: decisionBypass}
@@ -216,7 +225,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	client := h.clientAddr(r)
+	// Only the login lane's per-client bucket needs the client's address.
+	var client string
+	if class.Lane == admission.Login {
+		if a, ok := h.clientAddr(r); ok {
+			client = clientKey(a)
+		} else {
+			client = r.RemoteAddr
+		}
+	}
 	var permit *admission.Permit
 	switch *h.mode.Load() {
 	case config.ModeOff:
@@ -240,7 +257,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Context().Err() != nil {
 		// The client left while we decided; forwarding now would make the
 		// app do work nobody reads.
-		permit.Release()
+		permit.Abandon()
 		ev.decision = decisionClientGone
 		ev.status = statusClientClosed
 		h.finish(rec, r, &ev, time.Now())
@@ -303,7 +320,7 @@ func (h *Handler) finish(rec *recorder, r *http.Request, ev *event, end time.Tim
 	}
 	h.log.Info("request",
 		zap.String("method", r.Method),
-		zap.String("path", r.URL.Path),
+		zap.String("path", h.logPath(r.URL.Path)),
 		zap.String("lane", laneLabel(ev.class)),
 		zap.String("decision", ev.decision),
 		zap.Int("status", statusCode(rec.status, ev.status)),
@@ -311,24 +328,21 @@ func (h *Handler) finish(rec *recorder, r *http.Request, ev *event, end time.Tim
 		zap.Duration("queue_wait", ev.queueWait),
 		zap.Duration("upstream", ev.upstream),
 		zap.Duration("duration", end.Sub(ev.start)),
-		zap.String("client", r.RemoteAddr),
+		zap.String("client", h.logClient(r)),
 	)
 }
 
 // clientAddr is the address a request came from: the peer, or, when the
 // peer is a trusted proxy, the nearest untrusted address it forwarded for.
-func (h *Handler) clientAddr(r *http.Request) string {
+func (h *Handler) clientAddr(r *http.Request) (netip.Addr, bool) {
 	peer, ok := peerAddr(r)
-	if !ok {
-		return r.RemoteAddr
+	if !ok || !h.isTrusted(peer) {
+		return peer, ok
 	}
-	if !h.isTrusted(peer) {
-		return peer.String()
+	if c, _, ok := forwardedChain(r.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
+		return c, true
 	}
-	if c, ok := forwardedClient(r.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
-		return c
-	}
-	return peer.String()
+	return peer, true
 }
 
 func (h *Handler) isTrusted(a netip.Addr) bool {
@@ -349,49 +363,85 @@ func peerAddr(r *http.Request) (netip.Addr, bool) {
 }
 
 // rewrite builds the outbound request. ReverseProxy has already removed
-// hop-by-hop and X-Forwarded-* headers from it.
+// hop-by-hop, X-Forwarded-* and Forwarded headers from it.
 func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetURL(h.upstream)
 	// Django's CSRF and ALLOWED_HOSTS checks need the client's Host.
 	pr.Out.Host = pr.In.Host
+	out := pr.Out.Header
 	peer, ok := peerAddr(pr.In)
 	if ok && h.isTrusted(peer) {
-		// A trusted proxy's chain is kept and the peer appended, as a
-		// chain of proxies expects. SetXForwarded appends to the outbound
-		// header, which ReverseProxy has emptied, so the chain is copied
-		// back first.
-		if prior := pr.In.Header["X-Forwarded-For"]; len(prior) > 0 {
-			pr.Out.Header["X-Forwarded-For"] = prior
+		// Behind a trusted proxy the chain is kept from the client on and
+		// the peer appended; entries left of the client are its own claims
+		// and are dropped, so the first entry, which allauth keys its
+		// limits on, is the client.
+		if client, chain, ok := forwardedChain(pr.In.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
+			out["X-Forwarded-For"] = []string{strings.Join(chain, ", ") + ", " + peer.String()}
+			out["X-Real-Ip"] = []string{client.String()}
+		} else {
+			out["X-Forwarded-For"] = []string{peer.String()}
+			out["X-Real-Ip"] = []string{peer.String()}
 		}
-		pr.SetXForwarded()
 		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
-			pr.Out.Header.Set("X-Forwarded-Proto", v)
+			out["X-Forwarded-Proto"] = []string{v}
+		} else {
+			out["X-Forwarded-Proto"] = []string{scheme(pr.In)}
 		}
 		if v := pr.In.Header.Get("X-Forwarded-Host"); v != "" {
-			pr.Out.Header.Set("X-Forwarded-Host", v)
+			out["X-Forwarded-Host"] = []string{v}
+		} else {
+			out["X-Forwarded-Host"] = []string{pr.In.Host}
 		}
 		return
 	}
-	// From anyone else the chain is a claim we cannot check: overwrite it,
-	// or the client picks the address Django and allauth rate-limit by.
-	out := pr.Out.Header
+	// From anyone else any claim about the client is overwritten or
+	// dropped, or the client picks the address Django rate-limits by.
+	addr := pr.In.RemoteAddr
 	if ok {
-		out["X-Forwarded-For"] = []string{peer.String()}
-	} else if host, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
-		out["X-Forwarded-For"] = []string{host}
+		addr = peer.String()
+	} else if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	out["X-Forwarded-For"] = []string{addr}
+	out["X-Real-Ip"] = []string{addr}
+	for _, name := range spoofableClientHeaders {
+		delete(out, name)
 	}
 	out["X-Forwarded-Host"] = []string{pr.In.Host}
-	if pr.In.TLS != nil {
-		out["X-Forwarded-Proto"] = protoHTTPS
-	} else {
-		out["X-Forwarded-Proto"] = protoHTTP
-	}
+	out["X-Forwarded-Proto"] = []string{scheme(pr.In)}
 }
 
-var (
-	protoHTTP  = []string{"http"}
-	protoHTTPS = []string{"https"}
-)
+// spoofableClientHeaders name the client in some CDNs' and proxies'
+// dialects; only a trusted proxy may send them on.
+var spoofableClientHeaders = []string{"True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Cluster-Client-Ip"}
+
+func scheme(r *http.Request) string {
+	if r.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// logPath is the path as logged: everything after a redacted prefix is
+// replaced, because password-reset and email-confirmation links carry
+// their secret in the path.
+func (h *Handler) logPath(p string) string {
+	for _, prefix := range h.redact {
+		if strings.HasPrefix(p, prefix) && len(p) > len(prefix) {
+			return prefix + "<redacted>"
+		}
+	}
+	return p
+}
+
+// logClient is the client's address as logged: the resolved client behind
+// a trusted proxy, not the proxy.
+func (h *Handler) logClient(r *http.Request) string {
+	if a, ok := h.clientAddr(r); ok {
+		return a.String()
+	}
+	return r.RemoteAddr
+}
 
 // upstreamError answers a request the upstream failed.
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
@@ -403,7 +453,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	}
 	status, msg, kind := classifyUpstreamError(err)
 	h.metrics.upstreamError(kind)
-	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", r.URL.Path), zap.Error(err))
+	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
 	writeError(w, r, status, msg)
 }
 

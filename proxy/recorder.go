@@ -4,9 +4,6 @@ import (
 	"bufio"
 	"net"
 	"net/http"
-	"net/netip"
-	"strings"
-	"sync"
 )
 
 // recorder remembers the status and size of a response for the access log
@@ -55,40 +52,25 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, brw, err
 }
 
-// forwardedClient returns the nearest address in an X-Forwarded-For chain
-// that is not a trusted proxy: entries right of it were added by proxies we
-// trust, entries left of it are the client's own claims.
-func forwardedClient(values []string, trusted func(a netip.Addr) bool) (string, bool) {
-	for i := len(values) - 1; i >= 0; i-- {
-		v := values[i]
-		for v != "" {
-			var part string
-			if j := strings.LastIndexByte(v, ','); j >= 0 {
-				part, v = v[j+1:], v[:j]
-			} else {
-				part, v = v, ""
-			}
-			part = strings.TrimSpace(part)
-			a, err := netip.ParseAddr(part)
-			if err != nil {
-				return "", false // a malformed chain is not evidence of anything
-			}
-			a = a.Unmap()
-			if !trusted(a) {
-				return a.String(), true
-			}
-		}
-	}
-	return "", false
-}
-
 // bufferPool lends ReverseProxy its copy buffers; without one it allocates
-// 32 KiB for every response.
-type bufferPool struct{ p sync.Pool }
+// 32 KiB for every response. A channel rather than a sync.Pool, because
+// putting a slice into a sync.Pool allocates a box for it every time.
+type bufferPool struct{ ch chan []byte }
 
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}}
+func newBufferPool() *bufferPool { return &bufferPool{ch: make(chan []byte, 256)} }
+
+func (b *bufferPool) Get() []byte {
+	select {
+	case buf := <-b.ch:
+		return buf
+	default:
+		return make([]byte, 32*1024)
+	}
 }
 
-func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
-func (b *bufferPool) Put(s []byte) { b.p.Put(&s) }
+func (b *bufferPool) Put(buf []byte) {
+	select {
+	case b.ch <- buf:
+	default: // enough are pooled; let this one go
+	}
+}

@@ -272,6 +272,7 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		IdleConns:             cfg.Limits().Budget,
 		UpstreamIdleTimeout:   cfg.Upstream.IdleTimeout,
 		AccessLog:             cfg.Log.Access,
+		RedactPaths:           cfg.Log.RedactPaths,
 		Mode:                  cfg.Admission.Mode,
 	}
 }
