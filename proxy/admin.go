@@ -2,13 +2,16 @@ package proxy
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +43,13 @@ type Admin struct {
 	log   *zap.Logger
 	mux   *http.ServeMux
 	ready func(ctx context.Context) error
+
+	draining atomic.Bool
 }
+
+// SetDraining makes /readyz fail from now on, for a shutdown: the load
+// balancer should stop sending before the listener closes.
+func (a *Admin) SetDraining() { a.draining.Store(true) }
 
 // NewAdmin returns the admin handler for h, reading state from src.
 func NewAdmin(h *Handler, src Snapshotter, opts AdminOptions, log *zap.Logger) *Admin {
@@ -63,16 +72,30 @@ func NewAdmin(h *Handler, src Snapshotter, opts AdminOptions, log *zap.Logger) *
 	return a
 }
 
+// ServeHTTP serves the admin endpoints.
 func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
+// auth demands the bearer token when one is configured. Without one the
+// listener is on loopback (configuration insists), and the Host must be a
+// loopback name too: otherwise a web page could reach it through DNS
+// rebinding and switch admission off.
 func (a *Admin) auth(next http.Handler) http.Handler {
 	if a.opts.Token == "" {
-		return next
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !loopbackHost(r.Host) {
+				http.Error(w, "forbidden: admin endpoints answer only to a loopback Host", http.StatusForbidden)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
 	}
-	want := []byte("Bearer " + a.opts.Token)
+	// Comparing digests keeps the comparison constant-time whatever the
+	// lengths, so the token's length does not leak either.
+	want := sha256.Sum256([]byte(a.opts.Token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		got := sha256.Sum256([]byte(token))
+		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="lanegate admin"`)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
@@ -86,8 +109,15 @@ func (a *Admin) auth(next http.Handler) http.Handler {
 func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.opts.ReadyTimeout)
 	defer cancel()
+	if a.draining.Load() {
+		http.Error(w, "draining", http.StatusServiceUnavailable)
+		return
+	}
 	if err := a.ready(ctx); err != nil {
-		http.Error(w, "upstream unreachable: "+err.Error(), http.StatusServiceUnavailable)
+		// The error names the upstream's address; it goes to the log, not
+		// to an unauthenticated client.
+		a.log.Warn("readiness: upstream unreachable", zap.Error(err))
+		http.Error(w, "upstream unreachable", http.StatusServiceUnavailable)
 		return
 	}
 	io.WriteString(w, "ok\n")
@@ -175,6 +205,19 @@ func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(st)
+}
+
+// loopbackHost reports whether a Host header names this machine's loopback.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.Trim(host, "[]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func (a *Admin) getMode(w http.ResponseWriter, _ *http.Request) {

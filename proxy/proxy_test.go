@@ -528,8 +528,8 @@ func TestUpstreamFailures(t *testing.T) {
 func testGather(t *testing.T, p *testProxy) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	NewAdmin(p.Handler, p.Ctrl, AdminOptions{Gatherer: p.Reg}, nil).
-		ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:9090/metrics", nil)
+	NewAdmin(p.Handler, p.Ctrl, AdminOptions{Gatherer: p.Reg}, nil).ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("metrics: got status %d, want 200", rec.Code)
 	}

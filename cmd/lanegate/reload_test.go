@@ -164,3 +164,28 @@ func renameFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// An operator's run-time switch survives a reload whose file did not
+// change the mode, and a restart-only change is named in the warning.
+func TestReloadKeepsRuntimeMode(t *testing.T) {
+	ctx := testContext(t)
+	up := newUpstream(t)
+	file := filepath.Join(t.TempDir(), "lanegate.env")
+	writeFile(t, file, "LANEGATE_UPSTREAM="+up.URL+"\nLANEGATE_BUDGET=4\n")
+	env := []string{"LANEGATE_LISTEN=" + proxyListen, "LANEGATE_ADMIN_LISTEN=" + adminListen}
+	in := start(ctx, t, env, "--env-file", file)
+	c := newClient(t)
+	if r := do(ctx, c, http.MethodPut, in.adminURL("/admission"), "off"); r.status != http.StatusOK {
+		t.Fatalf("PUT /admission off: got %d", r.status)
+	}
+	writeFile(t, file, "LANEGATE_UPSTREAM="+up.URL+"\nLANEGATE_BUDGET=5\nLANEGATE_MAX_BODY_BYTES=1024\n")
+	mark := in.stderr.Len()
+	in.sighup(ctx, t)
+	in.stderr.waitFor(ctx, t, mark, "configuration reloaded")
+	if st := status(ctx, t, c, in); st.Mode != "off" || st.Budget != 5 {
+		t.Fatalf("after reload: got mode %q budget %d; want off (kept) and 5", st.Mode, st.Budget)
+	}
+	if log := in.stderr.since(mark); !strings.Contains(log, "LANEGATE_MAX_BODY_BYTES") {
+		t.Fatalf("reload log does not name the restart-only change:\n%s", log)
+	}
+}
