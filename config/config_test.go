@@ -252,8 +252,13 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name: "queue too long",
-			env:  map[string]string{"LANEGATE_CORE_QUEUE": "1000001"},
-			want: []string{"LANEGATE_CORE_QUEUE=1000001: must be at most 1000000"},
+			env:  map[string]string{"LANEGATE_CORE_QUEUE": "65536"},
+			want: []string{"LANEGATE_CORE_QUEUE=65536: must be at most 65535"},
+		},
+		{
+			name: "queues together too long",
+			env:  map[string]string{"LANEGATE_CORE_QUEUE": "40000", "LANEGATE_LOGIN_QUEUE": "30000"},
+			want: []string{"queues sum to more than lanegate can hold", "LANEGATE_LOGIN_QUEUE", "LANEGATE_CORE_QUEUE", "LANEGATE_EXPORT_QUEUE"},
 		},
 		{
 			name: "reservations sum past budget",
@@ -685,5 +690,16 @@ func TestBothListenersOnPortZero(t *testing.T) {
 	_, err := Load(LoadOptions{Environ: []string{"LANEGATE_LISTEN=127.0.0.1:0", "LANEGATE_ADMIN_LISTEN=127.0.0.1:0"}})
 	if err != nil {
 		t.Fatalf("got %v, want two port-0 listeners accepted", err)
+	}
+}
+
+// A large pool derives queues that the controller can still count.
+func TestLargePoolDerivesValidQueues(t *testing.T) {
+	cfg, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=6000"}})
+	if err != nil {
+		t.Fatalf("pool 6000: %v", err)
+	}
+	if err := cfg.Limits().Validate(); err != nil {
+		t.Fatalf("derived limits: %v", err)
 	}
 }

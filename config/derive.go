@@ -100,13 +100,13 @@ type resolution struct {
 //     nothing reserved (exports borrow idle slots); queue = max(1,B/2),
 //     timeout 30s.
 //   - Core: max = B; reserved = min(B/2, B - login reserved - export
-//     reserved) so half the budget is always there for pages; queue = 8B,
+//     reserved) so half the budget is always there for pages; queue = 8B (at most 20,000),
 //     timeout 5s.
 //
 // A derived reservation is clamped to its lane's max when the operator set
 // a smaller max; values the operator set are used as they are (Load has
 // validated them). With everything derived the result always passes
-// admission.Limits.Validate.
+// admission.Limits.Validate: derived queues are capped at derivedQueueCap.
 func (c Config) Limits() admission.Limits {
 	return c.resolve().limits
 }
@@ -117,6 +117,10 @@ const maxPoolSize = 1<<15 - 1
 
 // resolve computes every variable's effective value and where it came
 // from, and the admission limits they make.
+// derivedQueueCap keeps derived queues within what the controller counts
+// (three lanes together under 65,535) for any budget.
+const derivedQueueCap = 20_000
+
 func (c Config) resolve() resolution {
 	r := resolution{vars: make(map[string]effective)}
 	cv := reflect.ValueOf(c)
@@ -163,13 +167,13 @@ func (c Config) resolve() resolution {
 		}
 		return max(0, min(lim[login].Max, max(1, b/8)))
 	}, varBudget, lv(login, laneVarMax))
-	lim[login].Queue = r.intVar(lv(login, laneVarQueue), a.Login.Queue, func() int { return 8 * b }, varBudget)
+	lim[login].Queue = r.intVar(lv(login, laneVarQueue), a.Login.Queue, func() int { return min(8*b, derivedQueueCap) }, varBudget)
 	lim[login].QueueTimeout = a.Login.QueueTimeout
 
 	// Export, before core: core's reservation is what the others leave.
 	lim[export].Max = r.intVar(lv(export, laneVarMax), a.Export.Max, func() int { return max(1, b/4) }, varBudget)
 	lim[export].Reserved = r.intVar(lv(export, laneVarReserved), a.Export.Reserved, func() int { return 0 })
-	lim[export].Queue = r.intVar(lv(export, laneVarQueue), a.Export.Queue, func() int { return max(1, b/2) }, varBudget)
+	lim[export].Queue = r.intVar(lv(export, laneVarQueue), a.Export.Queue, func() int { return min(max(1, b/2), derivedQueueCap) }, varBudget)
 	lim[export].QueueTimeout = a.Export.QueueTimeout
 
 	// Core.
@@ -178,7 +182,7 @@ func (c Config) resolve() resolution {
 		left := b - lim[login].Reserved - lim[export].Reserved
 		return max(0, min(b/2, left, lim[core].Max))
 	}, varBudget, lv(login, laneVarReserved), lv(export, laneVarReserved), lv(core, laneVarMax))
-	lim[core].Queue = r.intVar(lv(core, laneVarQueue), a.Core.Queue, func() int { return 8 * b }, varBudget)
+	lim[core].Queue = r.intVar(lv(core, laneVarQueue), a.Core.Queue, func() int { return min(8*b, derivedQueueCap) }, varBudget)
 	lim[core].QueueTimeout = a.Core.QueueTimeout
 
 	r.limits.Budget = budget

@@ -19,7 +19,11 @@ import (
 // maxQueue bounds a lane's queue. Waiting requests cost memory and a
 // goroutine each, and a queue this long could never drain within any
 // sensible queue timeout.
-const maxQueue = 1_000_000
+const maxQueue = 65_535
+
+// maxQueued bounds all lanes' queues together: the admission controller
+// counts waiting requests in 16 bits.
+const maxQueued = 65_535
 
 // validator collects every problem with a Config.
 type validator struct {
@@ -261,6 +265,19 @@ func (v *validator) lanes() {
 	if sum > lim.Budget {
 		v.relate(append(names, varBudget), "reservations exceed the budget: %s = %d, more than %s",
 			strings.Join(terms, " + "), sum, budget)
+	}
+
+	var qnames, qterms []string
+	queued := 0
+	for _, l := range admission.Lanes() {
+		name := laneVar(l, laneVarQueue)
+		qnames = append(qnames, name)
+		qterms = append(qterms, v.r.describe(name, true))
+		queued += max(lim.Lane[l].Queue, 0)
+	}
+	if queued > maxQueued {
+		v.relate(qnames, "queues sum to more than lanegate can hold: %s = %d, more than %d",
+			strings.Join(qterms, " + "), queued, maxQueued)
 	}
 }
 
