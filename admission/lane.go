@@ -185,8 +185,10 @@ type ShedError struct {
 	RetryAfter time.Duration
 }
 
+// Error says which lane refused the request, why, and when to retry.
 func (e *ShedError) Error() string {
 	return fmt.Sprintf("admission: %s lane: %v (retry after %s)", e.Lane, e.Err, e.RetryAfter)
 }
 
+// Unwrap returns the sentinel error, for errors.Is.
 func (e *ShedError) Unwrap() error { return e.Err }
