@@ -5,7 +5,7 @@ ENV     ?= deploy/env/development.env
 PKGS    := ./...
 BENCHTIME ?= 1s
 
-.PHONY: run test vet build config bench bench-overhead fuzz clean
+.PHONY: run test vet build config bench bench-overhead bench-storm fuzz clean
 
 ## run: start lanegate on :8080 in front of a Django app on 127.0.0.1:8000
 run:
@@ -33,6 +33,10 @@ bench:
 ## bench-overhead: lanegate vs direct vs HAProxy over a trivial upstream, with wrk
 bench-overhead:
 	bench/overhead/run
+
+## bench-storm: the login storm on a real Django + PgBouncer stack, direct vs HAProxy vs lanegate (ARGS="--users 50 lanegate")
+bench-storm:
+	bench/storm/run $(ARGS)
 
 ## fuzz: a short fuzzing pass over path classification
 fuzz:

@@ -1,0 +1,720 @@
+#!/usr/bin/python3
+"""Report of one storm benchmark run (bench/storm/run).
+
+Usage: /usr/bin/python3 bench/storm/report.py RUN_DIR [--publish [DEST]] [--check-smoke]
+
+Reads RUN_DIR/run.env and, per mode, RUN_DIR/<mode>/ (mode.env, Locust's CSV
+files, the locustfile's requests.csv and logins.csv, pools.tsv polled from
+PgBouncer's SHOW POOLS, pgbouncer.log, django-error.log), and writes
+RUN_DIR/report.md, RUN_DIR/timeline.png, RUN_DIR/pgbouncer.png and
+RUN_DIR/logins.png.
+
+--publish copies report.md and the pictures (plus each mode's Locust
+stats and failures CSVs) into bench/results/<run timestamp>/, or DEST.
+--check-smoke also prints a verdict for the CI smoke and exits 1 when any
+mode shows a query_wait_timeout, a 5xx that is not a shed with Retry-After, a
+503/429 without Retry-After, or no successful login at all.
+"""
+
+import bisect
+import csv
+import math
+import os
+import re
+import shutil
+import sys
+
+AUTH_PREFIX = "[AUTH]"
+LOGIN_POST = "[AUTH] Login POST"
+LOGIN_SHED = "[AUTH] Login shed"
+SHED_SUFFIX = " (shed)"
+MODE_ORDER = ["direct", "haproxy", "lanegate", "lanegate-off"]
+POOLS_COLUMNS_118 = [
+    "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
+    "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
+    "sv_login", "maxwait", "maxwait_us", "pool_mode",
+]
+STEADY_MARGIN = 5.0  # seconds after the last login before the "no storm" window starts
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_env(path):
+    """KEY=VALUE lines (no shell quoting beyond optional surrounding quotes)."""
+    env = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#") or "=" not in line:
+                    continue
+                k, v = line.split("=", 1)
+                v = v.strip()
+                if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
+                    v = v[1:-1]
+                env[k.strip()] = v
+    except FileNotFoundError:
+        pass
+    return env
+
+
+def read_csv(path):
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return None
+
+
+def fnum(x, default=None):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return default
+
+
+def percentile(values, p):
+    """Nearest-rank percentile of a list (None when empty)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, math.ceil(p / 100.0 * len(v)) - 1))
+    return v[k]
+
+
+def read_pools(path):
+    """pools.tsv: epoch, then one SHOW POOLS row. Returns [(t, cl_waiting, maxwait_s, cl_active, sv_active)]
+    summed (cl_*, sv_*) or maxed (maxwait) over the pools of one poll, the admin
+    console's own pool excluded."""
+    cols = POOLS_COLUMNS_118
+    polls = {}
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return None
+    with f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 3:
+                continue
+            t, row = fnum(parts[0]), parts[1:]
+            if row[0] == "database":
+                cols = row
+                continue
+            if t is None:
+                continue
+            rec = dict(zip(cols, row))
+            if rec.get("database") in ("pgbouncer", None):
+                continue
+            p = polls.setdefault(t, [0, 0.0, 0, 0])
+            p[0] += int(fnum(rec.get("cl_waiting"), 0))
+            mw = fnum(rec.get("maxwait"), 0) + fnum(rec.get("maxwait_us"), 0) / 1e6
+            p[1] = max(p[1], mw)
+            p[2] += int(fnum(rec.get("cl_active"), 0))
+            p[3] += int(fnum(rec.get("sv_active"), 0))
+    return [(t, *polls[t]) for t in sorted(polls)]
+
+
+def count_lines(path, needle):
+    n = 0
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if needle in line:
+                    n += 1
+    except FileNotFoundError:
+        return None
+    return n
+
+
+RECORD_START = re.compile(r"^(\d{4}-\d\d-\d\d[ T]\d\d:\d\d|\[\d{4}-\d\d-\d\d|ERROR |WARNING |CRITICAL )")
+
+
+def django_errors(path):
+    """Counts log records (a header line and its traceback) in the Django error log:
+    {'records', 'query_wait_timeout', 'closed'} where closed is psycopg2's
+    'server closed the connection unexpectedly', what libpq 15 reports when
+    PgBouncer drops a client after query_wait_timeout."""
+    out = {"records": 0, "query_wait_timeout": 0, "closed": 0}
+    try:
+        f = open(path, errors="replace")
+    except FileNotFoundError:
+        return None
+    rec = []
+
+    def flush():
+        if not rec:
+            return
+        text = "".join(rec)
+        if "Internal Server Error" in text or "Traceback" in text or "Error" in text:
+            out["records"] += 1
+        if "query_wait_timeout" in text:
+            out["query_wait_timeout"] += 1
+        if "server closed the connection unexpectedly" in text:
+            out["closed"] += 1
+
+    with f:
+        for line in f:
+            if RECORD_START.match(line) and rec:
+                flush()
+                rec = []
+            rec.append(line)
+        flush()
+    return out
+
+
+# ---------------------------------------------------------------- one mode
+
+
+class Mode:
+    def __init__(self, run_dir, name):
+        self.name = name
+        self.dir = os.path.join(run_dir, name)
+        self.env = read_env(os.path.join(self.dir, "mode.env"))
+        self.users = int(fnum(self.env.get("USERS"), 0))
+        self.duration = fnum(self.env.get("DURATION"), 0)
+        self.t_start = fnum(self.env.get("T_START"))
+        self.t_end = fnum(self.env.get("T_END"))
+        self.requests = read_csv(os.path.join(self.dir, "requests.csv")) or []
+        for r in self.requests:
+            r["t_start"] = fnum(r["t_start"], 0)
+            r["t_end"] = fnum(r["t_end"], 0)
+            r["ms"] = fnum(r["ms"], 0)
+            r["status"] = int(fnum(r["status"], 0))
+        if self.t_start is None and self.requests:
+            self.t_start = min(r["t_start"] for r in self.requests)
+        if self.t_end is None and self.t_start is not None:
+            self.t_end = self.t_start + self.duration
+        self.logins = read_csv(os.path.join(self.dir, "logins.csv")) or []
+        self.history = read_csv(os.path.join(self.dir, "locust_stats_history.csv")) or []
+        self.stats = read_csv(os.path.join(self.dir, "locust_stats.csv")) or []
+        self.pools = read_pools(os.path.join(self.dir, "pools.tsv"))
+        self.pgb_qwt = count_lines(os.path.join(self.dir, "pgbouncer.log"), "query_wait_timeout")
+        self.django = django_errors(os.path.join(self.dir, "django-error.log"))
+        self.compute()
+
+    def compute(self):
+        R = self.requests
+        m = {}
+        dur = self.duration or ((self.t_end - self.t_start) if self.t_end and self.t_start else 0)
+        m["requests"] = len(R)
+        m["throughput"] = len(R) / dur if dur else None
+        ok = [r for r in R if r["outcome"] == "ok"]
+        m["ok_rate"] = len(ok) / dur if dur else None
+        failed = [r for r in R if r["outcome"] in ("fail", "error") or (r["outcome"] == "shed" and r["name"] != LOGIN_SHED)]
+        m["failures"] = len(failed)
+        m["failure_pct"] = 100.0 * len(failed) / len(R) if R else None
+        m["5xx"] = sum(1 for r in R if r["status"] >= 500 and r["outcome"] != "shed")
+        m["500"] = sum(1 for r in R if r["status"] == 500)
+        m["no_ra"] = sum(1 for r in R if r["status"] in (429, 503) and r["outcome"] != "shed")
+        m["timeouts"] = sum(1 for r in R if r["status"] == 0)
+        sheds = [r for r in R if r["outcome"] == "shed"]
+        m["shed"] = len(sheds)
+        m["shed_ra"] = sum(1 for r in sheds if r["retry_after"] not in ("", None))
+        m["shed_429"] = sum(1 for r in sheds if r["status"] == 429)
+
+        lp = [r for r in R if r["name"] == LOGIN_POST]
+        m["login_n"] = len(lp)
+        m["login_fail"] = sum(1 for r in lp if r["outcome"] != "ok")
+        t = [r["ms"] for r in lp]
+        m["login_p50"], m["login_p95"], m["login_max"] = percentile(t, 50), percentile(t, 95), max(t) if t else None
+        m["login_shed"] = sum(1 for r in R if r["name"] == LOGIN_SHED)
+
+        core = [r for r in R if not r["name"].startswith(AUTH_PREFIX)]
+        served = [r for r in core if r["outcome"] != "shed"]
+        t = [r["ms"] for r in served]
+        m["core_n"] = len(served)
+        m["core_p50"], m["core_p95"], m["core_p99"] = percentile(t, 50), percentile(t, 95), percentile(t, 99)
+        m["core_fail"] = sum(1 for r in served if r["outcome"] != "ok")
+        m["core_shed"] = len(core) - len(served)
+
+        # Logins.
+        L = self.logins
+        done = [x for x in L if x.get("logged_in_at")]
+        m["users"] = self.users or len(L)
+        m["logged_in"] = len(done)
+        secs = [fnum(x["seconds"], 0) for x in done]
+        m["ttl_p50"], m["ttl_p95"], m["ttl_max"] = percentile(secs, 50), percentile(secs, 95), max(secs) if secs else None
+        m["locked"] = sum(1 for x in L if x.get("status") in ("locked", "ok-after-lock"))
+        firsts = [fnum(x["first_attempt"]) for x in L if x.get("first_attempt")]
+        lasts = [fnum(x["logged_in_at"]) for x in done]
+        m["last_login"] = max(lasts) if lasts else None
+        if done and firsts and max(lasts) > min(firsts):
+            m["login_rate"] = len(done) / (max(lasts) - min(firsts))
+        else:
+            m["login_rate"] = None
+        m["login_rate_peak"] = peak_rate(lasts, 10.0)
+
+        # Core p95 while logins are in flight versus once everyone is in.
+        everyone = m["users"] and m["logged_in"] >= m["users"]
+        if everyone and m["last_login"]:
+            storm = [r["ms"] for r in served if r["t_start"] <= m["last_login"]]
+            steady = [r["ms"] for r in served if r["t_start"] > m["last_login"] + STEADY_MARGIN]
+            m["core_p95_storm"] = percentile(storm, 95)
+            m["core_p95_steady"] = percentile(steady, 95) if len(steady) >= 20 else None
+            m["steady_n"] = len(steady)
+        else:
+            m["core_p95_storm"] = percentile(t, 95)
+            m["core_p95_steady"] = None
+            m["steady_n"] = 0
+
+        # PgBouncer and logs.
+        if self.pools:
+            m["cl_waiting_peak"] = max(p[1] for p in self.pools)
+            m["maxwait_peak"] = max(p[2] for p in self.pools)
+            m["pool_polls"] = len(self.pools)
+        else:
+            m["cl_waiting_peak"] = m["maxwait_peak"] = None
+            m["pool_polls"] = 0
+        m["pgb_qwt"] = self.pgb_qwt
+        m["dj_qwt"] = self.django["query_wait_timeout"] if self.django else None
+        m["dj_closed"] = self.django["closed"] if self.django else None
+        m["dj_records"] = self.django["records"] if self.django else None
+        self.m = m
+
+
+def peak_rate(times, window):
+    """Most events in any window of `window` seconds, per second."""
+    if not times:
+        return None
+    ts = sorted(times)
+    if ts[-1] - ts[0] < 2 * window:
+        return None  # too short a span for a peak to differ from the mean
+    best, j = 0, 0
+    for i in range(len(ts)):
+        while ts[i] - ts[j] > window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best / window
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def ms(v):
+    if v is None:
+        return "–"
+    if v >= 10000:
+        return f"{v / 1000:.0f} s"
+    if v >= 1000:
+        return f"{v / 1000:.1f} s"
+    return f"{v:.0f} ms"
+
+
+def sec(v):
+    return "–" if v is None else (f"{v:.0f} s" if v >= 10 else f"{v:.1f} s")
+
+
+def num(v, fmt="{:d}"):
+    return "–" if v is None else fmt.format(v)
+
+
+def rows_for(modes, phys_limit):
+    M = [md.m for md in modes]
+
+    def row(label, f):
+        return [label] + [f(m) for m in M]
+
+    rows = [
+        row("total requests", lambda m: num(m["requests"])),
+        row("throughput (all answers / answered OK), req/s",
+            lambda m: f"{m['throughput']:.1f} / {m['ok_rate']:.1f}" if m["throughput"] is not None else "–"),
+        row("failure % (Locust's: errors + core sheds)", lambda m: num(m["failure_pct"], "{:.2f} %")),
+        row("5xx other than sheds (of which 500) ", lambda m: f"{m['5xx']} ({m['500']})"),
+        row("503/429 without Retry-After", lambda m: num(m["no_ra"])),
+        row("no response (client timeout, reset)", lambda m: num(m["timeouts"])),
+        row("login POST count / failures", lambda m: f"{m['login_n']} / {m['login_fail']}"),
+        row("login POST p50 / p95 / max",
+            lambda m: f"{ms(m['login_p50'])} / {ms(m['login_p95'])} / {ms(m['login_max'])}"),
+        row("login shed (503/429 + Retry-After, retried)", lambda m: num(m["login_shed"])),
+        row("all sheds / with Retry-After (core sheds)",
+            lambda m: f"{m['shed']} / {m['shed_ra']} ({m['core_shed']})"),
+        row("core requests answered by the app", lambda m: num(m["core_n"])),
+        row("core p50 / p95 / p99",
+            lambda m: f"{ms(m['core_p50'])} / {ms(m['core_p95'])} / {ms(m['core_p99'])}"),
+        row("core failures (not sheds)", lambda m: num(m["core_fail"])),
+        row("core p95 during the login storm / after it", lambda m: f"{ms(m['core_p95_storm'])} / {ms(m['core_p95_steady'])}"),
+        row("query_wait_timeout, Django log (qwt text / 'server closed')",
+            lambda m: f"{num(m['dj_qwt'])} / {num(m['dj_closed'])}"),
+        row("query_wait_timeout, PgBouncer log", lambda m: num(m["pgb_qwt"])),
+        row("peak PgBouncer cl_waiting / maxwait",
+            lambda m: f"{num(m['cl_waiting_peak'])} / {sec(m['maxwait_peak'])}"),
+        row("users logged in by the end", lambda m: f"{m['logged_in']} / {m['users']}"),
+        row("time to log in p50 / p95 / max",
+            lambda m: f"{sec(m['ttl_p50'])} / {sec(m['ttl_p95'])} / {sec(m['ttl_max'])}"),
+        row("accounts locked by the attempt limit", lambda m: num(m["locked"])),
+        row("login completion rate: mean / best 10 s, logins/s",
+            lambda m: (f"{m['login_rate']:.2f} / {num(m['login_rate_peak'], '{:.1f}')}" if m["login_rate"] else "–")),
+    ]
+    return rows
+
+
+def md_table(modes, rows):
+    out = ["| | " + " | ".join(f"`{m.name}`" for m in modes) + " |",
+           "|---|" + "---:|" * len(modes)]
+    for r in rows:
+        out.append("| " + " | ".join(r) + " |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def plots(run_dir, modes):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return [], "matplotlib is not installed: no pictures"
+
+    made = []
+    colors = {"direct": "tab:red", "haproxy": "tab:orange", "lanegate": "tab:green", "lanegate-off": "tab:blue"}
+
+    # 1. Response time and failures over time, one panel per mode.
+    fig, axes = plt.subplots(len(modes), 1, figsize=(10, 2.7 * len(modes) + 0.6), sharex=True, squeeze=False)
+    for ax, md in zip(axes[:, 0], modes):
+        t0 = md.t_start or 0
+        end = int(max(md.duration or 0, ((md.t_end or t0) - t0))) + 1
+        # Locust's own view: every request, percentiles of the last 10 s.
+        xs, p95 = [], []
+        for h in md.history:
+            if h.get("Name") != "Aggregated":
+                continue
+            t, b = fnum(h.get("Timestamp")), fnum(h.get("95%"))
+            if t is not None and b is not None and b > 0:
+                xs.append(t - t0)
+                p95.append(b)
+        if xs:
+            ax.plot(xs, p95, color="0.6", lw=0.9, ls=":", label="p95, all requests (Locust)")
+        # Core requests and login POSTs apart, same 10 s window, from requests.csv.
+        for series, color, style, label in (
+            (lambda r: not r["name"].startswith(AUTH_PREFIX) and r["outcome"] != "shed", "tab:purple", "-", "core p95"),
+            (lambda r: not r["name"].startswith(AUTH_PREFIX) and r["outcome"] != "shed", "tab:gray", "-", "core p50"),
+            (lambda r: r["name"] == LOGIN_POST, "tab:orange", "--", "login POST p95"),
+        ):
+            pct = 50 if label.endswith("p50") else 95
+            pts = sorted((r["t_end"] - t0, r["ms"]) for r in md.requests if series(r))
+            ends = [te for te, _ in pts]
+            xs, ys = [], []
+            for sec_ in range(1, end + 1):
+                lo, hi = bisect.bisect_right(ends, sec_ - 10), bisect.bisect_right(ends, sec_)
+                window = [ms_ for (_, ms_) in pts[lo:hi]]
+                if window:
+                    xs.append(sec_)
+                    ys.append(max(percentile(window, pct), 1))
+            if xs:
+                ax.plot(xs, ys, color=color, ls=style, lw=1.5 if pct == 95 else 1.0, label=label)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (last 10 s)")
+        ax.set_title(md.name, loc="left", fontsize=10)
+        ax2 = ax.twinx()
+        err = [0] * (end + 1)
+        shed = [0] * (end + 1)
+        for r in md.requests:
+            s_ = int(r["t_end"] - t0)
+            if not 0 <= s_ <= end:
+                continue
+            if r["outcome"] == "shed":
+                shed[s_] += 1
+            elif r["outcome"] in ("fail", "error"):
+                err[s_] += 1
+        ax2.bar(range(end + 1), err, width=1.0, align="edge", color="tab:red", alpha=0.55,
+                label="failures/s (not sheds)")
+        ax2.bar(range(end + 1), shed, width=1.0, align="edge", bottom=err, color="tab:olive", alpha=0.5,
+                label="sheds/s (Retry-After)")
+        ax2.set_ylim(0, max(4, max(e + s for e, s in zip(err, shed)) * 1.15))
+        ax2.set_ylabel("answers per second")
+        ax.set_zorder(ax2.get_zorder() + 1)  # lines over bars
+        ax.patch.set_visible(False)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=7, ncol=2)
+    axes[-1, 0].set_xlabel("seconds since Locust started")
+    axes[-1, 0].set_xlim(0, None)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "timeline.png"), dpi=90)
+    plt.close(fig)
+    made.append("timeline.png")
+
+    # 2. PgBouncer waiting clients over time.
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
+    for md in modes:
+        if not md.pools:
+            continue
+        t0 = md.t_start or md.pools[0][0]
+        xs = [p[0] - t0 for p in md.pools]
+        a1.plot(xs, [p[1] for p in md.pools], label=md.name, color=colors.get(md.name), lw=1.3)
+        a2.plot(xs, [p[2] for p in md.pools], label=md.name, color=colors.get(md.name), lw=1.3)
+    a1.set_ylabel("cl_waiting")
+    a1.set_title("PgBouncer clients waiting for a server connection (SHOW POOLS, every second)", fontsize=10)
+    a1.legend(fontsize=8)
+    a2.set_ylabel("maxwait (s)")
+    a2.set_xlabel("seconds since Locust started")
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "pgbouncer.png"), dpi=90)
+    plt.close(fig)
+    made.append("pgbouncer.png")
+
+    # 3. Users logged in over time.
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    for md in modes:
+        t0 = md.t_start
+        done = sorted(fnum(x["logged_in_at"]) for x in md.logins if x.get("logged_in_at"))
+        if not done or t0 is None:
+            continue
+        xs = [0] + [d - t0 for d in done]
+        ax.step(xs, range(len(xs)), where="post", label=md.name, color=colors.get(md.name))
+    ax.set_ylabel("users logged in")
+    ax.set_xlabel("seconds since Locust started")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "logins.png"), dpi=90)
+    plt.close(fig)
+    made.append("logins.png")
+    return made, None
+
+
+# ---------------------------------------------------------------- report
+
+
+def verdicts(by_name, phys_limit):
+    """What the storm benchmark must show, checked on this run."""
+    out = []
+    d, h, lg = by_name.get("direct"), by_name.get("haproxy"), by_name.get("lanegate")
+    if d:
+        m = d.m
+        qwt = (m["pgb_qwt"] or 0) + (m["dj_qwt"] or 0) + (m["dj_closed"] or 0)
+        out.append((qwt > 0 and m["core_fail"] > 0,
+                    f"`direct` reproduces the failure: {m['pgb_qwt']} query_wait_timeout in PgBouncer's log, "
+                    f"{m['500']} HTTP 500, {m['core_fail']} core failures, login p95 {ms(m['login_p95'])}, "
+                    f"peak cl_waiting {num(m['cl_waiting_peak'])}"))
+    if lg:
+        m = lg.m
+        qwt = (m["pgb_qwt"] or 0) + (m["dj_qwt"] or 0) + (m["dj_closed"] or 0)
+        out.append((qwt == 0, f"`lanegate`: query_wait_timeout errors: {qwt}"))
+        out.append((m["5xx"] == 0 and m["no_ra"] == 0,
+                    f"`lanegate`: 5xx other than sheds: {m['5xx']}; 503/429 without Retry-After: {m['no_ra']}"))
+        out.append((m["shed"] == m["shed_ra"], f"`lanegate`: sheds with Retry-After: {m['shed_ra']} of {m['shed']}"))
+        out.append((m["locked"] == 0, f"`lanegate`: accounts locked: {m['locked']}"))
+        out.append((m["users"] > 0 and m["logged_in"] == m["users"],
+                    f"`lanegate`: users logged in by the end: {m['logged_in']} of {m['users']}"))
+        if m["core_p95_steady"]:
+            ratio = (m["core_p95_storm"] or 0) / m["core_p95_steady"]
+            out.append((ratio <= 2.0,
+                        f"`lanegate`: core p95 during the storm {ms(m['core_p95_storm'])} vs "
+                        f"{ms(m['core_p95_steady'])} once everyone is in ({ratio:.2f}×, limit 2×)"))
+        else:
+            out.append((False, "`lanegate`: no storm-free window to compare core p95 with"))
+        if h:
+            out.append((m["ok_rate"] is not None and h.m["ok_rate"] is not None and m["ok_rate"] >= h.m["ok_rate"],
+                        f"`lanegate` answered OK {num(m['ok_rate'], '{:.1f}')} req/s, "
+                        f"`haproxy` {num(h.m['ok_rate'], '{:.1f}')} req/s"))
+        if phys_limit and m["login_rate"]:
+            out.append((None, f"`lanegate` completed logins at {m['login_rate']:.2f}/s on average from the first "
+                              f"attempt to the last success ({100 * m['login_rate'] / phys_limit:.0f} % of the "
+                              f"physical limit {phys_limit:.2f}/s)"
+                              + (f", {m['login_rate_peak']:.1f}/s at best over 10 s "
+                                 f"({100 * m['login_rate_peak'] / phys_limit:.0f} %)" if m["login_rate_peak"] else "")))
+    return out
+
+
+COMPARED = [  # (label, key, higher is better)
+    ("answered OK per second", "ok_rate", True),
+    ("failure %", "failure_pct", False),
+    ("5xx other than sheds", "5xx", False),
+    ("login POST p95", "login_p95", False),
+    ("core p95", "core_p95", False),
+    ("core p99", "core_p99", False),
+    ("core failures", "core_fail", False),
+    ("users logged in", "logged_in", True),
+    ("time to log in p95", "ttl_p95", False),
+    ("accounts locked", "locked", False),
+    ("login completion rate", "login_rate", True),
+]
+
+
+def versus(a, b):
+    """Rows where mode b does better than mode a, as text."""
+    out = []
+    for label, key, higher in COMPARED:
+        x, y = a.m.get(key), b.m.get(key)
+        if x is None or y is None or x == y:
+            continue
+        if (y > x) == higher:
+            out.append(label)
+    return out
+
+
+def build(run_dir):
+    run = read_env(os.path.join(run_dir, "run.env"))
+    names = [n for n in MODE_ORDER if os.path.isdir(os.path.join(run_dir, n))]
+    names += sorted(n for n in os.listdir(run_dir)
+                    if n not in names and os.path.isfile(os.path.join(run_dir, n, "mode.env")))
+    if not names:
+        raise SystemExit(f"report: no mode directories with mode.env under {run_dir}")
+    modes = [Mode(run_dir, n) for n in names]
+    by_name = {m.name: m for m in modes}
+
+    cpus = fnum(run.get("APP_CPUS")) or fnum(run.get("NPROC"))
+    hash_s = fnum(run.get("HASH_SECONDS"))
+    phys = cpus / hash_s if cpus and hash_s else None
+    pictures, why = plots(run_dir, modes)
+
+    m0 = modes[0]
+    lines = []
+    lines.append(f"# Storm benchmark {run.get('STAMP', os.path.basename(run_dir.rstrip('/')))}")
+    lines.append("")
+    if run.get("COMMAND"):
+        lines.append(f"Command: `{run['COMMAND']}`")
+        lines.append("")
+    lines.append(
+        f"Scenario: {m0.env.get('USERS', '?')} Locust users spawned at {m0.env.get('SPAWN_RATE', '?')}/s, "
+        f"{m0.env.get('DURATION', '?')} s per mode; each user logs in once with its own account, then "
+        f"browses pages (`BrowsingUser`) or calls JSON endpoints (`APIUser`)."
+    )
+    stack = []
+    for k, label in (("STORM_POOL", "PgBouncer pool"), ("STORM_QUERY_WAIT", "query_wait_timeout (s)"),
+                     ("STORM_WORKERS", "gunicorn workers"), ("STORM_THREADS", "threads each"),
+                     ("STORM_PBKDF2_ITERATIONS", "PBKDF2 iterations")):
+        if run.get(k):
+            stack.append(f"{label} {run[k]}")
+    if stack:
+        lines.append("Stack: " + ", ".join(stack) + ".")
+    if run.get("MACHINE"):
+        lines.append(f"Machine: {run['MACHINE']}.")
+    loads = [f"{m.name} {m.env['LOAD_AT_START']}" for m in modes if m.env.get("LOAD_AT_START")]
+    if loads:
+        lines.append("Load average as each mode started (should be near 0 when nothing else runs): "
+                     + ", ".join(loads) + ".")
+    if run.get("LANEGATE_COMMIT"):
+        lines.append(f"lanegate: {run['LANEGATE_COMMIT']}.")
+    lines.append("")
+    if phys:
+        lines.append(
+            f"Physical login limit: {cpus:.0f} app core(s) ÷ {hash_s * 1000:.0f} ms of CPU per login "
+            f"(one PBKDF2-SHA256 hash at {run.get('STORM_PBKDF2_ITERATIONS', '?')} iterations, timed here) "
+            f"= **{phys:.2f} logins/s**, whatever stands in front of the app."
+        )
+        lines.append("")
+    lines.append(md_table(modes, rows_for(modes, phys)))
+    lines.append("")
+    lines.append(
+        "Requests are counted from the locustfile's own per-request log; times are from the client. "
+        "A *shed* is a 503 or 429 carrying `Retry-After`: for a login POST it is retried after that "
+        "delay and is not a failure; for a core request it is a failure under `<name> (shed)`. A 503 "
+        "without `Retry-After` (HAProxy's queue timeout) counts as a plain error. Core percentiles are "
+        "over requests the app answered (sheds excluded, 500s included). *During the login storm* is "
+        f"from the start to the last successful login; *after it* starts {STEADY_MARGIN:.0f} s later and "
+        "is the no-storm baseline (same users, same load, no logins in flight); `–` when not every user "
+        "got in. Users still waiting at the end are cut off mid-request, so their login times are missing "
+        "from the login POST percentiles but not from *users logged in*."
+    )
+    lines.append("")
+    v = verdicts(by_name, phys)
+    if v:
+        lines.append("## Checks")
+        lines.append("")
+        for ok, text in v:
+            mark = "" if ok is None else ("PASS " if ok else "FAIL ")
+            lines.append(f"- {mark}{text}")
+        lines.append("")
+    if "lanegate" in by_name and "haproxy" in by_name:
+        worse = versus(by_name["lanegate"], by_name["haproxy"])
+        lines.append("## lanegate against HAProxy")
+        lines.append("")
+        if worse:
+            lines.append("Rows where `haproxy` did better than `lanegate` in this run: " + ", ".join(worse) + ".")
+        else:
+            lines.append("`lanegate` did at least as well as `haproxy` on every compared row.")
+        lines.append("")
+    if pictures:
+        lines.append("## Pictures")
+        lines.append("")
+        captions = {
+            "timeline.png": "Response time (p50, p95 of the last 10 s, log scale) with failures and sheds per second",
+            "pgbouncer.png": "PgBouncer clients waiting for a server connection, and the longest wait",
+            "logins.png": "Users logged in over time",
+        }
+        for p in pictures:
+            lines.append(f"![{captions.get(p, p)}]({p})")
+            lines.append("")
+    elif why:
+        lines.append(f"({why})")
+        lines.append("")
+    lines.append("Per-mode files: `<mode>/locust_stats.csv`, `locust_failures.csv`, `requests.csv`, "
+                 "`logins.csv`, `pools.tsv`, `pgbouncer.log`, `django-error.log`.")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(run_dir, "report.md"), "w") as f:
+        f.write(text)
+    return text, modes, pictures
+
+
+def publish(run_dir, dest, pictures, modes):
+    os.makedirs(dest, exist_ok=True)
+    shutil.copy2(os.path.join(run_dir, "report.md"), dest)
+    for p in pictures:
+        shutil.copy2(os.path.join(run_dir, p), dest)
+    for md in modes:
+        for f in ("locust_stats.csv", "locust_failures.csv"):
+            src = os.path.join(md.dir, f)
+            if os.path.exists(src):
+                os.makedirs(os.path.join(dest, md.name), exist_ok=True)
+                shutil.copy2(src, os.path.join(dest, md.name, f))
+    return dest
+
+
+def check_smoke(modes):
+    bad = []
+    for md in modes:
+        m = md.m
+        if (m["pgb_qwt"] or 0) or (m["dj_qwt"] or 0) or (m["dj_closed"] or 0):
+            bad.append(f"{md.name}: query_wait_timeout: PgBouncer {m['pgb_qwt']}, Django {m['dj_qwt']} "
+                       f"(+{m['dj_closed']} 'server closed')")
+        if m["5xx"]:
+            bad.append(f"{md.name}: {m['5xx']} 5xx answers that are not sheds with Retry-After")
+        if m["no_ra"]:
+            bad.append(f"{md.name}: {m['no_ra']} 503/429 without Retry-After")
+        if m["logged_in"] == 0:
+            bad.append(f"{md.name}: no user logged in")
+        if m["core_n"] - m["core_fail"] <= 0:
+            bad.append(f"{md.name}: no core request succeeded")
+        if m["pgb_qwt"] is None:
+            bad.append(f"{md.name}: no PgBouncer log to check")
+    return bad
+
+
+def main(argv):
+    import argparse
+    ap = argparse.ArgumentParser(description="Report of one storm benchmark run.")
+    ap.add_argument("run_dir")
+    ap.add_argument("--publish", nargs="?", const="", default=None, metavar="DEST",
+                    help="copy report.md and pictures to DEST (default bench/results/<timestamp>/)")
+    ap.add_argument("--check-smoke", action="store_true",
+                    help="exit 1 on any query_wait_timeout, non-shed 5xx, or shed without Retry-After")
+    ap.add_argument("--quiet", action="store_true", help="do not print the report")
+    a = ap.parse_args(argv)
+    text, modes, pictures = build(a.run_dir)
+    if not a.quiet:
+        print(text)
+    if a.publish is not None:
+        dest = a.publish
+        if not dest:
+            stamp = read_env(os.path.join(a.run_dir, "run.env")).get("STAMP") or os.path.basename(a.run_dir.rstrip("/"))
+            root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            dest = os.path.join(root, "bench", "results", stamp)
+        print(f"report: published to {publish(a.run_dir, dest, pictures, modes)}", file=sys.stderr)
+    if a.check_smoke:
+        bad = check_smoke(modes)
+        for b in bad:
+            print(f"smoke: FAIL {b}", file=sys.stderr)
+        if bad:
+            return 1
+        print("smoke: PASS (no query_wait_timeout, no 5xx but sheds with Retry-After, logins and pages served)",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
