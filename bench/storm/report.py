@@ -116,6 +116,87 @@ def read_pools(path):
     return [(t, *polls[t]) for t in sorted(polls)]
 
 
+def read_cpu(path):
+    """cpu.tsv: time, busy jiffies, total jiffies (all cores). [(t, busy, total)]"""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                p = line.split("\t")
+                if len(p) >= 3 and fnum(p[0]) is not None:
+                    out.append((fnum(p[0]), fnum(p[1], 0), fnum(p[2], 0)))
+    except FileNotFoundError:
+        return None
+    return out
+
+
+def cpu_busy(samples, t_a, t_b):
+    """Fraction of all cores busy between t_a and t_b, from the samples nearest inside."""
+    if not samples or t_a is None or t_b is None:
+        return None
+    inside = [x for x in samples if t_a <= x[0] <= t_b]
+    if len(inside) < 3:
+        return None
+    a, b = inside[0], inside[-1]
+    return (b[1] - a[1]) / (b[2] - a[2]) if b[2] > a[2] else None
+
+
+def foreign_cpu(path, run, t_a, t_b):
+    """CPU seconds used between t_a and t_b by processes that are not this run's:
+    neither descendants of the runner nor PostgreSQL's (the app's queries).
+    From procs.tsv snapshots (time, pid, ppid, CPU ticks, start ticks, name)
+    taken every few seconds; a process born and gone between two snapshots
+    is missed, so this is a lower bound. Returns (seconds, [(name, seconds)])."""
+    runner = run.get("RUNNER_PID")
+    hz = fnum(run.get("CLK_TCK"), 100.0)
+    btime = fnum(run.get("BTIME"))
+    if not runner or btime is None or t_a is None or t_b is None:
+        return None
+    snaps = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                p = line.rstrip("\n").split("\t")
+                if len(p) < 6:
+                    continue
+                t = fnum(p[0])
+                if t is None or not (t_a - 10 <= t <= t_b + 10):
+                    continue
+                snaps.setdefault(t, []).append((p[1], p[2], int(fnum(p[3], 0)), fnum(p[4], 0), p[5]))
+    except FileNotFoundError:
+        return None
+    first, last, name, born = {}, {}, {}, {}
+    for t in sorted(snaps):
+        rows = snaps[t]
+        parent = {pid: ppid for pid, ppid, *_ in rows}
+        ours = {runner}
+        changed = True
+        while changed:  # descendants of the runner
+            changed = False
+            for pid, ppid in parent.items():
+                if ppid in ours and pid not in ours:
+                    ours.add(pid)
+                    changed = True
+        for pid, ppid, ticks, start, comm in rows:
+            if pid in ours or comm in ("postgres", "pgbouncer"):
+                continue
+            key = (pid, start)
+            if key not in first:
+                first[key] = (t, ticks)
+                born[key] = btime + start / hz
+            last[key] = (t, ticks)
+            name[key] = comm
+    total, per = 0.0, {}
+    for key, (t0, k0) in first.items():
+        used = last[key][1] - k0
+        if born[key] >= t_a:  # started during the mode: all of its CPU counts
+            used = last[key][1]
+        if used > 0:
+            total += used / hz
+            per[name[key]] = per.get(name[key], 0.0) + used / hz
+    return total, sorted(per.items(), key=lambda x: -x[1])[:3]
+
+
 def count_lines(path, needle):
     n = 0
     try:
@@ -168,7 +249,7 @@ def django_errors(path):
 
 
 class Mode:
-    def __init__(self, run_dir, name):
+    def __init__(self, run_dir, name, run=None):
         self.name = name
         self.dir = os.path.join(run_dir, name)
         self.env = read_env(os.path.join(self.dir, "mode.env"))
@@ -190,6 +271,8 @@ class Mode:
         self.history = read_csv(os.path.join(self.dir, "locust_stats_history.csv")) or []
         self.stats = read_csv(os.path.join(self.dir, "locust_stats.csv")) or []
         self.pools = read_pools(os.path.join(self.dir, "pools.tsv"))
+        self.cpu = read_cpu(os.path.join(self.dir, "cpu.tsv"))
+        self.foreign = foreign_cpu(os.path.join(self.dir, "procs.tsv"), run or {}, self.t_start, self.t_end)
         self.pgb_qwt = count_lines(os.path.join(self.dir, "pgbouncer.log"), "query_wait_timeout")
         self.django = django_errors(os.path.join(self.dir, "django-error.log"))
         self.compute()
@@ -259,6 +342,23 @@ class Mode:
             m["core_p95_steady"] = None
             m["steady_n"] = 0
 
+        # The machine's CPU while logins are in flight and once everyone is in.
+        if m["last_login"] and self.t_start:
+            m["cpu_storm"] = cpu_busy(self.cpu, self.t_start, m["last_login"])
+            m["cpu_steady"] = cpu_busy(self.cpu, m["last_login"] + STEADY_MARGIN, self.t_end) if everyone else None
+        else:
+            m["cpu_storm"] = cpu_busy(self.cpu, self.t_start, self.t_end)
+            m["cpu_steady"] = None
+
+        if self.foreign and self.t_end and self.t_start:
+            cores = fnum(self.env.get("APP_CPUS")) or os.cpu_count() or 1
+            m["foreign_s"] = self.foreign[0]
+            m["foreign_share"] = self.foreign[0] / (cores * (self.t_end - self.t_start))
+            m["foreign_top"] = self.foreign[1]
+        else:
+            m["foreign_s"] = m["foreign_share"] = None
+            m["foreign_top"] = []
+
         # PgBouncer and logs.
         if self.pools:
             m["cl_waiting_peak"] = max(p[1] for p in self.pools)
@@ -310,7 +410,11 @@ def num(v, fmt="{:d}"):
     return "–" if v is None else fmt.format(v)
 
 
-def rows_for(modes, phys_limit):
+def pct_(v):
+    return "–" if v is None else f"{100 * v:.0f} %"
+
+
+def rows_for(modes, phys_limit, cpus=None, hash_s=None):
     M = [md.m for md in modes]
 
     def row(label, f):
@@ -344,6 +448,11 @@ def rows_for(modes, phys_limit):
         row("time to log in p50 / p95 / max",
             lambda m: f"{sec(m['ttl_p50'])} / {sec(m['ttl_p95'])} / {sec(m['ttl_max'])}"),
         row("accounts locked by the attempt limit", lambda m: num(m["locked"])),
+        row("machine CPU busy during the login storm / after it",
+            lambda m: f"{pct_(m['cpu_storm'])} / {pct_(m['cpu_steady'])}"),
+        row("CPU used by other processes on the machine",
+            lambda m: (f"{m['foreign_s']:.0f} s ({100 * m['foreign_share']:.0f} %)" if m["foreign_s"] is not None
+                       else "–")),
         row("login completion rate: mean / best 10 s, logins/s",
             lambda m: (f"{m['login_rate']:.2f} / {num(m['login_rate_peak'], '{:.1f}')}" if m["login_rate"] else "–")),
     ]
@@ -374,6 +483,7 @@ def plots(run_dir, modes):
 
     # 1. Response time and failures over time, one panel per mode.
     fig, axes = plt.subplots(len(modes), 1, figsize=(10, 2.7 * len(modes) + 0.6), sharex=True, squeeze=False)
+    twins = []
     for ax, md in zip(axes[:, 0], modes):
         t0 = md.t_start or 0
         end = int(max(md.duration or 0, ((md.t_end or t0) - t0))) + 1
@@ -410,6 +520,7 @@ def plots(run_dir, modes):
         ax.set_ylabel("ms (last 10 s)")
         ax.set_title(md.name, loc="left", fontsize=10)
         ax2 = ax.twinx()
+        twins.append(ax2)
         err = [0] * (end + 1)
         shed = [0] * (end + 1)
         for r in md.requests:
@@ -431,6 +542,14 @@ def plots(run_dir, modes):
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, loc="upper right", fontsize=7, ncol=2)
+    # The same scales in every panel, so modes compare at a glance.
+    lo = min(a.get_ylim()[0] for a in axes[:, 0])
+    hi = max(a.get_ylim()[1] for a in axes[:, 0])
+    rhi = max(a.get_ylim()[1] for a in twins)
+    for a in axes[:, 0]:
+        a.set_ylim(max(lo, 1), hi)
+    for a in twins:
+        a.set_ylim(0, rhi)
     axes[-1, 0].set_xlabel("seconds since Locust started")
     axes[-1, 0].set_xlim(0, None)
     fig.tight_layout()
@@ -457,18 +576,26 @@ def plots(run_dir, modes):
     plt.close(fig)
     made.append("pgbouncer.png")
 
-    # 3. Users logged in over time.
-    fig, ax = plt.subplots(figsize=(10, 3.4))
+    # 3. Users logged in over time, and the machine's CPU.
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=(10, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     for md in modes:
         t0 = md.t_start
         done = sorted(fnum(x["logged_in_at"]) for x in md.logins if x.get("logged_in_at"))
-        if not done or t0 is None:
-            continue
-        xs = [0] + [d - t0 for d in done]
-        ax.step(xs, range(len(xs)), where="post", label=md.name, color=colors.get(md.name))
+        if done and t0 is not None:
+            xs = [0] + [d - t0 for d in done]
+            ax.step(xs, range(len(xs)), where="post", label=md.name, color=colors.get(md.name))
+        if md.cpu and t0 is not None and len(md.cpu) > 1:
+            xs, ys = [], []
+            for a, b in zip(md.cpu, md.cpu[1:]):
+                if b[2] > a[2]:
+                    xs.append(b[0] - t0)
+                    ys.append(100 * (b[1] - a[1]) / (b[2] - a[2]))
+            axc.plot(xs, ys, color=colors.get(md.name), lw=1.0, label=md.name)
     ax.set_ylabel("users logged in")
-    ax.set_xlabel("seconds since Locust started")
     ax.legend(fontsize=8)
+    axc.set_ylabel("machine CPU busy %")
+    axc.set_ylim(0, 105)
+    axc.set_xlabel("seconds since Locust started")
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "logins.png"), dpi=90)
     plt.close(fig)
@@ -479,7 +606,7 @@ def plots(run_dir, modes):
 # ---------------------------------------------------------------- report
 
 
-def verdicts(by_name, phys_limit):
+def verdicts(by_name, phys_limit, cpus=None, hash_s=None):
     """What the storm benchmark must show, checked on this run."""
     out = []
     d, h, lg = by_name.get("direct"), by_name.get("haproxy"), by_name.get("lanegate")
@@ -512,11 +639,15 @@ def verdicts(by_name, phys_limit):
                         f"`lanegate` answered OK {num(m['ok_rate'], '{:.1f}')} req/s, "
                         f"`haproxy` {num(h.m['ok_rate'], '{:.1f}')} req/s"))
         if phys_limit and m["login_rate"]:
-            out.append((None, f"`lanegate` completed logins at {m['login_rate']:.2f}/s on average from the first "
-                              f"attempt to the last success ({100 * m['login_rate'] / phys_limit:.0f} % of the "
-                              f"physical limit {phys_limit:.2f}/s)"
-                              + (f", {m['login_rate_peak']:.1f}/s at best over 10 s "
-                                 f"({100 * m['login_rate_peak'] / phys_limit:.0f} %)" if m["login_rate_peak"] else "")))
+            text = (f"`lanegate` completed logins at {m['login_rate']:.2f}/s on average from the first attempt "
+                    f"to the last success, {100 * m['login_rate'] / phys_limit:.0f} % of the physical limit "
+                    f"{phys_limit:.2f}/s: that share of the machine's CPU went to hashing passwords")
+            if m.get("cpu_storm") is not None:
+                text += (f", while the cores were {100 * m['cpu_storm']:.0f} % busy; the rest served the pages, "
+                         f"Locust and the proxy")
+            if m["login_rate_peak"]:
+                text += f" (best 10 s: {m['login_rate_peak']:.1f}/s)"
+            out.append((None, text))
     return out
 
 
@@ -554,7 +685,7 @@ def build(run_dir):
                     if n not in names and os.path.isfile(os.path.join(run_dir, n, "mode.env")))
     if not names:
         raise SystemExit(f"report: no mode directories with mode.env under {run_dir}")
-    modes = [Mode(run_dir, n) for n in names]
+    modes = [Mode(run_dir, n, run) for n in names]
     by_name = {m.name: m for m in modes}
 
     cpus = fnum(run.get("APP_CPUS")) or fnum(run.get("NPROC"))
@@ -584,10 +715,15 @@ def build(run_dir):
         lines.append("Stack: " + ", ".join(stack) + ".")
     if run.get("MACHINE"):
         lines.append(f"Machine: {run['MACHINE']}.")
-    loads = [f"{m.name} {m.env['LOAD_AT_START']}" for m in modes if m.env.get("LOAD_AT_START")]
-    if loads:
-        lines.append("Load average as each mode started (should be near 0 when nothing else runs): "
-                     + ", ".join(loads) + ".")
+    shared = [f"{100 * m.m['foreign_share']:.0f} % during `{m.name}` ({', '.join(n for n, _ in m.m['foreign_top'])})"
+              for m in modes if (m.m.get("foreign_share") or 0) > 0.05]
+    if shared:
+        lines.append("**WARNING: other processes used the machine's CPU: " + "; ".join(shared)
+                     + ". Those columns are skewed.**")
+    busy = [f"{m.name} {m.env['BUSY_AT_START']} %" for m in modes if m.env.get("BUSY_AT_START")]
+    if busy:
+        lines.append("CPU busy just before each mode's load, stack idle (near 0 % when nothing else runs on the "
+                     "machine): " + ", ".join(busy) + ".")
     if run.get("LANEGATE_COMMIT"):
         lines.append(f"lanegate: {run['LANEGATE_COMMIT']}.")
     lines.append("")
@@ -595,10 +731,12 @@ def build(run_dir):
         lines.append(
             f"Physical login limit: {cpus:.0f} app core(s) ÷ {hash_s * 1000:.0f} ms of CPU per login "
             f"(one PBKDF2-SHA256 hash at {run.get('STORM_PBKDF2_ITERATIONS', '?')} iterations, timed here) "
-            f"= **{phys:.2f} logins/s**, whatever stands in front of the app."
+            f"= **{phys:.2f} logins/s**, whatever stands in front of the app, and only if the cores did "
+            f"nothing else: they also serve the pages and run Locust and the proxy. A mode's login "
+            f"completion rate ÷ this limit is the share of the machine's CPU that went to hashing."
         )
         lines.append("")
-    lines.append(md_table(modes, rows_for(modes, phys)))
+    lines.append(md_table(modes, rows_for(modes, phys, cpus, hash_s)))
     lines.append("")
     lines.append(
         "Requests are counted from the locustfile's own per-request log; times are from the client. "
@@ -612,7 +750,7 @@ def build(run_dir):
         "from the login POST percentiles but not from *users logged in*."
     )
     lines.append("")
-    v = verdicts(by_name, phys)
+    v = verdicts(by_name, phys, cpus, hash_s)
     if v:
         lines.append("## Checks")
         lines.append("")
@@ -635,7 +773,7 @@ def build(run_dir):
         captions = {
             "timeline.png": "Response time (p50, p95 of the last 10 s, log scale) with failures and sheds per second",
             "pgbouncer.png": "PgBouncer clients waiting for a server connection, and the longest wait",
-            "logins.png": "Users logged in over time",
+            "logins.png": "Users logged in over time, and how busy the machine's cores were",
         }
         for p in pictures:
             lines.append(f"![{captions.get(p, p)}]({p})")
