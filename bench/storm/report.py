@@ -730,7 +730,8 @@ def build(run_dir):
     if phys:
         lines.append(
             f"Physical login limit: {cpus:.0f} app core(s) ÷ {hash_s * 1000:.0f} ms of CPU per login "
-            f"(one PBKDF2-SHA256 hash at {run.get('STORM_PBKDF2_ITERATIONS', '?')} iterations, timed here) "
+            f"(one PBKDF2-SHA256 hash at {run.get('STORM_PBKDF2_ITERATIONS', '?')} iterations, the fastest of "
+            f"ten timed on this machine before and after the run) "
             f"= **{phys:.2f} logins/s**, whatever stands in front of the app, and only if the cores did "
             f"nothing else: they also serve the pages and run Locust and the proxy. A mode's login "
             f"completion rate ÷ this limit is the share of the machine's CPU that went to hashing."
