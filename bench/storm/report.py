@@ -720,10 +720,6 @@ def build(run_dir):
     if shared:
         lines.append("**WARNING: other processes used the machine's CPU: " + "; ".join(shared)
                      + ". Those columns are skewed.**")
-    busy = [f"{m.name} {m.env['BUSY_AT_START']} %" for m in modes if m.env.get("BUSY_AT_START")]
-    if busy:
-        lines.append("CPU busy just before each mode's load, stack idle (near 0 % when nothing else runs on the "
-                     "machine): " + ", ".join(busy) + ".")
     if run.get("LANEGATE_COMMIT"):
         lines.append(f"lanegate: {run['LANEGATE_COMMIT']}.")
     lines.append("")
