@@ -25,7 +25,7 @@ func BenchmarkAcquireRelease(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		p, err := c.Acquire(ctx, Core, "")
+		p, err := c.Acquire(ctx, Request{Lane: Core})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -44,7 +44,7 @@ func BenchmarkAcquireReleaseParallel(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			p, err := c.Acquire(ctx, Core, "")
+			p, err := c.Acquire(ctx, Request{Lane: Core})
 			if err != nil {
 				b.Error(err)
 				return
@@ -69,7 +69,7 @@ func BenchmarkAcquireReleaseContended(b *testing.B) {
 	b.SetParallelism(8)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			p, err := c.Acquire(ctx, Core, "")
+			p, err := c.Acquire(ctx, Request{Lane: Core})
 			if err != nil {
 				b.Error(err)
 				return

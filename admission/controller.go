@@ -12,19 +12,31 @@ import (
 
 // The controller's counts live in one 64-bit word so that every admission
 // decision is made against one consistent state: in-flight requests of each
-// lane in 16 bits each, and the number of queued requests in the top 16.
-// Checking separate counters one after another lets concurrent arrivals
-// overshoot a limit together.
+// lane in 12 bits each, anonymous core requests in flight in the next 12,
+// and the number of queued requests in the top 16. Checking separate
+// counters one after another lets concurrent arrivals overshoot a limit
+// together.
 const (
-	fieldBits   = 16
+	fieldBits   = 12
 	fieldMask   = 1<<fieldBits - 1
+	anonShift   = 36
+	oneAnon     = uint64(1) << anonShift
 	queuedShift = 48
 	oneQueued   = uint64(1) << queuedShift
 )
 
 func inFlightOf(s uint64, l Lane) int { return int(s >> (uint(l) * fieldBits) & fieldMask) }
+func anonOf(s uint64) int             { return int(s >> anonShift & fieldMask) }
 func queuedOf(s uint64) int           { return int(s >> queuedShift) }
 func one(l Lane) uint64               { return 1 << (uint(l) * fieldBits) }
+
+// delta is what admitting r adds to the state word.
+func delta(r *Request) uint64 {
+	if r.anonymous() {
+		return one(r.Lane) + oneAnon
+	}
+	return one(r.Lane)
+}
 
 func totalOf(s uint64) int {
 	return inFlightOf(s, Core) + inFlightOf(s, Login) + inFlightOf(s, Export)
@@ -55,6 +67,15 @@ func canAdmit(s uint64, lim *Limits, l Lane) bool {
 	return lim.Budget-total-unused > 0
 }
 
+// canAdmitReq is canAdmit with the anonymous cap applied to anonymous core
+// requests.
+func canAdmitReq(s uint64, lim *Limits, r *Request) bool {
+	if r.anonymous() && lim.AnonMax > 0 && anonOf(s) >= lim.AnonMax {
+		return false
+	}
+	return canAdmit(s, lim, r.Lane)
+}
+
 // Controller admits requests under Limits. It is safe for concurrent use.
 //
 // Most callers want Acquire, which waits in the lane's queue like
@@ -70,10 +91,12 @@ type Controller struct {
 	clock   clockwork.Clock
 
 	// mu guards queues and seq, and serialises every state change made
-	// while a request is queued.
-	mu     sync.Mutex
-	queues [numLanes]queue
-	seq    uint64
+	// while a request is queued. queues[l] holds lane l's waiters;
+	// queues[anonQueue] the anonymous core ones, served after Core's.
+	mu         sync.Mutex
+	queues     [numQueues]queue
+	seq        uint64
+	anonQueued atomic.Int64
 
 	lanes [numLanes]laneStats
 
@@ -154,15 +177,44 @@ func (c *Controller) Reconfigure(limits Limits) error {
 	return nil
 }
 
+// anonQueue indexes the queue of anonymous core requests.
+const (
+	anonQueue = numLanes
+	numQueues = numLanes + 1
+)
+
+// Request is what the controller needs to know of one request.
+type Request struct {
+	// Lane is the request's lane.
+	Lane Lane
+	// Client keys the per-client login bucket; other lanes ignore it.
+	Client string
+	// Anonymous marks a request that carries no session lanegate could
+	// validate. In the core lane it is admitted after waiting
+	// authenticated requests and under Limits.AnonMax, so a flood of
+	// anonymous traffic cannot starve logged-in users. Other lanes ignore
+	// it.
+	Anonymous bool
+}
+
+func (r *Request) anonymous() bool { return r.Anonymous && r.Lane == Core }
+
+func (r *Request) queue() int {
+	if r.anonymous() {
+		return anonQueue
+	}
+	return int(r.Lane)
+}
+
 // Permit is a slot held by one request. Release it when the upstream has
 // finished the response.
 type Permit struct {
-	c       *Controller
-	start   time.Time
-	waited  time.Duration
-	lane    Lane
-	counted bool // false when the lane's field was saturated by Force
-	done    atomic.Bool
+	c      *Controller
+	start  time.Time
+	waited time.Duration
+	lane   Lane
+	delta  uint64 // what the permit added to the state word; 0 when uncounted
+	done   atomic.Bool
 }
 
 // Lane returns the lane the permit was granted in.
@@ -194,8 +246,8 @@ func (p *Permit) ReleaseAt(now time.Time) {
 	// is capped at what the queue timeout can make sense of.
 	limit := max(4*c.limits.Load().Lane[p.lane].QueueTimeout, time.Second)
 	c.lanes[p.lane].observe(min(now.Sub(p.start), limit))
-	if p.counted {
-		c.release(p.lane)
+	if p.delta != 0 {
+		c.release(p.delta)
 	}
 }
 
@@ -205,23 +257,23 @@ func (p *Permit) Abandon() {
 	if p == nil || !p.done.CompareAndSwap(false, true) {
 		return
 	}
-	if p.counted {
-		p.c.release(p.lane)
+	if p.delta != 0 {
+		p.c.release(p.delta)
 	}
 }
 
-func (c *Controller) release(l Lane) {
+func (c *Controller) release(d uint64) {
 	for {
 		s := c.state.Load()
 		if queuedOf(s) != 0 {
 			break
 		}
-		if c.state.CompareAndSwap(s, s-one(l)) {
+		if c.state.CompareAndSwap(s, s-d) {
 			return
 		}
 	}
 	c.mu.Lock()
-	c.add(-int64(one(l)))
+	c.add(-int64(d))
 	c.dispatch(c.limits.Load())
 	c.mu.Unlock()
 }
@@ -230,8 +282,8 @@ func (c *Controller) release(l Lane) {
 // at the same time, so even holders of mu must use atomic arithmetic.
 func (c *Controller) add(delta int64) uint64 { return c.state.Add(uint64(delta)) }
 
-func (c *Controller) newPermit(l Lane, start time.Time, waited time.Duration) *Permit {
-	return &Permit{c: c, lane: l, start: start, waited: waited, counted: true}
+func (c *Controller) newPermit(r *Request, start time.Time, waited time.Duration) *Permit {
+	return &Permit{c: c, lane: r.Lane, start: start, waited: waited, delta: delta(r)}
 }
 
 func (c *Controller) count(l Lane, d Decision) { c.lanes[l].decisions[d].Add(1) }
@@ -241,16 +293,15 @@ func (c *Controller) shed(l Lane, err error, retry time.Duration) *ShedError {
 	return &ShedError{Lane: l, Err: err, RetryAfter: retry}
 }
 
-// Acquire admits a request of lane l, waiting in the lane's queue if
-// needed. client keys the per-client login bucket and is ignored for other
-// lanes.
+// Acquire admits r, waiting in its lane's queue if needed.
 //
 // It returns a *ShedError wrapping ErrRateLimited, ErrQueueFull,
 // ErrWaitTooLong, ErrQueueTimeout or ErrClosed when the request is refused,
 // and an error wrapping the context's error when ctx ends first; the caller
 // then must not forward the request. A cancelled caller leaves the queue at
 // once.
-func (c *Controller) Acquire(ctx context.Context, l Lane, client string) (*Permit, error) {
+func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
+	l := r.Lane
 	if c.closed.Load() {
 		return nil, c.shed(l, ErrClosed, time.Second)
 	}
@@ -258,30 +309,42 @@ func (c *Controller) Acquire(ctx context.Context, l Lane, client string) (*Permi
 	var tok tokens
 	if l == Login {
 		var wait time.Duration
-		if tok, wait = c.buckets.Load().take(now, client); wait > 0 {
+		if tok, wait = c.buckets.Load().take(now, r.Client); wait > 0 {
 			return nil, c.shed(l, ErrRateLimited, wait)
 		}
 	}
+	d := delta(&r)
 	for {
 		// Limits are read afresh each try, so an arrival racing a
 		// Reconfigure that shrinks them is judged by the new ones.
 		lim := c.limits.Load()
 		s := c.state.Load()
-		if queuedOf(s) != 0 || !canAdmit(s, lim, l) {
+		if queuedOf(s) != 0 || !canAdmitReq(s, lim, &r) {
 			break
 		}
-		if c.state.CompareAndSwap(s, s+one(l)) {
+		if c.state.CompareAndSwap(s, s+d) {
 			c.count(l, Admitted)
-			return c.newPermit(l, now, 0), nil
+			return c.newPermit(&r, now, 0), nil
 		}
 	}
 	if c.beforeSlow != nil {
 		c.beforeSlow()
 	}
-	return c.acquireSlow(ctx, l, now, tok)
+	return c.acquireSlow(ctx, &r, now, tok)
 }
 
-func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok tokens) (*Permit, error) {
+// ahead is how many waiters are served before a new arrival of r: its own
+// queue, and for an anonymous request also every authenticated one.
+func (c *Controller) ahead(r *Request) int {
+	n := c.queues[r.queue()].len
+	if r.anonymous() {
+		n += c.queues[Core].len
+	}
+	return n
+}
+
+func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time, tok tokens) (*Permit, error) {
+	l := r.Lane
 	c.mu.Lock()
 	if c.closed.Load() {
 		// Close ran between the check in Acquire and here; it has already
@@ -292,27 +355,28 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 	}
 	lim := c.limits.Load()
 	ll := lim.Lane[l]
-	q := &c.queues[l]
+	q := &c.queues[r.queue()]
+	d := delta(r)
 	var deadline time.Time
 	for {
 		s := c.state.Load()
-		if q.len == 0 && canAdmit(s, lim, l) {
-			if c.state.CompareAndSwap(s, s+one(l)) {
+		if c.ahead(r) == 0 && canAdmitReq(s, lim, r) {
+			if c.state.CompareAndSwap(s, s+d) {
 				c.mu.Unlock()
 				c.count(l, Admitted)
-				return c.newPermit(l, now, 0), nil
+				return c.newPermit(r, now, 0), nil
 			}
 			continue
 		}
 		// The queued count has 16 bits; queues kept from before a
 		// Reconfigure could otherwise push it past them.
 		if q.len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued {
-			retry := c.expectedWait(l, q.len+1, s)
+			retry := c.expectedWait(l, c.ahead(r)+1, s)
 			c.mu.Unlock()
 			tok.refund(now)
 			return nil, c.shed(l, ErrQueueFull, retry)
 		}
-		expected := c.expectedWait(l, q.len+1, s)
+		expected := c.expectedWait(l, c.ahead(r)+1, s)
 		deadline = now.Add(ll.QueueTimeout)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 			deadline = d
@@ -330,9 +394,9 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 		}
 	}
 	c.seq++
-	w := &waiter{lane: l, seq: c.seq, ready: make(chan struct{}, 1)}
+	w := &waiter{req: *r, seq: c.seq, ready: make(chan struct{}, 1)}
 	q.push(w)
-	c.lanes[l].queued.Add(1)
+	c.queuedGauge(r).Add(1)
 	c.dispatch(lim)
 	c.mu.Unlock()
 
@@ -348,10 +412,10 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 	st := w.state
 	if st == waiting {
 		q.remove(w)
-		c.lanes[l].queued.Add(-1)
+		c.queuedGauge(r).Add(-1)
 		c.add(-int64(oneQueued))
 		s := c.state.Load()
-		retry := c.expectedWait(l, q.len+1, s)
+		retry := c.expectedWait(l, c.ahead(r)+1, s)
 		c.mu.Unlock()
 		end := c.clock.Now()
 		tok.refund(end)
@@ -367,7 +431,7 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 		tok.refund(end)
 		return nil, c.shed(l, ErrClosed, time.Second)
 	}
-	p := c.newPermit(l, end, end.Sub(now))
+	p := c.newPermit(r, end, end.Sub(now))
 	if err := ctx.Err(); err != nil {
 		// The slot arrived as the caller left; hand it on rather than
 		// forward a request nobody waits for.
@@ -379,6 +443,29 @@ func (c *Controller) acquireSlow(ctx context.Context, l Lane, now time.Time, tok
 	return p, nil
 }
 
+// queuedGauge is the counter of waiters r is counted in.
+func (c *Controller) queuedGauge(r *Request) *atomic.Int64 {
+	if r.anonymous() {
+		return &c.anonQueued
+	}
+	return &c.lanes[r.Lane].queued
+}
+
+// head is the waiter lane l would admit next in state s, or nil: in the
+// core lane an authenticated waiter always goes before an anonymous one,
+// and an anonymous one only while anonymous requests are under their cap.
+func (c *Controller) head(s uint64, lim *Limits, l Lane) *waiter {
+	if w := c.queues[l].head; w != nil {
+		return w
+	}
+	if l == Core {
+		if w := c.queues[anonQueue].head; w != nil && canAdmitReq(s, lim, &w.req) {
+			return w
+		}
+	}
+	return nil
+}
+
 // dispatch hands free slots to waiters: first to lanes still below their
 // reservation, then to any lane that may borrow, oldest request first.
 // Callers hold mu.
@@ -388,8 +475,11 @@ func (c *Controller) dispatch(lim *Limits) {
 		var best *waiter
 		bestReserved := false
 		for _, l := range Lanes() {
-			w := c.queues[l].head
-			if w == nil || !canAdmit(s, lim, l) {
+			if !canAdmit(s, lim, l) {
+				continue
+			}
+			w := c.head(s, lim, l)
+			if w == nil {
 				continue
 			}
 			reserved := inFlightOf(s, l) < lim.Lane[l].Reserved
@@ -400,11 +490,11 @@ func (c *Controller) dispatch(lim *Limits) {
 		if best == nil {
 			return
 		}
-		if !c.state.CompareAndSwap(s, s+one(best.lane)-oneQueued) {
+		if !c.state.CompareAndSwap(s, s+delta(&best.req)-oneQueued) {
 			continue
 		}
-		c.queues[best.lane].remove(best)
-		c.lanes[best.lane].queued.Add(-1)
+		c.queues[best.req.queue()].remove(best)
+		c.queuedGauge(&best.req).Add(-1)
 		best.state = granted
 		best.ready <- struct{}{}
 	}
@@ -429,12 +519,12 @@ func (c *Controller) Close() {
 	c.closed.Store(true)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for l := range c.queues {
-		q := &c.queues[l]
+	for i := range c.queues {
+		q := &c.queues[i]
 		for q.head != nil {
 			w := q.head
 			q.remove(w)
-			c.lanes[l].queued.Add(-1)
+			c.queuedGauge(&w.req).Add(-1)
 			c.add(-int64(oneQueued))
 			w.state = rejected
 			w.ready <- struct{}{}
@@ -445,9 +535,9 @@ func (c *Controller) Close() {
 // Pass counts a request forwarded without admission control (mode off) so
 // in-flight gauges stay truthful and a switch back to enforce starts from
 // the real load. It never blocks and never refuses.
-func (c *Controller) Pass(l Lane) *Permit {
-	c.count(l, Passed)
-	return c.force(l)
+func (c *Controller) Pass(r Request) *Permit {
+	c.count(r.Lane, Passed)
+	return c.force(&r)
 }
 
 // Shadow computes what Acquire would decide now without waiting or
@@ -456,20 +546,21 @@ func (c *Controller) Pass(l Lane) *Permit {
 // would have queued is reported as ShadowQueued; shadow mode has no real
 // queue, so a lane's requests beyond what it could have admitted stand in
 // for the queue ahead.
-func (c *Controller) Shadow(l Lane, client string) (Decision, *Permit) {
+func (c *Controller) Shadow(r Request) (Decision, *Permit) {
+	l := r.Lane
 	lim := c.limits.Load()
 	now := c.clock.Now()
 	d := ShadowAdmitted
 	var tok tokens
 	if l == Login {
 		var wait time.Duration
-		if tok, wait = c.buckets.Load().take(now, client); wait > 0 {
+		if tok, wait = c.buckets.Load().take(now, r.Client); wait > 0 {
 			d = ShadowRateLimited
 		}
 	}
 	if d == ShadowAdmitted {
 		s := c.state.Load()
-		if !canAdmit(s, lim, l) {
+		if !canAdmitReq(s, lim, &r) {
 			ll := lim.Lane[l]
 			// Requests beyond the lane's max or beyond the budget would have
 			// been queued; whichever overshoot is larger is the queue ahead.
@@ -488,22 +579,23 @@ func (c *Controller) Shadow(l Lane, client string) (Decision, *Permit) {
 		}
 	}
 	c.count(l, d)
-	return d, c.force(l)
+	return d, c.force(&r)
 }
 
-// force takes a slot whatever the limits say. A lane whose 16-bit count is
-// full is forwarded uncounted rather than carried into its neighbour.
-func (c *Controller) force(l Lane) *Permit {
-	p := &Permit{c: c, lane: l, start: c.clock.Now()}
+// force takes a slot whatever the limits say. A request whose count field
+// is full is forwarded uncounted rather than carried into its neighbour.
+func (c *Controller) force(r *Request) *Permit {
+	p := &Permit{c: c, lane: r.Lane, start: c.clock.Now()}
+	d := delta(r)
 	for {
 		s := c.state.Load()
-		if inFlightOf(s, l) >= fieldMask {
+		if inFlightOf(s, r.Lane) >= fieldMask || (r.anonymous() && anonOf(s) >= fieldMask) {
 			return p
 		}
 		// An increase needs no dispatch, so unlike a release it may
 		// race the mutex holders: their swaps fail and they look again.
-		if c.state.CompareAndSwap(s, s+one(l)) {
-			p.counted = true
+		if c.state.CompareAndSwap(s, s+d) {
+			p.delta = d
 			return p
 		}
 	}

@@ -36,7 +36,7 @@ func newTest(t *testing.T, l Limits) (*Controller, *clockwork.FakeClock) {
 // mustAcquire admits a request that must not wait.
 func mustAcquire(t *testing.T, c *Controller, l Lane) *Permit {
 	t.Helper()
-	p, err := c.Acquire(context.Background(), l, "")
+	p, err := c.Acquire(context.Background(), Request{Lane: l})
 	if err != nil {
 		t.Fatalf("Acquire(%s): %v", l, err)
 	}
@@ -55,7 +55,7 @@ func enqueue(t *testing.T, ctx context.Context, c *Controller, clock *clockwork.
 	t.Helper()
 	ch := make(chan result, 1)
 	go func() {
-		p, err := c.Acquire(ctx, l, "client")
+		p, err := c.Acquire(ctx, Request{Lane: l, Client: "client"})
 		ch <- result{p, err}
 	}()
 	bctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -203,7 +203,7 @@ func TestReservedLaneServedFirst(t *testing.T) {
 	// reservation is not free either.
 	var forced []*Permit
 	for range 6 {
-		forced = append(forced, c.Pass(Core))
+		forced = append(forced, c.Pass(Request{Lane: Core}))
 	}
 	cch := enqueue(t, context.Background(), c, clock, Core, 0)
 	lch := enqueue(t, context.Background(), c, clock, Login, 1)
@@ -265,7 +265,7 @@ func TestQueueFull(t *testing.T) {
 	p := mustAcquire(t, c, Core)
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := enqueue(t, ctx, c, clock, Core, 0)
-	_, err := c.Acquire(context.Background(), Core, "")
+	_, err := c.Acquire(context.Background(), Request{Lane: Core})
 	var se *ShedError
 	if !errors.As(err, &se) || !errors.Is(err, ErrQueueFull) {
 		t.Fatalf("got %v, want a *ShedError wrapping ErrQueueFull", err)
@@ -361,7 +361,7 @@ func TestEarlyRejection(t *testing.T) {
 	for i := range 5 {
 		waiting = append(waiting, enqueue(t, context.Background(), c, clock, Core, i))
 	}
-	_, err := c.Acquire(context.Background(), Core, "")
+	_, err := c.Acquire(context.Background(), Request{Lane: Core})
 	var se *ShedError
 	if !errors.As(err, &se) || !errors.Is(err, ErrWaitTooLong) {
 		t.Fatalf("got %v, want ErrWaitTooLong", err)
@@ -373,7 +373,7 @@ func TestEarlyRejection(t *testing.T) {
 	ctx, cancel := context.WithDeadline(context.Background(), clock.Now().Add(time.Second))
 	defer cancel()
 	c.Close() // answer the queued requests so the test ends
-	_, err = c.Acquire(ctx, Core, "")
+	_, err = c.Acquire(ctx, Request{Lane: Core})
 	if !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: got %v, want ErrClosed", err)
 	}
@@ -398,7 +398,7 @@ func TestEarlyRejectionByCallerDeadline(t *testing.T) {
 	defer p.Release()
 	ctx, cancel := context.WithDeadline(context.Background(), clock.Now().Add(2*time.Second))
 	defer cancel()
-	if _, err := c.Acquire(ctx, Core, ""); !errors.Is(err, ErrWaitTooLong) {
+	if _, err := c.Acquire(ctx, Request{Lane: Core}); !errors.Is(err, ErrWaitTooLong) {
 		t.Fatalf("got %v, want ErrWaitTooLong", err)
 	}
 }
@@ -425,7 +425,7 @@ func TestLoginRateLimit(t *testing.T) {
 	c, clock := newTest(t, l)
 	a := mustAcquire(t, c, Login)
 	b := mustAcquire(t, c, Login)
-	_, err := c.Acquire(context.Background(), Login, "")
+	_, err := c.Acquire(context.Background(), Request{Lane: Login})
 	var se *ShedError
 	if !errors.As(err, &se) || !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("got %v, want ErrRateLimited", err)
@@ -450,7 +450,7 @@ func TestShedLoginRefundsToken(t *testing.T) {
 	p := mustAcquire(t, c, Login) // one token left
 	for range 3 {
 		// No queue: shed with ErrQueueFull, and the token comes back.
-		if _, err := c.Acquire(context.Background(), Login, ""); !errors.Is(err, ErrQueueFull) {
+		if _, err := c.Acquire(context.Background(), Request{Lane: Login}); !errors.Is(err, ErrQueueFull) {
 			t.Fatalf("got %v, want ErrQueueFull", err)
 		}
 	}
@@ -464,23 +464,23 @@ func TestPerClientRateLimit(t *testing.T) {
 	l.MaxClients = 2
 	c, clock := newTest(t, l)
 	ctx := context.Background()
-	p, err := c.Acquire(ctx, Login, "10.0.0.1")
+	p, err := c.Acquire(ctx, Request{Lane: Login, Client: "10.0.0.1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Release()
-	_, err = c.Acquire(ctx, Login, "10.0.0.1")
+	_, err = c.Acquire(ctx, Request{Lane: Login, Client: "10.0.0.1"})
 	var se *ShedError
 	if !errors.As(err, &se) || !errors.Is(err, ErrRateLimited) || se.RetryAfter != 2*time.Second {
 		t.Fatalf("same client: got %v, want ErrRateLimited after 2s", err)
 	}
-	p, err = c.Acquire(ctx, Login, "10.0.0.2")
+	p, err = c.Acquire(ctx, Request{Lane: Login, Client: "10.0.0.2"})
 	if err != nil {
 		t.Fatalf("other client: %v", err)
 	}
 	p.Release()
 	clock.Advance(2 * time.Second)
-	p, err = c.Acquire(ctx, Login, "10.0.0.1")
+	p, err = c.Acquire(ctx, Request{Lane: Login, Client: "10.0.0.1"})
 	if err != nil {
 		t.Fatalf("after refill: %v", err)
 	}
@@ -535,9 +535,9 @@ func TestShadowCountsWithoutRefusing(t *testing.T) {
 	l.Budget = 1
 	l.Lane[Core] = LaneLimits{Reserved: 1, Max: 1, Queue: 1, QueueTimeout: time.Second}
 	c, _ := newTest(t, l)
-	d1, p1 := c.Shadow(Core, "")
-	d2, p2 := c.Shadow(Core, "")
-	d3, p3 := c.Shadow(Core, "")
+	d1, p1 := c.Shadow(Request{Lane: Core})
+	d2, p2 := c.Shadow(Request{Lane: Core})
+	d3, p3 := c.Shadow(Request{Lane: Core})
 	want := []Decision{ShadowAdmitted, ShadowQueued, ShadowQueueFull}
 	for i, d := range []Decision{d1, d2, d3} {
 		if d != want[i] {
@@ -590,7 +590,7 @@ func TestShadowQueueAheadNotDoubleCounted(t *testing.T) {
 	var permits []*Permit
 	var got []Decision
 	for range 5 {
-		d, p := c.Shadow(Core, "")
+		d, p := c.Shadow(Request{Lane: Core})
 		got = append(got, d)
 		permits = append(permits, p)
 	}
@@ -614,7 +614,7 @@ func TestQueuedLoginRefundsTokenAfterTimeout(t *testing.T) {
 	l.LoginPerClient = RateLimit{Rate: 0.001, Burst: 2}
 	l.MaxClients = 10
 	c, clock := newTest(t, l)
-	p, err := c.Acquire(context.Background(), Login, "client")
+	p, err := c.Acquire(context.Background(), Request{Lane: Login, Client: "client"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -624,13 +624,13 @@ func TestQueuedLoginRefundsTokenAfterTimeout(t *testing.T) {
 		t.Fatalf("got %v, want ErrQueueTimeout", r.err)
 	}
 	p.Release()
-	p, err = c.Acquire(context.Background(), Login, "client")
+	p, err = c.Acquire(context.Background(), Request{Lane: Login, Client: "client"})
 	if err != nil {
 		t.Fatalf("after a queued login timed out: got %v, want its token back", err)
 	}
 	p.Release()
 	// A refund never lifts the bucket above its burst.
-	if _, err := c.Acquire(context.Background(), Login, "client"); !errors.Is(err, ErrRateLimited) {
+	if _, err := c.Acquire(context.Background(), Request{Lane: Login, Client: "client"}); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("third login: got %v, want ErrRateLimited", err)
 	}
 }
@@ -648,7 +648,7 @@ func TestCloseBetweenCheckAndQueue(t *testing.T) {
 	c.beforeSlow = c.Close
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.Acquire(context.Background(), Core, "")
+		_, err := c.Acquire(context.Background(), Request{Lane: Core})
 		done <- err
 	}()
 	select {

@@ -100,11 +100,17 @@ type Limits struct {
 	// MaxClients bounds the per-client buckets kept; the least recently
 	// seen client is forgotten first.
 	MaxClients int
+	// AnonMax caps anonymous core requests in flight (Request.Anonymous),
+	// so that slots stay free for logged-in users however much anonymous
+	// traffic arrives. Zero means no cap beyond the core lane's own.
+	AnonMax int
 }
 
-// maxBudget keeps in-flight counts within the 16 bits each has in the
-// controller's packed state word.
-const maxBudget = 1<<15 - 1
+// MaxBudget is the largest budget the controller accepts: in-flight counts
+// have 12 bits each in its packed state word.
+const MaxBudget = 1<<12 - 1
+
+const maxBudget = MaxBudget
 
 // maxQueued bounds all queues together, for the same reason.
 const maxQueued = 1<<16 - 1
@@ -138,6 +144,9 @@ func (l Limits) Validate() error {
 		}
 		sum += max(ll.Reserved, 0)
 		queues += max(ll.Queue, 0)
+	}
+	if l.AnonMax < 0 || l.AnonMax > l.Lane[Core].Max {
+		errs = append(errs, fmt.Errorf("anonymous max %d: must be between 0 and the core max %d", l.AnonMax, l.Lane[Core].Max))
 	}
 	if queues > maxQueued {
 		errs = append(errs, fmt.Errorf("queues sum to %d, more than %d", queues, maxQueued))

@@ -11,7 +11,7 @@ const (
 // setting state, when the request is granted a slot or rejected.
 type waiter struct {
 	prev, next *waiter
-	lane       Lane
+	req        Request
 	seq        uint64 // arrival order across lanes
 	state      int
 	ready      chan struct{}

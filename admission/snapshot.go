@@ -23,13 +23,24 @@ type Snapshot struct {
 	Budget   int
 	InFlight int
 	Lanes    [numLanes]LaneSnapshot
+	// Anonymous core requests: in flight (part of the core lane's count),
+	// queued (not in the core lane's Queued) and their cap.
+	AnonMax      int
+	AnonInFlight int
+	AnonQueued   int
 }
 
 // Snapshot returns the controller's current state.
 func (c *Controller) Snapshot() Snapshot {
 	lim := c.limits.Load()
 	s := c.state.Load()
-	snap := Snapshot{Budget: lim.Budget, InFlight: totalOf(s)}
+	snap := Snapshot{
+		Budget:       lim.Budget,
+		InFlight:     totalOf(s),
+		AnonMax:      lim.AnonMax,
+		AnonInFlight: anonOf(s),
+		AnonQueued:   int(c.anonQueued.Load()),
+	}
 	for _, l := range Lanes() {
 		ls := &c.lanes[l]
 		ln := LaneSnapshot{

@@ -30,6 +30,12 @@ func checkInvariants(s uint64, lim *Limits) error {
 	if lim.Budget-total < unused {
 		return errors.New("a reservation is not available")
 	}
+	if lim.AnonMax > 0 && anonOf(s) > lim.AnonMax {
+		return errors.New("anonymous requests above their cap")
+	}
+	if anonOf(s) > inFlightOf(s, Core) {
+		return errors.New("more anonymous requests than core requests in flight")
+	}
 	return nil
 }
 
@@ -43,6 +49,7 @@ func TestStressInvariants(t *testing.T) {
 	l.Lane[Login] = LaneLimits{Reserved: 2, Max: 3, Queue: 6, QueueTimeout: 2 * time.Millisecond}
 	l.Lane[Core] = LaneLimits{Reserved: 3, Max: 8, Queue: 20, QueueTimeout: 5 * time.Millisecond}
 	l.Lane[Export] = LaneLimits{Reserved: 0, Max: 2, Queue: 2, QueueTimeout: 3 * time.Millisecond}
+	l.AnonMax = 3
 	c, err := New(l)
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +91,7 @@ func TestStressInvariants(t *testing.T) {
 					cancel() // a client that left before or while queuing
 				}
 				sent.Add(1)
-				p, err := c.Acquire(ctx, lane, "")
+				p, err := c.Acquire(ctx, Request{Lane: lane, Anonymous: rng.IntN(2) == 0})
 				var se *ShedError
 				switch {
 				case err == nil:
@@ -122,6 +129,9 @@ func TestStressInvariants(t *testing.T) {
 	}
 	var counted uint64
 	snap := c.Snapshot()
+	if snap.AnonQueued != 0 || snap.AnonInFlight != 0 {
+		t.Errorf("anonymous at end: %d queued, %d in flight, want 0", snap.AnonQueued, snap.AnonInFlight)
+	}
 	for _, ln := range snap.Lanes {
 		if ln.Queued != 0 {
 			t.Errorf("%s queued at end: got %d, want 0", ln.Lane, ln.Queued)

@@ -180,17 +180,17 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "pool size zero",
 			env:  map[string]string{"LANEGATE_DB_POOL_SIZE": "0"},
-			want: []string{"LANEGATE_DB_POOL_SIZE=0: must be between 1 and 32767"},
+			want: []string{"LANEGATE_DB_POOL_SIZE=0: must be between 1 and 4095"},
 		},
 		{
 			name: "pool size too big",
 			env:  map[string]string{"LANEGATE_DB_POOL_SIZE": "40000"},
-			want: []string{"LANEGATE_DB_POOL_SIZE=40000: must be between 1 and 32767"},
+			want: []string{"LANEGATE_DB_POOL_SIZE=40000: must be between 1 and 4095"},
 		},
 		{
 			name: "bad pool hides derived problems",
 			env:  map[string]string{"LANEGATE_DB_POOL_SIZE": "-5", "LANEGATE_LOGIN_RESERVED": "3"},
-			want: []string{"LANEGATE_DB_POOL_SIZE=-5: must be between 1 and 32767"},
+			want: []string{"LANEGATE_DB_POOL_SIZE=-5: must be between 1 and 4095"},
 			not:  []string{"LANEGATE_LOGIN_RESERVED"},
 		},
 		{
@@ -206,7 +206,7 @@ func TestLoadErrors(t *testing.T) {
 		{
 			name: "budget zero",
 			env:  map[string]string{"LANEGATE_BUDGET": "0"},
-			want: []string{"LANEGATE_BUDGET=0: must be between 1 and 32767"},
+			want: []string{"LANEGATE_BUDGET=0: must be between 1 and 4095"},
 			not:  []string{"exceeds"},
 		},
 		{
@@ -695,9 +695,9 @@ func TestBothListenersOnPortZero(t *testing.T) {
 
 // A large pool derives queues that the controller can still count.
 func TestLargePoolDerivesValidQueues(t *testing.T) {
-	cfg, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=6000"}})
+	cfg, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=4095"}})
 	if err != nil {
-		t.Fatalf("pool 6000: %v", err)
+		t.Fatalf("pool 4095: %v", err)
 	}
 	if err := cfg.Limits().Validate(); err != nil {
 		t.Fatalf("derived limits: %v", err)

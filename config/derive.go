@@ -113,7 +113,7 @@ func (c Config) Limits() admission.Limits {
 
 // maxPoolSize bounds the pool so that derived numbers cannot overflow and
 // the derived budget stays within what the controller can count.
-const maxPoolSize = 1<<15 - 1
+const maxPoolSize = admission.MaxBudget
 
 // resolve computes every variable's effective value and where it came
 // from, and the admission limits they make.

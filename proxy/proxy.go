@@ -27,9 +27,9 @@ import (
 
 // Admitter is what the handler needs of the admission controller.
 type Admitter interface {
-	Acquire(ctx context.Context, l admission.Lane, client string) (*admission.Permit, error)
-	Shadow(l admission.Lane, client string) (admission.Decision, *admission.Permit)
-	Pass(l admission.Lane) *admission.Permit
+	Acquire(ctx context.Context, r admission.Request) (*admission.Permit, error)
+	Shadow(r admission.Request) (admission.Decision, *admission.Permit)
+	Pass(r admission.Request) *admission.Permit
 }
 
 // Options configure a Handler. Zero durations and sizes mean "no limit"
@@ -225,27 +225,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	req := admission.Request{Lane: class.Lane}
 	// Only the login lane's per-client bucket needs the client's address.
-	var client string
 	if class.Lane == admission.Login {
 		if a, ok := h.clientAddr(r); ok {
-			client = clientKey(a)
+			req.Client = clientKey(a)
 		} else {
-			client = r.RemoteAddr
+			req.Client = r.RemoteAddr
 		}
 	}
 	var permit *admission.Permit
 	switch *h.mode.Load() {
 	case config.ModeOff:
-		permit = h.ctrl.Pass(class.Lane)
+		permit = h.ctrl.Pass(req)
 		ev.decision = admission.Passed.String()
 	case config.ModeShadow:
 		var d admission.Decision
-		d, permit = h.ctrl.Shadow(class.Lane, client)
+		d, permit = h.ctrl.Shadow(req)
 		ev.decision = d.String()
 	default:
 		var err error
-		permit, err = h.ctrl.Acquire(r.Context(), class.Lane, client)
+		permit, err = h.ctrl.Acquire(r.Context(), req)
 		if err != nil {
 			h.refuse(rec, r, &ev, class.Lane, err)
 			return

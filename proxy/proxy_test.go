@@ -817,10 +817,10 @@ type testLateAdmitter struct {
 	entered chan struct{}
 }
 
-func (a *testLateAdmitter) Acquire(ctx context.Context, l admission.Lane, client string) (*admission.Permit, error) {
+func (a *testLateAdmitter) Acquire(ctx context.Context, r admission.Request) (*admission.Permit, error) {
 	a.entered <- struct{}{}
 	<-ctx.Done()
-	return a.Controller.Acquire(context.Background(), l, client)
+	return a.Controller.Acquire(context.Background(), r)
 }
 
 func TestClientGoneAsAdmitted(t *testing.T) {
