@@ -1,0 +1,462 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+const (
+	cookieA = "abcdefghijklmnopqrstuvwxyz012345"
+	cookieB = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+)
+
+type cacheFixture struct {
+	c     *Cache
+	kr    *Keyring
+	clock *clockwork.FakeClock
+	store Store
+}
+
+func newCacheFixture(t *testing.T, store Store, clock *clockwork.FakeClock) *cacheFixture {
+	t.Helper()
+	if clock == nil {
+		clock = clockwork.NewFakeClockAt(time.Unix(1767225600, 0))
+	}
+	if store == nil {
+		m, err := NewMemory(1000, clock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		store = m
+	}
+	kr := testKeyring(t)
+	c, err := NewCache(CacheOptions{Store: store, Keyring: kr, TTL: time.Minute, CoalesceWait: 100 * time.Millisecond, Clock: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cacheFixture{c: c, kr: kr, clock: clock, store: store}
+}
+
+func cookieHeader(v string) http.Header {
+	return http.Header{"Cookie": {"csrftoken=x; sessionid=" + v + "; other=y"}}
+}
+
+// grantFor is what lanegate_django sends after authenticating cookie.
+func (f *cacheFixture) grantFor(cookie, uid string) string {
+	now := f.clock.Now()
+	return f.kr.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookie), UserID: uid, AuthHash: "hash-" + uid,
+		Expires: now.Add(time.Hour).Unix(), IssuedAt: now.Unix()})
+}
+
+func (f *cacheFixture) revokeFor(cookies ...string) string {
+	var sids []string
+	for _, c := range cookies {
+		sids = append(sids, SessionHash(c))
+	}
+	return f.kr.Sign(&Claims{Type: TypeRevoke, SIDs: sids, IssuedAt: f.clock.Now().Unix()})
+}
+
+// roundTrip runs one request through the cache with the given response
+// headers and returns its session state and the headers as the client
+// would get them.
+func (f *cacheFixture) roundTrip(t *testing.T, reqHeader, respHeader http.Header, status int) (*Request, http.Header) {
+	t.Helper()
+	r := f.c.Begin(context.Background(), reqHeader)
+	if respHeader == nil {
+		respHeader = http.Header{}
+	}
+	f.c.Response(context.Background(), r, respHeader, status)
+	return r, respHeader
+}
+
+func (f *cacheFixture) verifyIdentity(t *testing.T, r *Request) *Claims {
+	t.Helper()
+	if r.Identity == "" {
+		t.Fatal("request forwarded without identity, want one")
+	}
+	c, err := f.kr.Verify(r.Identity, TypeIdentity, f.clock.Now(), Window{MaxAge: DefaultIdentityMaxAge})
+	if err != nil {
+		t.Fatalf("identity does not verify: %v", err)
+	}
+	return c
+}
+
+func TestGrantThenIdentity(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	// First request: a miss, forwarded with a grant request.
+	r, resp := f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "42")}}, 200)
+	if r.Identity != "" || r.GrantRequest == "" {
+		t.Fatalf("miss: identity %q grant request %q, want none and one", r.Identity, r.GrantRequest)
+	}
+	if _, err := f.kr.Verify(r.GrantRequest, TypeGrantRequest, f.clock.Now(), Window{MaxAge: time.Second}); err != nil {
+		t.Fatalf("grant request does not verify: %v", err)
+	}
+	if resp.Get(HeaderGrant) != "" {
+		t.Fatal("grant header left in the response to the client")
+	}
+	// Second request: a hit with a signed identity bound to the cookie.
+	r, _ = f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	c := f.verifyIdentity(t, r)
+	if c.SID != SessionHash(cookieA) || c.UserID != "42" || c.AuthHash != "hash-42" {
+		t.Fatalf("identity claims = %+v", c)
+	}
+	if r.GrantRequest != "" {
+		t.Error("a hit also asked for a grant")
+	}
+	if s := f.c.Stats(); s.Hits != 1 || s.Misses != 1 || s.Grants != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestGrantOnLoginBindsToNewCookie(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	// A login POST without a cookie: Django sets a new one and grants it.
+	resp := http.Header{
+		"Set-Cookie": {"csrftoken=z; Path=/", "sessionid=" + cookieB + "; HttpOnly; Path=/; SameSite=Lax"},
+		HeaderGrant:  {f.grantFor(cookieB, "7")},
+	}
+	f.roundTrip(t, http.Header{}, resp, 302)
+	r, _ := f.roundTrip(t, cookieHeader(cookieB), nil, 200)
+	if c := f.verifyIdentity(t, r); c.UserID != "7" {
+		t.Fatalf("uid = %q", c.UserID)
+	}
+}
+
+func TestGrantRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		req    http.Header
+		grant  func(f *cacheFixture) string
+		extra  http.Header
+		status int
+	}{
+		{"for another session", cookieHeader(cookieA), func(f *cacheFixture) string { return f.grantFor(cookieB, "1") }, nil, 200},
+		{"forged", cookieHeader(cookieA), func(f *cacheFixture) string {
+			other, _ := ParseKeyring("k1:" + testSecret0)
+			return other.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookieA), UserID: "1", Expires: f.clock.Now().Add(time.Hour).Unix(), IssuedAt: f.clock.Now().Unix()})
+		}, nil, 200},
+		{"stale", cookieHeader(cookieA), func(f *cacheFixture) string {
+			return f.kr.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookieA), UserID: "1", Expires: f.clock.Now().Add(time.Hour).Unix(), IssuedAt: f.clock.Now().Add(-time.Minute).Unix()})
+		}, nil, 200},
+		{"identity token as grant", cookieHeader(cookieA), func(f *cacheFixture) string {
+			return f.kr.Sign(&Claims{Type: TypeIdentity, SID: SessionHash(cookieA), UserID: "1", Expires: f.clock.Now().Add(time.Hour).Unix(), IssuedAt: f.clock.Now().Unix()})
+		}, nil, 200},
+		{"session already expired", cookieHeader(cookieA), func(f *cacheFixture) string {
+			return f.kr.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookieA), UserID: "1", Expires: f.clock.Now().Add(-time.Second).Unix(), IssuedAt: f.clock.Now().Unix()})
+		}, nil, 200},
+		{"on a 500", cookieHeader(cookieA), func(f *cacheFixture) string { return f.grantFor(cookieA, "1") }, nil, 500},
+		{"for the cookie the response deletes", cookieHeader(cookieA), func(f *cacheFixture) string { return f.grantFor(cookieA, "1") },
+			http.Header{"Set-Cookie": {`sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/`}}, 302},
+		{"revoked in the same response", cookieHeader(cookieA), func(f *cacheFixture) string { return f.grantFor(cookieA, "1") },
+			http.Header{HeaderRevoke: nil}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newCacheFixture(t, nil, nil)
+			resp := http.Header{HeaderGrant: {tc.grant(f)}}
+			for k, v := range tc.extra {
+				resp[k] = v
+			}
+			if _, ok := tc.extra[HeaderRevoke]; ok {
+				resp[HeaderRevoke] = []string{f.revokeFor(cookieA)}
+			}
+			f.roundTrip(t, tc.req, resp, tc.status)
+			if len(resp[HeaderGrant]) != 0 || len(resp[HeaderRevoke]) != 0 {
+				t.Error("lanegate headers left in the response")
+			}
+			r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+			if r.Identity != "" {
+				t.Fatal("refused grant was trusted")
+			}
+			if s := f.c.Stats(); s.Grants != 0 {
+				t.Fatalf("stats = %+v, want no grant stored", s)
+			}
+		})
+	}
+}
+
+func TestGrantNeedsGrantRequest(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+	// A hit is forwarded without a grant request; a grant arriving on its
+	// response anyway is not believed (nor needed).
+	r := f.c.Begin(context.Background(), cookieHeader(cookieA))
+	if r.GrantRequest != "" {
+		t.Fatal("hit carries a grant request")
+	}
+	f.c.Response(context.Background(), r, http.Header{HeaderGrant: {f.grantFor(cookieA, "666")}}, 200)
+	r, _ = f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	if c := f.verifyIdentity(t, r); c.UserID != "1" {
+		t.Fatalf("unrequested grant replaced the entry: uid %q", c.UserID)
+	}
+}
+
+func TestLogoutRevokes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		resp func(f *cacheFixture) http.Header
+	}{
+		{"cookie deleted", func(*cacheFixture) http.Header {
+			return http.Header{"Set-Cookie": {`sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/`}}
+		}},
+		{"cookie rotated", func(*cacheFixture) http.Header {
+			return http.Header{"Set-Cookie": {"sessionid=" + cookieB + "; Path=/"}}
+		}},
+		{"revoke header", func(f *cacheFixture) http.Header {
+			return http.Header{HeaderRevoke: {f.revokeFor(cookieA)}}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newCacheFixture(t, nil, nil)
+			f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+			r, _ := f.roundTrip(t, cookieHeader(cookieA), tc.resp(f), 302)
+			f.verifyIdentity(t, r) // the logout itself was trusted
+			r, _ = f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+			if r.Identity != "" {
+				t.Fatal("identity still trusted after logout")
+			}
+		})
+	}
+}
+
+// A grant Django computed before a logout but delivered after it must not
+// bring the session back.
+func TestGrantRacingRevocationIsRefused(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	slow := f.c.Begin(context.Background(), cookieHeader(cookieA)) // leader
+	grant := f.grantFor(cookieA, "1")
+	// Meanwhile Django revokes the session in another request's response
+	// (another device deleting it, an admin ending it).
+	f.roundTrip(t, http.Header{}, http.Header{HeaderRevoke: {f.revokeFor(cookieA)}}, 302)
+	f.c.Response(context.Background(), slow, http.Header{HeaderGrant: {grant}}, 200)
+	r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	if r.Identity != "" {
+		t.Fatal("a grant older than the logout restored the session")
+	}
+	// After the tombstone the session can be granted again (a new login
+	// would cycle the key anyway).
+	f.clock.Advance(tombstoneTTL + time.Second)
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+	r, _ = f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	f.verifyIdentity(t, r)
+}
+
+func TestTTLBoundsTrust(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+	f.clock.Advance(time.Minute - time.Second)
+	if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity == "" {
+		t.Fatal("expired before the TTL")
+	}
+	f.clock.Advance(time.Second)
+	if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity != "" {
+		t.Fatal("trusted past the TTL")
+	}
+}
+
+func TestSessionExpiryBoundsTrust(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	now := f.clock.Now()
+	g := f.kr.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookieA), UserID: "1", Expires: now.Add(10 * time.Second).Unix(), IssuedAt: now.Unix()})
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {g}}, 200)
+	f.clock.Advance(10 * time.Second)
+	if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity != "" {
+		t.Fatal("trusted past the session's own expiry")
+	}
+}
+
+func TestCoalescing(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	leader := f.c.Begin(context.Background(), cookieHeader(cookieA))
+	if leader.GrantRequest == "" {
+		t.Fatal("first miss did not ask for a grant")
+	}
+	const followers = 5
+	var wg sync.WaitGroup
+	got := make(chan *Request, followers)
+	for range followers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got <- f.c.Begin(context.Background(), cookieHeader(cookieA))
+		}()
+	}
+	// Each follower arms one timer while it waits.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.clock.BlockUntilContext(ctx, followers); err != nil {
+		t.Fatal(err)
+	}
+	f.c.Response(context.Background(), leader, http.Header{HeaderGrant: {f.grantFor(cookieA, "9")}}, 200)
+	wg.Wait()
+	close(got)
+	for r := range got {
+		if r.GrantRequest != "" {
+			t.Error("a follower asked for a grant too")
+		}
+		if c := f.verifyIdentity(t, r); c.UserID != "9" {
+			t.Errorf("follower uid %q", c.UserID)
+		}
+	}
+	if s := f.c.Stats(); s.Coalesced != followers || s.Misses != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+func TestCoalescingGivesUpAfterWait(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	leader := f.c.Begin(context.Background(), cookieHeader(cookieA))
+	defer f.c.End(leader)
+	done := make(chan *Request)
+	go func() { done <- f.c.Begin(context.Background(), cookieHeader(cookieA)) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.clock.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(100 * time.Millisecond)
+	r := <-done
+	if r.Identity != "" || r.GrantRequest != "" {
+		t.Fatalf("follower after timeout = %+v, want plain forward", r)
+	}
+	// The leader ending without a grant lets the next miss lead.
+	f.c.End(leader)
+	if r := f.c.Begin(context.Background(), cookieHeader(cookieA)); r.GrantRequest == "" {
+		t.Fatal("next miss after the leader ended did not lead")
+	} else {
+		f.c.End(r)
+	}
+}
+
+func TestCookieParsing(t *testing.T) {
+	for _, tc := range []struct {
+		header []string
+		want   string
+		ok     bool
+	}{
+		{[]string{"sessionid=" + cookieA}, cookieA, true},
+		{[]string{"a=b; sessionid=" + cookieA + "; c=d"}, cookieA, true},
+		{[]string{"a=b", "sessionid=" + cookieA}, cookieA, true},
+		{[]string{`sessionid="` + cookieA + `"`}, cookieA, true},
+		{[]string{"xsessionid=" + cookieA}, "", false},
+		{[]string{"sessionid=short"}, "short", false},
+		{[]string{"sessionid=ABCDEFGHIJKLMNOP"}, "ABCDEFGHIJKLMNOP", false},
+		{[]string{"sessionid=" + cookieA + "%00"}, cookieA + "%00", false},
+		{nil, "", false},
+	} {
+		got, ok := SessionCookie(http.Header{"Cookie": tc.header}, "sessionid")
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("SessionCookie(%q) = %q, %v; want %q, %v", tc.header, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestNoCookieAsksForGrant(t *testing.T) {
+	f := newCacheFixture(t, nil, nil)
+	r, _ := f.roundTrip(t, http.Header{"Cookie": {"sessionid=bad"}}, nil, 200)
+	if r.GrantRequest == "" || r.Identity != "" {
+		t.Fatalf("request without a valid cookie = %+v", r)
+	}
+	if s := f.c.Stats(); s.NoCookie != 1 {
+		t.Fatalf("stats = %+v", s)
+	}
+}
+
+// failingStore fails every call until healed.
+type failingStore struct {
+	Store
+	mu     sync.Mutex
+	broken bool
+	calls  int
+}
+
+func (s *failingStore) fail() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.broken {
+		return errors.New("connection refused")
+	}
+	return nil
+}
+
+func (s *failingStore) Get(ctx context.Context, k Key) (Entry, bool, error) {
+	if err := s.fail(); err != nil {
+		return Entry{}, false, err
+	}
+	return s.Store.Get(ctx, k)
+}
+
+func (s *failingStore) Put(ctx context.Context, k Key, e Entry, ttl time.Duration) (bool, error) {
+	if err := s.fail(); err != nil {
+		return false, err
+	}
+	return s.Store.Put(ctx, k, e, ttl)
+}
+
+func TestStoreFailureFailsOpenAndBacksOff(t *testing.T) {
+	clock := clockwork.NewFakeClockAt(time.Unix(1767225600, 0))
+	mem, _ := NewMemory(100, clock)
+	fs := &failingStore{Store: mem}
+	f := newCacheFixture(t, fs, clock)
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+
+	fs.mu.Lock()
+	fs.broken = true
+	fs.mu.Unlock()
+	r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	if r.Identity != "" || r.GrantRequest == "" {
+		t.Fatalf("during failure: %+v, want a plain miss", r)
+	}
+	if h := f.c.Health(); !h.Degraded || h.LastError == "" {
+		t.Fatalf("health = %+v, want degraded", h)
+	}
+	fs.mu.Lock()
+	before := fs.calls
+	fs.mu.Unlock()
+	// Within the backoff the store is not asked at all.
+	f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	fs.mu.Lock()
+	after := fs.calls
+	fs.broken = false
+	fs.mu.Unlock()
+	if after != before {
+		t.Fatalf("store called %d times during backoff", after-before)
+	}
+	if s := f.c.Stats(); s.Skipped == 0 || s.StoreErrors == 0 {
+		t.Fatalf("stats = %+v", s)
+	}
+	// Recovery: after the backoff the entry is found again.
+	f.clock.Advance(failureBackoff)
+	r, _ = f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	f.verifyIdentity(t, r)
+	if h := f.c.Health(); h.Degraded {
+		t.Fatalf("health after recovery = %+v", h)
+	}
+}
+
+func BenchmarkBeginHitMemory(b *testing.B) {
+	clock := clockwork.NewRealClock()
+	mem, _ := NewMemory(1000, clock)
+	kr := testKeyring(b)
+	c, _ := NewCache(CacheOptions{Store: mem, Keyring: kr, Clock: clock})
+	now := time.Now()
+	g := kr.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookieA), UserID: "42", AuthHash: "h", Expires: now.Add(time.Hour).Unix(), IssuedAt: now.Unix()})
+	r := c.Begin(context.Background(), cookieHeader(cookieA))
+	c.Response(context.Background(), r, http.Header{HeaderGrant: {g}}, 200)
+	h := cookieHeader(cookieA)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		r := c.Begin(context.Background(), h)
+		if r.Identity == "" {
+			b.Fatal("miss")
+		}
+		c.Response(context.Background(), r, http.Header{}, 200)
+	}
+}
