@@ -63,6 +63,8 @@ type Config struct {
 	Admission Admission
 	// Routes sorts request paths into lanes.
 	Routes Routes
+	// Session configures the cache of Django's validated sessions.
+	Session Session
 	// Log configures logging.
 	Log Log
 
@@ -151,6 +153,9 @@ type Admission struct {
 	// LoginClientsMax bounds the per-client buckets remembered.
 	LoginClientsMax int `env:"LOGIN_CLIENTS_MAX" envDefault:"10000" desc:"Client addresses whose login buckets are remembered; the least recently seen is forgotten first."`
 
+	// AnonMax caps anonymous core requests in flight; nil derives it.
+	AnonMax *int `env:"ANON_MAX" derived:"core max / 2, at least 1, when LANEGATE_SESSION_STORE is not off; else 0 (no cap)" desc:"Most core requests without a validated session in flight at once, so an anonymous flood leaves slots for logged-in users; waiting logged-in requests are also admitted before anonymous ones. 0 means no cap. Needs the session cache: without it no request is known to be logged in."`
+
 	// PgBouncerQueryWaitTimeout mirrors PgBouncer's query_wait_timeout;
 	// nil or 0 means there is none to stay under.
 	PgBouncerQueryWaitTimeout *time.Duration `env:"PGBOUNCER_QUERY_WAIT_TIMEOUT" desc:"PgBouncer's query_wait_timeout, with a unit (120s, not 120). When set, every lane's queue timeout must be shorter, so a request lanegate cannot serve is refused cleanly before PgBouncer would fail it mid-request. Unset or 0: no check."`
@@ -207,7 +212,45 @@ type Routes struct {
 	ExportPaths []string `env:"EXPORT_PATHS" desc:"Comma-separated paths that take the export lane whatever the method, written like LANEGATE_LOGIN_PATHS. Empty: nothing is treated as an export."`
 	// BypassPaths are served without admission for GET and HEAD.
 	BypassPaths []string `env:"BYPASS_PATHS" envDefault:"/static/,/media/,/favicon.ico" desc:"Comma-separated paths whose GETs and HEADs skip admission because they never touch the database, such as static files; written like LANEGATE_LOGIN_PATHS."`
+	// LoginRequiredPaths are redirected to LoginURL at the edge when the
+	// request carries no session cookie at all.
+	LoginRequiredPaths []string `env:"LOGIN_REQUIRED_PATHS" desc:"Comma-separated paths, written like LANEGATE_LOGIN_PATHS, that need a logged-in user: a GET or HEAD to them without any session cookie is redirected to LANEGATE_LOGIN_URL?next=<path> by lanegate without reaching Django. Requests with a cookie, valid or not, go to Django, which decides. Empty: none."`
+	// LoginURL is where LoginRequiredPaths redirect.
+	LoginURL string `env:"LOGIN_URL" envDefault:"/accounts/login/" desc:"Django's LOGIN_URL, where LANEGATE_LOGIN_REQUIRED_PATHS redirect: a path, or an absolute http(s) URL."`
 }
+
+// Session configures the session cache: lanegate remembers what Django
+// granted about each session cookie and tells Django in a signed header,
+// so Django can skip its django_session read. Django's side is the
+// lanegate_django app in deploy/django.
+type Session struct {
+	// Store is off, memory or redis.
+	Store string `env:"SESSION_STORE" envDefault:"off" desc:"off disables the session cache; memory keeps it in this process (one lanegate); redis shares it between replicas through LANEGATE_REDIS_URL. Needs LANEGATE_IDENTITY_SECRET and the lanegate_django app in Django."`
+	// Cookie is Django's SESSION_COOKIE_NAME.
+	Cookie string `env:"SESSION_COOKIE" envDefault:"sessionid" desc:"Name of Django's session cookie (its SESSION_COOKIE_NAME)."`
+	// TTL bounds how long a grant is trusted before Django is asked again.
+	TTL time.Duration `env:"SESSION_TTL" envDefault:"5m" desc:"Longest lanegate trusts what Django said about a session before asking again; never past the session's own expiry. It also bounds how long a session deleted outside any request (a shell, a cron job) stays trusted."`
+	// MaxEntries bounds the memory store.
+	MaxEntries int `env:"SESSION_MAX_ENTRIES" envDefault:"100000" desc:"Sessions the memory store keeps; the least recently used is forgotten first. About 300 bytes each."`
+	// CoalesceWait is how long concurrent requests of one uncached session
+	// wait for the first one's grant.
+	CoalesceWait time.Duration `env:"SESSION_COALESCE_WAIT" envDefault:"100ms" desc:"When several requests of one uncached session arrive together, the first asks Django for a grant and the others wait this long for it before going to Django on their own."`
+	// IdentitySecret is the keyring shared with Django.
+	IdentitySecret string `env:"IDENTITY_SECRET" secret:"true" desc:"Secrets shared with Django's LANEGATE_IDENTITY_SECRET, comma-separated, each kid:secret (or a bare secret), at least 32 bytes each. The first signs; all verify, so a new secret can be rolled out before the old one is removed. Required unless LANEGATE_SESSION_STORE=off."`
+	// RedisURL locates the shared store.
+	RedisURL string `env:"REDIS_URL" secret:"true" desc:"Redis for LANEGATE_SESSION_STORE=redis: redis://[user:pass@]host:port/db, rediss:// for TLS, redis+cluster://host:port?addr=host2:port for Cluster, redis+sentinel://host:port,host2:port/master/db for Sentinel. Give lanegate its own database."`
+	// RedisTimeout bounds every Redis call.
+	RedisTimeout time.Duration `env:"REDIS_TIMEOUT" envDefault:"100ms" desc:"Longest wait for Redis on a request (connect, read, write, pool). Past it the request goes to Django without identity, and Redis is left alone for a second."`
+	// RedisPoolSize bounds connections to Redis.
+	RedisPoolSize int `env:"REDIS_POOL_SIZE" envDefault:"32" desc:"Most connections to Redis; a stampede of sessions waits for one, up to LANEGATE_REDIS_TIMEOUT, instead of opening more."`
+}
+
+// The session stores.
+const (
+	StoreOff    = "off"
+	StoreMemory = "memory"
+	StoreRedis  = "redis"
+)
 
 // Log configures logging.
 type Log struct {

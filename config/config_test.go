@@ -178,6 +178,49 @@ func TestLoadErrors(t *testing.T) {
 			want: []string{`LANEGATE_LOGIN_QUEUE="99999999999999999999": out of range`},
 		},
 		{
+			name: "unknown session store",
+			env:  map[string]string{"LANEGATE_SESSION_STORE": "memcached"},
+			want: []string{`LANEGATE_SESSION_STORE="memcached": want off, memory or redis`},
+		},
+		{
+			name: "session store without secret",
+			env:  map[string]string{"LANEGATE_SESSION_STORE": "memory"},
+			want: []string{"LANEGATE_IDENTITY_SECRET is required because LANEGATE_SESSION_STORE=memory"},
+		},
+		{
+			name: "short identity secret is named but not shown",
+			env:  map[string]string{"LANEGATE_SESSION_STORE": "memory", "LANEGATE_IDENTITY_SECRET": "k1:hunter2hunter2"},
+			want: []string{"LANEGATE_IDENTITY_SECRET: secret 1 (key id \"k1\") has 14 bytes: want at least 32"},
+			not:  []string{"hunter2"},
+		},
+		{
+			name: "redis store without URL",
+			env:  map[string]string{"LANEGATE_SESSION_STORE": "redis", "LANEGATE_IDENTITY_SECRET": strings.Repeat("s", 32)},
+			want: []string{"LANEGATE_REDIS_URL is required because LANEGATE_SESSION_STORE=redis"},
+		},
+		{
+			name: "session numbers",
+			env: map[string]string{"LANEGATE_SESSION_STORE": "memory", "LANEGATE_IDENTITY_SECRET": strings.Repeat("s", 32),
+				"LANEGATE_SESSION_TTL": "0s", "LANEGATE_SESSION_MAX_ENTRIES": "0", "LANEGATE_SESSION_COALESCE_WAIT": "-1s", "LANEGATE_SESSION_COOKIE": "a b"},
+			want: []string{"LANEGATE_SESSION_TTL=0s: must be positive", "LANEGATE_SESSION_MAX_ENTRIES=0: must be at least 1",
+				"LANEGATE_SESSION_COALESCE_WAIT=-1s: must not be negative", `LANEGATE_SESSION_COOKIE="a b": not a cookie name`},
+		},
+		{
+			name: "anonymous cap above core max",
+			env:  map[string]string{"LANEGATE_ANON_MAX": "100", "LANEGATE_CORE_MAX": "10"},
+			want: []string{"LANEGATE_ANON_MAX=100 exceeds LANEGATE_CORE_MAX=10"},
+		},
+		{
+			name: "login URL to another host",
+			env:  map[string]string{"LANEGATE_LOGIN_URL": "//evil.example/login"},
+			want: []string{`LANEGATE_LOGIN_URL="//evil.example/login": must not start with "//"`},
+		},
+		{
+			name: "login-required rule not clean",
+			env:  map[string]string{"LANEGATE_LOGIN_REQUIRED_PATHS": "/app/../admin/"},
+			want: []string{`LANEGATE_LOGIN_REQUIRED_PATHS="/app/../admin/"`},
+		},
+		{
 			name: "pool size zero",
 			env:  map[string]string{"LANEGATE_DB_POOL_SIZE": "0"},
 			want: []string{"LANEGATE_DB_POOL_SIZE=0: must be between 1 and 4095"},
@@ -690,6 +733,25 @@ func TestBothListenersOnPortZero(t *testing.T) {
 	_, err := Load(LoadOptions{Environ: []string{"LANEGATE_LISTEN=127.0.0.1:0", "LANEGATE_ADMIN_LISTEN=127.0.0.1:0"}})
 	if err != nil {
 		t.Fatalf("got %v, want two port-0 listeners accepted", err)
+	}
+}
+
+func TestAnonMaxDerivedOnlyWithSessions(t *testing.T) {
+	off, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=20"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := off.Limits().AnonMax; got != 0 {
+		t.Errorf("without sessions: AnonMax %d, want 0 (no request is known to be logged in)", got)
+	}
+	on, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=20", "LANEGATE_SESSION_STORE=memory",
+		"LANEGATE_IDENTITY_SECRET=" + strings.Repeat("s", 32)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Budget 16, core max 16: half of it.
+	if got := on.Limits().AnonMax; got != 8 {
+		t.Errorf("with sessions: AnonMax %d, want 8", got)
 	}
 }
 

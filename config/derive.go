@@ -38,6 +38,18 @@ const (
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
 	varShutdown         = prefix + "SHUTDOWN_TIMEOUT"
+	varAnonMax          = prefix + "ANON_MAX"
+	varSessionStore     = prefix + "SESSION_STORE"
+	varSessionCookie    = prefix + "SESSION_COOKIE"
+	varSessionTTL       = prefix + "SESSION_TTL"
+	varSessionMax       = prefix + "SESSION_MAX_ENTRIES"
+	varCoalesceWait     = prefix + "SESSION_COALESCE_WAIT"
+	varIdentitySecret   = prefix + "IDENTITY_SECRET"
+	varRedisURL         = prefix + "REDIS_URL"
+	varRedisTimeout     = prefix + "REDIS_TIMEOUT"
+	varRedisPool        = prefix + "REDIS_POOL_SIZE"
+	varLoginRequired    = prefix + "LOGIN_REQUIRED_PATHS"
+	varLoginURL         = prefix + "LOGIN_URL"
 	varLogFormat        = prefix + "LOG_FORMAT"
 	varLogLevel         = prefix + "LOG_LEVEL"
 	varMode             = prefix + "ADMISSION"
@@ -184,6 +196,13 @@ func (c Config) resolve() resolution {
 	}, varBudget, lv(login, laneVarReserved), lv(export, laneVarReserved), lv(core, laneVarMax))
 	lim[core].Queue = r.intVar(lv(core, laneVarQueue), a.Core.Queue, func() int { return min(8*b, derivedQueueCap) }, varBudget)
 	lim[core].QueueTimeout = a.Core.QueueTimeout
+
+	r.limits.AnonMax = r.intVar(varAnonMax, a.AnonMax, func() int {
+		if c.Session.Store == StoreOff || c.Session.Store == "" {
+			return 0
+		}
+		return max(1, lim[core].Max/2)
+	}, lv(core, laneVarMax), varSessionStore)
 
 	r.limits.Budget = budget
 	r.limits.LoginRate = admission.RateLimit{Rate: a.LoginRate, Burst: a.LoginBurst}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/session"
 )
 
 // maxQueue bounds a lane's queue. Waiting requests cost memory and a
@@ -47,6 +49,7 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.admin()
 	v.admission()
 	v.routes()
+	v.session()
 	v.log()
 	return v.errs
 }
@@ -340,7 +343,7 @@ func (v *validator) routes() {
 	for _, p := range []struct {
 		name  string
 		paths []string
-	}{{varLoginPaths, r.LoginPaths}, {varExportPaths, r.ExportPaths}, {varBypassPaths, r.BypassPaths}} {
+	}{{varLoginPaths, r.LoginPaths}, {varExportPaths, r.ExportPaths}, {varBypassPaths, r.BypassPaths}, {varLoginRequired, r.LoginRequiredPaths}} {
 		if v.skip(p.name) {
 			continue
 		}
@@ -369,6 +372,81 @@ func cleanRule(p string) string {
 		c += "/"
 	}
 	return c
+}
+
+func (v *validator) session() {
+	s := v.c.Session
+	r := v.c.Routes
+	if !v.skip(varLoginURL) {
+		switch u, err := url.Parse(r.LoginURL); {
+		case err != nil:
+			v.failQuoted(varLoginURL, r.LoginURL, "not a URL: %v", err)
+		case u.IsAbs() && (u.Scheme != "http" && u.Scheme != "https" || u.Host == ""):
+			v.failQuoted(varLoginURL, r.LoginURL, "want a path such as /accounts/login/ or an http(s) URL with a host")
+		case !u.IsAbs() && !strings.HasPrefix(r.LoginURL, "/"):
+			v.failQuoted(varLoginURL, r.LoginURL, `a path must start with "/"`)
+		case strings.HasPrefix(r.LoginURL, "//"):
+			v.failQuoted(varLoginURL, r.LoginURL, `must not start with "//" (a scheme-relative URL to another host)`)
+		}
+	}
+	if !v.skip(varSessionStore) && !slices.Contains([]string{StoreOff, StoreMemory, StoreRedis}, s.Store) {
+		v.failQuoted(varSessionStore, s.Store, "want off, memory or redis")
+		return
+	}
+	if !v.skip(varSessionCookie) && !validCookieName(s.Cookie) {
+		v.failQuoted(varSessionCookie, s.Cookie, "not a cookie name")
+	}
+	v.positive(varSessionTTL, s.TTL)
+	if !v.skip(varCoalesceWait) && s.CoalesceWait < 0 {
+		v.fail(varCoalesceWait, "must not be negative (0 disables waiting)")
+	}
+	if a := v.c.Admission.AnonMax; a != nil && !v.skip(varAnonMax) {
+		if *a < 0 {
+			v.fail(varAnonMax, "must not be negative (0 means no cap)")
+		} else if max := v.r.limits.Lane[admission.Core].Max; *a > max {
+			name := laneVar(admission.Core, laneVarMax)
+			v.relate([]string{varAnonMax, name}, "%s exceeds %s", v.r.describe(varAnonMax, false), v.r.describe(name, false))
+		}
+	}
+	if s.Store == StoreOff || v.skip(varSessionStore) {
+		return
+	}
+	if !v.skip(varIdentitySecret) {
+		if s.IdentitySecret == "" {
+			v.report(varIdentitySecret, fmt.Sprintf("%s is required because %s=%s", varIdentitySecret, varSessionStore, s.Store))
+		} else if _, err := session.ParseKeyring(s.IdentitySecret); err != nil {
+			// The message names the secret by position, never its value.
+			v.report(varIdentitySecret, fmt.Sprintf("%s: %v", varIdentitySecret, err))
+		}
+	}
+	switch s.Store {
+	case StoreMemory:
+		if !v.skip(varSessionMax) && s.MaxEntries < 1 {
+			v.fail(varSessionMax, "must be at least 1")
+		}
+	case StoreRedis:
+		v.positive(varRedisTimeout, s.RedisTimeout)
+		if !v.skip(varRedisPool) && s.RedisPoolSize < 1 {
+			v.fail(varRedisPool, "must be at least 1")
+		}
+		if !v.skip(varRedisURL) && s.RedisURL == "" {
+			v.report(varRedisURL, fmt.Sprintf("%s is required because %s=redis", varRedisURL, varSessionStore))
+		}
+	}
+}
+
+// validCookieName reports whether name is an RFC 6265 token.
+func validCookieName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`()<>@,;:\"/[]?={}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func (v *validator) log() {
