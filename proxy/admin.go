@@ -20,6 +20,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/config"
+	"github.com/lanegate/lanegate/session"
 )
 
 // AdminOptions configure the admin listener's handler.
@@ -32,6 +33,11 @@ type AdminOptions struct {
 	Gatherer prometheus.Gatherer
 	// ReadyTimeout bounds the upstream probe of /readyz.
 	ReadyTimeout time.Duration
+	// Sessions, when set, is the session cache whose store /status and
+	// /readyz report on.
+	Sessions SessionSource
+	// SessionStore names the store kind for /status: memory or redis.
+	SessionStore string
 }
 
 // Admin serves lanegate's operational endpoints: metrics, health, status
@@ -120,6 +126,13 @@ func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "upstream unreachable", http.StatusServiceUnavailable)
 		return
 	}
+	// A failing session store costs the app some reads, not correctness:
+	// requests go to Django without identity. Taking lanegate out of the
+	// load balancer for it would turn a slowdown into an outage.
+	if a.opts.Sessions != nil && a.opts.Sessions.Health().Degraded {
+		io.WriteString(w, "ok (degraded: session store failing)\n")
+		return
+	}
 	io.WriteString(w, "ok\n")
 }
 
@@ -157,20 +170,48 @@ type LaneStatus struct {
 
 // Status is the /status document.
 type Status struct {
-	Mode     string                `json:"mode"`
-	Budget   int                   `json:"budget"`
-	InFlight int                   `json:"in_flight"`
-	Bypassed uint64                `json:"bypassed"`
-	Lanes    map[string]LaneStatus `json:"lanes"`
+	Mode      string                `json:"mode"`
+	Budget    int                   `json:"budget"`
+	InFlight  int                   `json:"in_flight"`
+	Bypassed  uint64                `json:"bypassed"`
+	Lanes     map[string]LaneStatus `json:"lanes"`
+	Anonymous AnonStatus            `json:"anonymous"`
+	Sessions  *SessionStatus        `json:"sessions,omitempty"`
+}
+
+// AnonStatus is the state of core requests without a validated session.
+type AnonStatus struct {
+	Max      int `json:"max"`
+	InFlight int `json:"in_flight"`
+	Queued   int `json:"queued"`
+}
+
+// SessionStatus is the session cache in the /status document. It never
+// shows a secret, a session key or a store address.
+type SessionStatus struct {
+	Store       string        `json:"store"`
+	Healthy     bool          `json:"healthy"`
+	LastError   string        `json:"last_error,omitempty"`
+	LastErrorAt *time.Time    `json:"last_error_at,omitempty"`
+	Stats       session.Stats `json:"stats"`
 }
 
 func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 	snap := a.src.Snapshot()
 	st := Status{
-		Mode:     string(a.h.Mode()),
-		Budget:   snap.Budget,
-		InFlight: snap.InFlight,
-		Lanes:    make(map[string]LaneStatus, len(snap.Lanes)),
+		Mode:      string(a.h.Mode()),
+		Budget:    snap.Budget,
+		InFlight:  snap.InFlight,
+		Lanes:     make(map[string]LaneStatus, len(snap.Lanes)),
+		Anonymous: AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
+	}
+	if src := a.opts.Sessions; src != nil {
+		h := src.Health()
+		ss := &SessionStatus{Store: a.opts.SessionStore, Healthy: !h.Degraded, LastError: h.LastError, Stats: src.Stats()}
+		if !h.LastErrorAt.IsZero() {
+			ss.LastErrorAt = &h.LastErrorAt
+		}
+		st.Sessions = ss
 	}
 	if a.h.metrics != nil {
 		st.Bypassed = a.h.metrics.bypassed.Load()

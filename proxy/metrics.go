@@ -23,6 +23,9 @@ const (
 	decisionBypass     = "bypass"
 	decisionTooLarge   = "body_too_large"
 	decisionClientGone = "client_gone"
+	// decisionLoginRedirect is a request sent to the login page at the
+	// edge because it had no session cookie.
+	decisionLoginRedirect = "login_redirect"
 	// statusClientClosed is nginx's code for "the client went away before
 	// we answered"; it is logged, never sent.
 	statusClientClosed = 499
@@ -55,6 +58,11 @@ type Metrics struct {
 	upErrors  *prometheus.CounterVec
 	bypassed  atomic.Uint64
 	tooLarge  [numLabels]atomic.Uint64
+
+	loginRedirects atomic.Uint64
+	// Session store metrics; nil until RegisterSessions.
+	storeSeconds *prometheus.HistogramVec
+	storeErrors  *prometheus.CounterVec
 }
 
 // NewMetrics registers lanegate's metrics on reg. src supplies the
@@ -133,6 +141,7 @@ var (
 	descRequests = prometheus.NewDesc("lanegate_requests_total", "Requests by lane and admission decision.", []string{"lane", "decision"}, nil)
 	descBudget   = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes.", nil, nil)
 	descTotal    = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
+	descAnon     = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
 )
 
 // snapshotCollector exports the controller's state at scrape time.
@@ -143,7 +152,7 @@ type snapshotCollector struct {
 }
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal} {
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon} {
 		ch <- d
 	}
 }
@@ -152,6 +161,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Snapshot()
 	ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, float64(s.Budget))
 	ch <- prometheus.MustNewConstMetric(descTotal, prometheus.GaugeValue, float64(s.InFlight))
+	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonInFlight), "in_flight")
+	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonQueued), "queued")
+	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonMax), "max")
 	for _, ln := range s.Lanes {
 		name := ln.Lane.String()
 		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(ln.InFlight), name)
@@ -164,6 +176,7 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.bypassed.Load()), laneBypass, decisionBypass)
+	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.loginRedirects.Load()), admission.Core.String(), decisionLoginRedirect)
 	for i, name := range c.labels {
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.tooLarge[i].Load()), name, decisionTooLarge)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/config"
+	"github.com/lanegate/lanegate/session"
 )
 
 // Admitter is what the handler needs of the admission controller.
@@ -30,6 +31,16 @@ type Admitter interface {
 	Acquire(ctx context.Context, r admission.Request) (*admission.Permit, error)
 	Shadow(r admission.Request) (admission.Decision, *admission.Permit)
 	Pass(r admission.Request) *admission.Permit
+}
+
+// Sessions is what the handler needs of the session cache.
+type Sessions interface {
+	// Begin looks up the request's session cookie.
+	Begin(ctx context.Context, h http.Header) *session.Request
+	// Response learns from the response headers and strips lanegate's.
+	Response(ctx context.Context, r *session.Request, h http.Header, status int)
+	// End releases the request's part in coalescing.
+	End(r *session.Request)
 }
 
 // Options configure a Handler. Zero durations and sizes mean "no limit"
@@ -64,6 +75,17 @@ type Options struct {
 	RedactPaths []string
 	// Mode is the initial admission mode; SetMode changes it.
 	Mode config.Mode
+	// Sessions, when set, is the session cache: requests of a session
+	// Django granted are forwarded with a signed identity and admitted as
+	// authenticated; the others as anonymous.
+	Sessions Sessions
+	// SessionCookie is Django's session cookie name, for LoginRequired.
+	SessionCookie string
+	// LoginRequired are path rules (as in Rules) whose GETs and HEADs
+	// without a session cookie are redirected to LoginURL at the edge.
+	LoginRequired []string
+	// LoginURL is Django's LOGIN_URL.
+	LoginURL string
 }
 
 // Handler is lanegate's data-plane http.Handler.
@@ -81,6 +103,11 @@ type Handler struct {
 	metrics    *Metrics
 	mode       atomic.Pointer[config.Mode]
 	recorders  sync.Pool
+
+	sessions      Sessions
+	sessionCookie string
+	loginRequired *Classifier // nil when no path needs a login
+	loginURL      string
 }
 
 // New returns a handler forwarding to opts.Upstream under ctrl.
@@ -104,6 +131,22 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		redact:    opts.RedactPaths,
 		log:       log,
 		metrics:   metrics,
+
+		sessions:      opts.Sessions,
+		sessionCookie: opts.SessionCookie,
+		loginURL:      opts.LoginURL,
+	}
+	if h.sessionCookie == "" {
+		h.sessionCookie = "sessionid"
+	}
+	if len(opts.LoginRequired) > 0 {
+		// The login-required rules reuse the classifier's matching: they
+		// are the "bypass" rules of a classifier of their own.
+		lr, err := NewClassifier(Rules{Bypass: opts.LoginRequired})
+		if err != nil {
+			return nil, fmt.Errorf("proxy: login-required paths: %w", err)
+		}
+		h.loginRequired = lr
 	}
 	mode := opts.Mode
 	if mode == "" {
@@ -204,6 +247,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.reset(nil) // do not keep the connection alive from the pool
 		h.recorders.Put(rec)
 	}()
+	// Only lanegate speaks for lanegate: a client's own identity, grant
+	// request or anything else under the prefix is dropped before anyone
+	// reads it, whether or not the session cache is on.
+	stripLanegateHeaders(r.Header)
 
 	class := h.classifier.Load().Classify(r.Method, r.URL.Path)
 	ev := event{start: start, class: class, decision: decisionBypass}
@@ -225,7 +272,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if h.loginRequired != nil && h.needsLogin(r) {
+		ev.decision = decisionLoginRedirect
+		h.metrics.loginRedirect()
+		h.redirectToLogin(rec, r)
+		h.finish(rec, r, &ev, time.Now())
+		return
+	}
+
 	req := admission.Request{Lane: class.Lane}
+	if h.sessions != nil {
+		sess := h.sessions.Begin(r.Context(), r.Header)
+		defer h.sessions.End(sess)
+		rec.sessions, rec.sess, rec.req = h.sessions, sess, r
+		req.Anonymous = !sess.Authenticated()
+		ev.authenticated = sess.Authenticated()
+		if sess.Identity != "" {
+			r.Header[session.HeaderIdentity] = []string{sess.Identity}
+		}
+		if sess.GrantRequest != "" {
+			r.Header[session.HeaderGrantRequest] = []string{sess.GrantRequest}
+		}
+	}
 	// Only the login lane's per-client bucket needs the client's address.
 	if class.Lane == admission.Login {
 		if a, ok := h.clientAddr(r); ok {
@@ -277,6 +345,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // too: a slot skipped there would be lost for good.
 func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *admission.Permit, start time.Time) {
 	defer func() {
+		// Trailers are written after the handler returns, from the header
+		// map: lanegate's headers must not leave as trailers either.
+		stripLanegateTrailers(rec.Header())
 		end := time.Now()
 		permit.ReleaseAt(end)
 		ev.upstream = end.Sub(start)
@@ -309,6 +380,8 @@ type event struct {
 	queueWait time.Duration
 	upstream  time.Duration
 	status    int // overrides the recorded status, for 499
+	// authenticated is true when the request was forwarded with an identity.
+	authenticated bool
 }
 
 // finish writes the access log line. Request bodies and query strings are
@@ -323,6 +396,7 @@ func (h *Handler) finish(rec *recorder, r *http.Request, ev *event, end time.Tim
 		zap.String("path", h.logPath(r.URL.Path)),
 		zap.String("lane", laneLabel(ev.class)),
 		zap.String("decision", ev.decision),
+		zap.Bool("authenticated", ev.authenticated),
 		zap.Int("status", statusCode(rec.status, ev.status)),
 		zap.Int64("bytes", rec.bytes),
 		zap.Duration("queue_wait", ev.queueWait),

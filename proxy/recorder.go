@@ -4,31 +4,66 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+
+	"github.com/lanegate/lanegate/session"
 )
 
 // recorder remembers the status and size of a response for the access log
 // and metrics. Handlers pool them: one per request would be an allocation
 // on every request.
+//
+// The recorder is also where the upstream's response headers are seen
+// before the client gets them: the session cache learns grants and
+// revocations there and removes lanegate's own headers.
 type recorder struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+
+	// sessions and sess are set for a request whose session the cache
+	// looked up; req is its request.
+	sessions Sessions
+	sess     *session.Request
+	req      *http.Request
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
+	r.sessions, r.sess, r.req = nil, nil, nil
 }
 
 func (r *recorder) WriteHeader(code int) {
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// An interim response (103 Early Hints) carries the upstream's
+		// headers so far; Django's headers for lanegate stay out of it.
+		stripLanegateHeaders(r.ResponseWriter.Header())
+	}
 	// 1xx responses are interim; the final status comes later.
 	if r.status == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		if r.status == 0 {
+			r.headers(code)
+		}
 		r.status = code
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
 
+// headers runs once, on the final response headers.
+func (r *recorder) headers(code int) {
+	h := r.ResponseWriter.Header()
+	if r.sess != nil {
+		r.sessions.Response(r.req.Context(), r.sess, h, code)
+		return
+	}
+	// Without a session lookup nothing is learnt, but Django's headers for
+	// lanegate must still never reach the client.
+	delete(h, session.HeaderGrant)
+	delete(h, session.HeaderRevoke)
+}
+
 func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
+		r.headers(http.StatusOK)
 		r.status = http.StatusOK
 	}
 	n, err := r.ResponseWriter.Write(b)

@@ -18,6 +18,7 @@ import (
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/proxy"
+	"github.com/lanegate/lanegate/session"
 )
 
 // listenAddrs are the addresses actually bound, which differ from the
@@ -130,12 +131,23 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	if err != nil {
 		return err
 	}
-	h, err := proxy.New(ctrl, handlerOptions(cfg), log.Named("proxy"), metrics)
+	sessions, err := newSessions(cfg.Session, log.Named("session"), metrics, reg)
+	if err != nil {
+		return err
+	}
+	opts := handlerOptions(cfg)
+	adminOpts := proxy.AdminOptions{Token: cfg.Admin.Token, Gatherer: reg}
+	if sessions != nil {
+		defer sessions.Store().Close()
+		opts.Sessions = sessions
+		adminOpts.Sessions, adminOpts.SessionStore = sessions, cfg.Session.Store
+	}
+	h, err := proxy.New(ctrl, opts, log.Named("proxy"), metrics)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	admin := proxy.NewAdmin(h, ctrl, proxy.AdminOptions{Token: cfg.Admin.Token, Gatherer: reg}, log.Named("admin"))
+	admin := proxy.NewAdmin(h, ctrl, adminOpts, log.Named("admin"))
 
 	errLog := zap.NewStdLog(log.Named("http"))
 	srv := &http.Server{
@@ -191,6 +203,7 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		zap.String("mode", string(cfg.Admission.Mode)),
 		zap.Int("budget", limits.Budget),
 		zap.Bool("tls", cfg.Server.TLSCertFile != ""),
+		zap.String("session_store", cfg.Session.Store),
 	)
 	if a.started != nil {
 		a.started(listenAddrs{Proxy: ln.Addr().String(), Admin: adminLn.Addr().String()})
@@ -321,5 +334,53 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		AccessLog:             cfg.Log.Access,
 		RedactPaths:           cfg.Log.RedactPaths,
 		Mode:                  cfg.Admission.Mode,
+		SessionCookie:         cfg.Session.Cookie,
+		LoginRequired:         cfg.Routes.LoginRequiredPaths,
+		LoginURL:              cfg.Routes.LoginURL,
 	}
+}
+
+// newSessions builds the session cache the configuration asks for, or nil
+// when LANEGATE_SESSION_STORE=off. A Redis that is down does not stop the
+// start: the cache fails open and fills once Redis answers.
+func newSessions(c config.Session, log *zap.Logger, metrics *proxy.Metrics, reg prometheus.Registerer) (*session.Cache, error) {
+	var store session.Store
+	switch c.Store {
+	case config.StoreOff:
+		return nil, nil
+	case config.StoreMemory:
+		m, err := session.NewMemory(c.MaxEntries, nil)
+		if err != nil {
+			return nil, fmt.Errorf("LANEGATE_SESSION_MAX_ENTRIES: %w", err)
+		}
+		store = m
+	case config.StoreRedis:
+		r, err := session.NewRedis(session.RedisOptions{URL: c.RedisURL, Timeout: c.RedisTimeout, PoolSize: c.RedisPoolSize})
+		if err != nil {
+			// The URL may hold a password: the error names the variable,
+			// and session.NewRedis never repeats the URL.
+			return nil, fmt.Errorf("LANEGATE_REDIS_URL: %w", err)
+		}
+		store = r
+	default:
+		return nil, fmt.Errorf("LANEGATE_SESSION_STORE=%q: want off, memory or redis", c.Store)
+	}
+	kr, err := session.ParseKeyring(c.IdentitySecret)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("LANEGATE_IDENTITY_SECRET: %w", err)
+	}
+	cache, err := session.NewCache(session.CacheOptions{
+		Store: store, Keyring: kr, Cookie: c.Cookie, TTL: c.TTL, CoalesceWait: c.CoalesceWait,
+		Log: log, Observer: metrics,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if err := metrics.RegisterSessions(reg, cache); err != nil {
+		store.Close()
+		return nil, fmt.Errorf("session metrics: %w", err)
+	}
+	return cache, nil
 }
