@@ -5,15 +5,28 @@ ENV     ?= deploy/env/development.env
 PKGS    := ./...
 BENCHTIME ?= 1s
 
-.PHONY: run test vet build config bench bench-overhead bench-storm fuzz clean
+.PHONY: run test test-go test-django vet build config bench bench-overhead bench-storm fuzz clean
 
 ## run: start lanegate on :8080 in front of a Django app on 127.0.0.1:8000
 run:
 	$(GO) run ./cmd/lanegate --env-file $(ENV)
 
-## test: vet, then every test with the race detector
-test: vet
+## test: vet, every Go test with the race detector, and the Django companion app's tests
+test: test-go test-django
+
+test-go: vet
 	$(GO) test -race -count=1 $(PKGS)
+
+## test-django: deploy/django's tests, with Debian's Django 3.2 and allauth (skipped if absent, unless LANEGATE_REQUIRE_DJANGO=1)
+PYTHON ?= /usr/bin/python3
+test-django:
+	@if $(PYTHON) -c 'import django, allauth' 2>/dev/null; then \
+		$(PYTHON) deploy/django/runtests.py; \
+	elif [ "$$LANEGATE_REQUIRE_DJANGO" = 1 ]; then \
+		echo "test-django: $(PYTHON) lacks Django or allauth (LANEGATE_REQUIRE_DJANGO=1)" >&2; exit 1; \
+	else \
+		echo "test-django: SKIPPED: install Debian's python3-django and python3-django-allauth to run deploy/django's tests"; \
+	fi
 
 vet:
 	$(GO) vet $(PKGS)
@@ -28,7 +41,7 @@ config:
 
 ## bench: Go micro-benchmarks of the hot path (compare runs with benchstat)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -count=6 ./admission ./proxy
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime=$(BENCHTIME) -count=6 ./admission ./proxy ./session
 
 ## bench-overhead: lanegate vs direct vs HAProxy over a trivial upstream, with wrk
 bench-overhead:
@@ -38,9 +51,10 @@ bench-overhead:
 bench-storm:
 	bench/storm/run $(ARGS)
 
-## fuzz: a short fuzzing pass over path classification
+## fuzz: a short fuzzing pass over path classification and token verification
 fuzz:
 	$(GO) test -run '^$$' -fuzz=FuzzClassify -fuzztime=30s ./proxy
+	$(GO) test -run '^$$' -fuzz=FuzzVerify -fuzztime=30s ./session
 
 clean:
 	rm -rf bin bench/out

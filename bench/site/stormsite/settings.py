@@ -4,6 +4,7 @@ behind PgBouncer. Everything machine-specific comes from STORM_* variables
 (bench/storm/defaults.env holds the defaults the benchmark uses).
 """
 import os
+import sys
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -118,6 +119,25 @@ AUTH_PASSWORD_VALIDATORS = []
 
 SITE_ID = 1
 LOGIN_URL = "/accounts/login/"
+
+# lanegate's session cache: with STORM_LANEGATE_IDENTITY_SECRET set, the
+# lanegate_django app (deploy/django in this repository) trusts lanegate's
+# identity header and grants sessions to it. SESSION_SAVE_EVERY_REQUEST and
+# CSRF_USE_SESSIONS keep their defaults (False), as it needs.
+LANEGATE_IDENTITY_SECRET = env("STORM_LANEGATE_IDENTITY_SECRET", "")
+if LANEGATE_IDENTITY_SECRET:
+    sys.path.insert(0, str(BASE_DIR.parent.parent / "deploy" / "django"))
+    INSTALLED_APPS.append("lanegate_django")
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.contrib.auth.middleware.AuthenticationMiddleware") + 1,
+        "lanegate_django.middleware.LanegateMiddleware",
+    )
+
+# STORM_COUNT_QUERIES=1 counts every query by table, served at /_stats/queries,
+# for tests that prove which reads were saved.
+COUNT_QUERIES = env("STORM_COUNT_QUERIES", "") == "1"
+if COUNT_QUERIES:
+    MIDDLEWARE.insert(0, "stormsite.querycount.QueryCounter")
 LOGIN_REDIRECT_URL = "/dashboard/"
 ACCOUNT_AUTHENTICATION_METHOD = "username"
 ACCOUNT_EMAIL_VERIFICATION = "none"

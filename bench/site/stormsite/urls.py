@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.urls import include, path
 
 from projects import views
@@ -7,3 +8,8 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("projects.urls")),
 ]
+
+if settings.COUNT_QUERIES:
+    from stormsite import querycount
+
+    urlpatterns.append(path("_stats/queries", querycount.stats))
