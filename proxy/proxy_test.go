@@ -1068,9 +1068,9 @@ func BenchmarkHandler(b *testing.B) {
 		io.WriteString(w, "hello, world\n")
 	}))
 	limits := testLimits()
-	limits.Budget = 4096
+	limits.Budget = admission.MaxBudget
 	for _, l := range admission.Lanes() {
-		limits.Lane[l].Max = 4096
+		limits.Lane[l].Max = admission.MaxBudget
 	}
 	ctrl, err := admission.New(limits)
 	if err != nil {

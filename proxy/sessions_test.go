@@ -7,6 +7,7 @@ package proxy
 // "TestSession" (tests) so that other test files cannot clash with them.
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/json"
 	"io"
@@ -26,7 +27,10 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"go.uber.org/zap"
+
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/session/redistest"
 )
@@ -1606,5 +1610,68 @@ func TestSessionTrailersStripped(t *testing.T) {
 		if v := resp.Trailer.Get(h); v != "" {
 			t.Errorf("trailer %s reached the client: %q", h, v)
 		}
+	}
+}
+
+// BenchmarkHandlerSession is BenchmarkHandler for a request carrying a
+// session cookie: cache off (the cookie is ignored), and a memory-store hit
+// (the request is forwarded with a signed identity). The difference is the
+// cost of the session cache on the request path.
+func BenchmarkHandlerSession(b *testing.B) {
+	up := testUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "hello, world\n")
+	}))
+	u, _ := url.Parse(up.URL)
+	const cookie = "abcdefghijklmnopqrstuvwxyz012345"
+	for _, withCache := range []bool{false, true} {
+		name := "off"
+		if withCache {
+			name = "memory_hit"
+		}
+		b.Run(name, func(b *testing.B) {
+			limits := testLimits()
+			limits.Budget = admission.MaxBudget
+			for _, l := range admission.Lanes() {
+				limits.Lane[l].Max = admission.MaxBudget
+			}
+			ctrl, err := admission.New(limits)
+			if err != nil {
+				b.Fatal(err)
+			}
+			opts := Options{Upstream: u, Rules: testProxyRules, IdleConns: 256, Mode: config.ModeEnforce}
+			if withCache {
+				kr, err := session.ParseKeyring("k1:" + strings.Repeat("s", 32))
+				if err != nil {
+					b.Fatal(err)
+				}
+				mem, _ := session.NewMemory(1000, nil)
+				cache, err := session.NewCache(session.CacheOptions{Store: mem, Keyring: kr})
+				if err != nil {
+					b.Fatal(err)
+				}
+				now := time.Now()
+				r := cache.Begin(context.Background(), http.Header{"Cookie": {"sessionid=" + cookie}})
+				cache.Response(context.Background(), r, http.Header{session.HeaderGrant: {kr.Sign(&session.Claims{
+					Type: session.TypeGrant, SID: session.SessionHash(cookie), UserID: "42", AuthHash: "h",
+					Expires: now.Add(time.Hour).Unix(), IssuedAt: now.Unix()})}}, 200)
+				opts.Sessions = cache
+			}
+			h, err := New(ctrl, opts, zap.NewNop(), nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(h.Close)
+			b.ReportAllocs()
+			for b.Loop() {
+				req := httptest.NewRequest(http.MethodGet, "/accounts/profile/", nil)
+				req.Header.Set("Cookie", "csrftoken=x; sessionid="+cookie)
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, req)
+				if rec.Code != http.StatusOK {
+					b.Fatalf("status %d", rec.Code)
+				}
+			}
+		})
 	}
 }
