@@ -194,9 +194,11 @@ type SessionStatus struct {
 	LastError   string        `json:"last_error,omitempty"`
 	LastErrorAt *time.Time    `json:"last_error_at,omitempty"`
 	Stats       session.Stats `json:"stats"`
+	// Entries is the store's size; absent when the store did not answer.
+	Entries *int `json:"entries,omitempty"`
 }
 
-func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
+func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 	snap := a.src.Snapshot()
 	st := Status{
 		Mode:      string(a.h.Mode()),
@@ -211,6 +213,11 @@ func (a *Admin) status(w http.ResponseWriter, _ *http.Request) {
 		if !h.LastErrorAt.IsZero() {
 			ss.LastErrorAt = &h.LastErrorAt
 		}
+		ctx, cancel := context.WithTimeout(r.Context(), storeLenTimeout)
+		if n, err := src.Len(ctx); err == nil {
+			ss.Entries = &n
+		}
+		cancel()
 		st.Sessions = ss
 	}
 	if a.h.metrics != nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -113,7 +114,12 @@ func (h *Handler) redirectToLogin(w http.ResponseWriter, r *http.Request) {
 type SessionSource interface {
 	Stats() session.Stats
 	Health() session.Health
+	Len(ctx context.Context) (int, error)
 }
+
+// storeLenTimeout bounds the store size lookup of a scrape or /status, so
+// a slow Redis cannot stall them.
+const storeLenTimeout = 250 * time.Millisecond
 
 // ObserveStore records a session store call; Metrics is the cache's
 // session.Observer.
@@ -142,13 +148,15 @@ var (
 		"Sessions revoked (applied) and revocation headers refused (rejected).", []string{"result"}, nil)
 	descSessionDegraded = prometheus.NewDesc("lanegate_session_store_degraded",
 		"1 while the session store is skipped after a failure: requests go to Django without identity.", nil, nil)
+	descSessionEntries = prometheus.NewDesc("lanegate_session_store_entries",
+		"Entries and tombstones in the session store (for Redis: keys in its database); absent when the store does not answer.", nil, nil)
 )
 
 // sessionCollector exports the session cache's counters at scrape time.
 type sessionCollector struct{ src SessionSource }
 
 func (c sessionCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descSessionLookups, descSessionGrants, descSessionRevocations, descSessionDegraded} {
+	for _, d := range []*prometheus.Desc{descSessionLookups, descSessionGrants, descSessionRevocations, descSessionDegraded, descSessionEntries} {
 		ch <- d
 	}
 }
@@ -172,6 +180,11 @@ func (c sessionCollector) Collect(ch chan<- prometheus.Metric) {
 		degraded = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descSessionDegraded, prometheus.GaugeValue, degraded)
+	ctx, cancel := context.WithTimeout(context.Background(), storeLenTimeout)
+	defer cancel()
+	if n, err := c.src.Len(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(descSessionEntries, prometheus.GaugeValue, float64(n))
+	}
 }
 
 // RegisterSessions adds the session cache's metrics: lookups, grants,

@@ -1327,6 +1327,9 @@ func TestSessionStatusAndMetrics(t *testing.T) {
 	if st.Sessions.Stats != want {
 		t.Errorf("sessions.stats: got %+v, want the cache's %+v", st.Sessions.Stats, want)
 	}
+	if n, _ := s.Cache.Len(context.Background()); st.Sessions.Entries == nil || *st.Sessions.Entries != n || n < 1 {
+		t.Errorf("sessions.entries: got %v, want the store's %d (at least the one grant)", st.Sessions.Entries, n)
+	}
 	if want.Hits != 3 || want.Misses != 1 || want.NoCookie != 2 || want.Grants != 1 || want.Revocations < 1 {
 		t.Errorf("cache stats %+v: want 3 hits, 1 miss, 2 without cookie, 1 grant, revocations", want)
 	}
@@ -1357,6 +1360,7 @@ func TestSessionStatusAndMetrics(t *testing.T) {
 		`lanegate_session_revocations_total{result="applied"}`:  float64(want.Revocations),
 		`lanegate_session_revocations_total{result="rejected"}`: 0,
 		`lanegate_session_store_degraded`:                       0,
+		`lanegate_session_store_entries`:                        float64(mustLen(t, s.Cache)),
 		`lanegate_anonymous{state="max"}`:                       7,
 	})
 	// Every lookup (hits and misses: 4) and every grant (1) and revocation
@@ -1674,4 +1678,13 @@ func BenchmarkHandlerSession(b *testing.B) {
 			}
 		})
 	}
+}
+
+func mustLen(t *testing.T, c *session.Cache) int {
+	t.Helper()
+	n, err := c.Len(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

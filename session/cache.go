@@ -181,6 +181,10 @@ func NewCache(opts CacheOptions) (*Cache, error) {
 // Store returns the cache's store.
 func (c *Cache) Store() Store { return c.store }
 
+// Len reports how many entries and tombstones the store holds. For Redis
+// it is the size of the whole database lanegate uses.
+func (c *Cache) Len(ctx context.Context) (int, error) { return c.store.Len(ctx) }
+
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
 	s := &c.stats
