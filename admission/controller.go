@@ -100,6 +100,9 @@ type Controller struct {
 
 	lanes [numLanes]laneStats
 
+	// room keeps the login line's places and completion rate.
+	room *room
+
 	// beforeSlow, when set by a test, runs between the lock-free attempt
 	// and the slow path, to stage races there deterministically.
 	beforeSlow func()
@@ -142,7 +145,7 @@ func New(limits Limits, opts ...Option) (*Controller, error) {
 	if err := limits.Validate(); err != nil {
 		return nil, fmt.Errorf("admission: invalid limits: %w", err)
 	}
-	c := &Controller{clock: clockwork.NewRealClock()}
+	c := &Controller{clock: clockwork.NewRealClock(), room: newRoom()}
 	for _, o := range opts {
 		o(c)
 	}
@@ -195,6 +198,18 @@ type Request struct {
 	// anonymous traffic cannot starve logged-in users. Other lanes ignore
 	// it.
 	Anonymous bool
+	// Ticket is the place a login presents when it comes back with a
+	// ticket (Place.ID), and Arrival the first arrival the ticket
+	// vouches for; the login then ranks by Arrival, not by now. The proxy
+	// verifies tickets; the controller refuses one used twice at once or
+	// already used. Other lanes ignore both.
+	Ticket  uint64
+	Arrival time.Time
+	// Patient keeps a login in line for its lane's whole hold even when
+	// its turn is expected later: a browser's POST, which is answered by
+	// a redirect that the browser follows with its own copy of the form,
+	// so it is better held than sent away at once.
+	Patient bool
 }
 
 func (r *Request) anonymous() bool { return r.Anonymous && r.Lane == Core }
@@ -246,6 +261,9 @@ func (p *Permit) ReleaseAt(now time.Time) {
 	// is capped at what the queue timeout can make sense of.
 	limit := max(4*c.limits.Load().Lane[p.lane].QueueTimeout, time.Second)
 	c.lanes[p.lane].observe(min(now.Sub(p.start), limit))
+	if p.lane == Login {
+		c.room.completed(now)
+	}
 	if p.delta != 0 {
 		c.release(p.delta)
 	}
@@ -306,8 +324,10 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 		return nil, c.shed(l, ErrClosed, time.Second)
 	}
 	now := c.clock.Now()
+	r.Arrival = c.arrival(&r, now)
 	var tok tokens
-	if l == Login {
+	// A login back with a good ticket paid its token on its first try.
+	if l == Login && r.Ticket == 0 {
 		var wait time.Duration
 		if tok, wait = c.buckets.Load().take(now, r.Client); wait > 0 {
 			return nil, c.shed(l, ErrRateLimited, wait)
@@ -324,6 +344,7 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 		}
 		if c.state.CompareAndSwap(s, s+d) {
 			c.count(l, Admitted)
+			c.redeem(&r, now)
 			return c.newPermit(&r, now, 0), nil
 		}
 	}
@@ -336,11 +357,74 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 // ahead is how many waiters are served before a new arrival of r: its own
 // queue, and for an anonymous request also every authenticated one.
 func (c *Controller) ahead(r *Request) int {
+	if r.Lane == Login {
+		return c.queues[Login].countBefore(r.Arrival)
+	}
 	n := c.queues[r.queue()].len
 	if r.anonymous() {
 		n += c.queues[Core].len
 	}
 	return n
+}
+
+// arrival is when r ranks in its line: for a login with a good ticket,
+// the ticket's first arrival; otherwise now. A ticket refused here
+// (already in line, already used) is dropped from r.
+func (c *Controller) arrival(r *Request, now time.Time) time.Time {
+	if r.Lane != Login || r.Ticket == 0 || r.Arrival.IsZero() || r.Arrival.After(now) {
+		r.Ticket = 0
+		return now
+	}
+	arrival, id := c.room.arrive(r.Ticket, r.Arrival, now)
+	r.Ticket = id
+	return arrival
+}
+
+// redeem marks an admitted login's ticket used.
+func (c *Controller) redeem(r *Request, now time.Time) {
+	if r.Ticket != 0 {
+		c.room.leave(r.Ticket, true, now.Add(placeGrace(c.limits.Load().Lane[Login].QueueTimeout)))
+	}
+}
+
+// loginWait is the expected wait of a login with ahead logins before it in
+// line: the requests ahead and itself complete at the measured login
+// completion rate. Until a rate is measured it falls back to the service
+// time estimate of other lanes.
+func (c *Controller) loginWait(ahead int, s uint64, now time.Time) time.Duration {
+	if rate := c.room.rate(now); rate > 0 {
+		return time.Duration(float64(ahead+1) / rate * float64(time.Second))
+	}
+	return c.expectedWait(Login, ahead+1, s)
+}
+
+// place is what a login sent away keeps: its rank, position and expected
+// turn. Callers hold mu.
+func (c *Controller) place(r *Request, s uint64, now time.Time) *Place {
+	ahead := c.queues[Login].countBefore(r.Arrival) + c.awayAhead(r)
+	wait := c.loginWait(ahead, s, now)
+	p := c.room.keep(Place{
+		ID: r.Ticket, Arrival: r.Arrival, Position: ahead + 1, Wait: wait,
+		Until: now.Add(wait + placeGrace(c.limits.Load().Lane[Login].QueueTimeout)),
+	})
+	return &p
+}
+
+func (c *Controller) awayAhead(r *Request) int {
+	c.room.mu.Lock()
+	defer c.room.mu.Unlock()
+	c.room.purge(c.clock.Now())
+	return c.room.awayAhead(r.Arrival, r.Ticket)
+}
+
+// shedLogin refuses a login, keeping its place in line.
+func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) *ShedError {
+	if r.Ticket != 0 {
+		c.room.leave(r.Ticket, false, time.Time{})
+	}
+	p := c.place(r, s, now)
+	c.count(Login, DecisionOf(err))
+	return &ShedError{Lane: Login, Err: err, RetryAfter: p.Wait, Place: p}
 }
 
 func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time, tok tokens) (*Permit, error) {
@@ -351,6 +435,9 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		// emptied the queues and would not see this request.
 		c.mu.Unlock()
 		tok.refund(now)
+		if r.Ticket != 0 {
+			c.room.leave(r.Ticket, false, time.Time{})
+		}
 		return nil, c.shed(l, ErrClosed, time.Second)
 	}
 	lim := c.limits.Load()
@@ -364,6 +451,7 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 			if c.state.CompareAndSwap(s, s+d) {
 				c.mu.Unlock()
 				c.count(l, Admitted)
+				c.redeem(r, now)
 				return c.newPermit(r, now, 0), nil
 			}
 			continue
@@ -371,17 +459,34 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		// The queued count has 16 bits; queues kept from before a
 		// Reconfigure could otherwise push it past them.
 		if q.len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued {
+			if l == Login {
+				se := c.shedLogin(r, ErrQueueFull, s, now)
+				c.mu.Unlock()
+				tok.refund(now)
+				return nil, se
+			}
 			retry := c.expectedWait(l, c.ahead(r)+1, s)
 			c.mu.Unlock()
 			tok.refund(now)
 			return nil, c.shed(l, ErrQueueFull, retry)
 		}
-		expected := c.expectedWait(l, c.ahead(r)+1, s)
+		var expected time.Duration
+		if l == Login {
+			expected = c.loginWait(c.ahead(r)+c.awayAhead(r), s, now)
+		} else {
+			expected = c.expectedWait(l, c.ahead(r)+1, s)
+		}
 		deadline = now.Add(ll.QueueTimeout)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 			deadline = d
 		}
-		if now.Add(expected).After(deadline) {
+		if now.Add(expected).After(deadline) && !(l == Login && r.Patient) {
+			if l == Login {
+				se := c.shedLogin(r, ErrWaitTooLong, s, now)
+				c.mu.Unlock()
+				tok.refund(now)
+				return nil, se
+			}
 			c.mu.Unlock()
 			tok.refund(now)
 			return nil, c.shed(l, ErrWaitTooLong, expected)
@@ -394,8 +499,12 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		}
 	}
 	c.seq++
-	w := &waiter{req: *r, seq: c.seq, ready: make(chan struct{}, 1)}
-	q.push(w)
+	w := &waiter{req: *r, seq: c.seq, arrival: r.Arrival, ready: make(chan struct{}, 1)}
+	if l == Login {
+		q.insertByArrival(w)
+	} else {
+		q.push(w)
+	}
 	c.queuedGauge(r).Add(1)
 	c.dispatch(lim)
 	c.mu.Unlock()
@@ -415,9 +524,24 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		c.queuedGauge(r).Add(-1)
 		c.add(-int64(oneQueued))
 		s := c.state.Load()
+		end := c.clock.Now()
+		if l == Login {
+			var se *ShedError
+			if ctx.Err() == nil || r.Ticket != 0 {
+				// Timed out, or a ticket holder who left: the place is
+				// kept for the retry.
+				se = c.shedLogin(r, ErrQueueTimeout, s, end)
+			}
+			c.mu.Unlock()
+			tok.refund(end)
+			if err := ctx.Err(); err != nil {
+				c.count(l, Cancelled)
+				return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
+			}
+			return nil, se
+		}
 		retry := c.expectedWait(l, c.ahead(r)+1, s)
 		c.mu.Unlock()
-		end := c.clock.Now()
 		tok.refund(end)
 		if err := ctx.Err(); err != nil {
 			c.count(l, Cancelled)
@@ -429,6 +553,9 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 	end := c.clock.Now()
 	if st == rejected {
 		tok.refund(end)
+		if r.Ticket != 0 {
+			c.room.leave(r.Ticket, false, time.Time{})
+		}
 		return nil, c.shed(l, ErrClosed, time.Second)
 	}
 	p := c.newPermit(r, end, end.Sub(now))
@@ -436,10 +563,14 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		// The slot arrived as the caller left; hand it on rather than
 		// forward a request nobody waits for.
 		p.Abandon()
+		if r.Ticket != 0 {
+			c.room.leave(r.Ticket, false, time.Time{})
+		}
 		c.count(l, Cancelled)
 		return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
 	}
 	c.count(l, Admitted)
+	c.redeem(r, end)
 	return p, nil
 }
 

@@ -192,6 +192,9 @@ type ShedError struct {
 	Lane       Lane
 	Err        error
 	RetryAfter time.Duration
+	// Place, for a login, is the place in line kept for it: a retry that
+	// brings it back (as a ticket) ranks by its first arrival.
+	Place *Place
 }
 
 // Error says which lane refused the request, why, and when to retry.

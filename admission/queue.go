@@ -1,5 +1,7 @@
 package admission
 
+import "time"
+
 // waiter states, guarded by Controller.mu.
 const (
 	waiting = iota
@@ -12,7 +14,8 @@ const (
 type waiter struct {
 	prev, next *waiter
 	req        Request
-	seq        uint64 // arrival order across lanes
+	seq        uint64    // arrival order across lanes
+	arrival    time.Time // rank in a login line: first arrival, kept by tickets // arrival order across lanes
 	state      int
 	ready      chan struct{}
 }
@@ -33,6 +36,45 @@ func (q *queue) push(w *waiter) {
 	}
 	q.tail = w
 	q.len++
+}
+
+// insertByArrival puts w behind every waiter that arrived no later, so a
+// login back with a ticket rejoins the line at its first arrival. Most
+// arrivals are the newest, so the walk from the tail is usually one step.
+func (q *queue) insertByArrival(w *waiter) {
+	at := q.tail
+	for at != nil && at.arrival.After(w.arrival) {
+		at = at.prev
+	}
+	if at == nil {
+		w.prev, w.next = nil, q.head
+		if q.head != nil {
+			q.head.prev = w
+		} else {
+			q.tail = w
+		}
+		q.head = w
+		q.len++
+		return
+	}
+	w.prev, w.next = at, at.next
+	if at.next != nil {
+		at.next.prev = w
+	} else {
+		q.tail = w
+	}
+	at.next = w
+	q.len++
+}
+
+// countBefore counts waiters ranked ahead of an arrival at t: everyone
+// who arrived no later (ties go to whoever is in line already).
+func (q *queue) countBefore(t time.Time) int {
+	n := 0
+	for w := q.head; w != nil && !w.arrival.After(t); w = w.next {
+		n++
+	}
+	return n
 }
 
 func (q *queue) remove(w *waiter) {

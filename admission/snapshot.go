@@ -28,6 +28,8 @@ type Snapshot struct {
 	AnonMax      int
 	AnonInFlight int
 	AnonQueued   int
+	// Room is the login waiting room.
+	Room RoomStats
 }
 
 // Snapshot returns the controller's current state.
@@ -40,6 +42,7 @@ func (c *Controller) Snapshot() Snapshot {
 		AnonMax:      lim.AnonMax,
 		AnonInFlight: anonOf(s),
 		AnonQueued:   int(c.anonQueued.Load()),
+		Room:         c.roomStats(s),
 	}
 	for _, l := range Lanes() {
 		ls := &c.lanes[l]

@@ -1,0 +1,259 @@
+package admission
+
+import (
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+)
+
+// The login waiting room.
+//
+// Logins queue in lanegate, where waiting holds no database connection, so
+// a login may wait as long as its client is patient. Every login has a
+// place in one line, ordered by when it first arrived. A login is held open
+// while its expected wait is within the lane's hold (its QueueTimeout);
+// beyond that it is answered with a Place: the proxy turns it into a signed
+// ticket, and a retry carrying the ticket rejoins the line where it left it,
+// not at the back. Places handed out stay in the line while their holders
+// are away, so everyone behind them sees a truthful position and wait.
+
+// Place is a login's position in line, kept for it while it is away.
+type Place struct {
+	// ID names the place; a ticket carries it back.
+	ID uint64
+	// Arrival is when the login first joined the line: its rank.
+	Arrival time.Time
+	// Until is when the place lapses if nobody comes back with it.
+	Until time.Time
+	// Position is the 1-based place in line when it was handed out.
+	Position int
+	// Wait is the expected time until its turn, from Position and the
+	// measured login completion rate.
+	Wait time.Duration
+}
+
+// RoomStats are the waiting room's counters, in Snapshot.
+type RoomStats struct {
+	// Waiting are logins held open in the line; Away are places kept for
+	// logins that were answered with a ticket and have not come back.
+	Waiting, Away int
+	// Wait is the expected wait of a login arriving now.
+	Wait time.Duration
+	// Rate is the measured login completion rate, per second.
+	Rate float64
+	// Issued counts places handed out; Redeemed, tickets that came back
+	// and took their place; Rejected, tickets refused (used twice at
+	// once, already used) and sent to the back.
+	Issued, Redeemed, Rejected uint64
+}
+
+// rateWindow is how many recent login completions the rate is measured
+// over: enough to smooth one slow login, few enough to follow a change
+// within seconds under a storm.
+const rateWindow = 16
+
+// rateMaxAge drops completions older than this from the estimate, so the
+// rate of a storm long over does not linger.
+const rateMaxAge = 2 * time.Minute
+
+// room holds the login line's bookkeeping. Its own mutex, taken inside the
+// controller's mu where both are needed, never the other way round.
+type room struct {
+	mu       sync.Mutex
+	done     [rateWindow]time.Time // ring of completion times
+	next     int
+	n        int
+	away     []Place // sorted by Arrival
+	present  map[uint64]bool
+	redeemed map[uint64]time.Time // ID -> when the record may go
+
+	issued, redeemedN, rejected uint64
+}
+
+func newRoom() *room {
+	return &room{present: map[uint64]bool{}, redeemed: map[uint64]time.Time{}}
+}
+
+// completed records a login completion at now.
+func (r *room) completed(now time.Time) {
+	r.mu.Lock()
+	r.done[r.next] = now
+	r.next = (r.next + 1) % rateWindow
+	r.n = min(r.n+1, rateWindow)
+	r.mu.Unlock()
+}
+
+// rate is the login completion rate per second at now, or 0 when too few
+// recent completions say. It is (k-1)/(now - oldest) over the last k
+// completions: right after a completion it is the recent rate, and it
+// decays on its own when completions stop.
+func (r *room) rate(now time.Time) float64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rateLocked(now)
+}
+
+func (r *room) rateLocked(now time.Time) float64 {
+	k, oldest := 0, time.Time{}
+	for i := range r.n {
+		t := r.done[(r.next-1-i+rateWindow)%rateWindow]
+		if now.Sub(t) > rateMaxAge {
+			break
+		}
+		k, oldest = i+1, t
+	}
+	if k < 2 {
+		return 0
+	}
+	span := now.Sub(oldest).Seconds()
+	if span <= 0 {
+		return 0
+	}
+	return float64(k-1) / span
+}
+
+// purge drops lapsed places and redemption records. Callers hold mu.
+func (r *room) purge(now time.Time) {
+	r.away = slices.DeleteFunc(r.away, func(p Place) bool { return !now.Before(p.Until) })
+	for id, until := range r.redeemed {
+		if !now.Before(until) {
+			delete(r.redeemed, id)
+		}
+	}
+}
+
+// awayAhead counts places kept for logins that arrived no later than
+// arrival, other than id's own.
+func (r *room) awayAhead(arrival time.Time, id uint64) int {
+	n := 0
+	for _, p := range r.away {
+		if p.Arrival.After(arrival) {
+			break
+		}
+		if p.ID != id {
+			n++
+		}
+	}
+	return n
+}
+
+// arrive takes a login that presents ticket id with the given arrival.
+// It returns the arrival the login ranks by: the ticket's when the ticket
+// is good, now when it is not (used twice at once, or already used).
+func (r *room) arrive(id uint64, arrival, now time.Time) (time.Time, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.purge(now)
+	if r.present[id] {
+		r.rejected++
+		return now, 0
+	}
+	if _, used := r.redeemed[id]; used {
+		r.rejected++
+		return now, 0
+	}
+	if i := slices.IndexFunc(r.away, func(p Place) bool { return p.ID == id }); i >= 0 {
+		r.away = slices.Delete(r.away, i, i+1)
+	}
+	r.present[id] = true
+	return arrival, id
+}
+
+// leave ends a ticketed login's presence: admitted (the ticket is used up
+// until its place would have lapsed) or not.
+func (r *room) leave(id uint64, admitted bool, until time.Time) {
+	if id == 0 {
+		return
+	}
+	r.mu.Lock()
+	delete(r.present, id)
+	if admitted {
+		r.redeemed[id] = until
+		r.redeemedN++
+	}
+	r.mu.Unlock()
+}
+
+// keep records a place for a login that is sent away. An ID of 0 gets a
+// fresh one.
+func (r *room) keep(p Place) Place {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p.ID == 0 {
+		p.ID = rand.Uint64() | 1
+		r.issued++
+	}
+	r.away = slices.DeleteFunc(r.away, func(q Place) bool { return q.ID == p.ID })
+	i, _ := slices.BinarySearchFunc(r.away, p.Arrival, func(q Place, t time.Time) int { return q.Arrival.Compare(t) })
+	r.away = slices.Insert(r.away, i, p)
+	return p
+}
+
+func (r *room) stats() (away int, issued, redeemed, rejected uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.away), r.issued, r.redeemedN, r.rejected
+}
+
+// placeGrace is how long a place is kept beyond its expected turn for a
+// login that was sent away: a client that honours Retry-After late, or a
+// person who takes a while to type, still finds it.
+func placeGrace(hold time.Duration) time.Duration { return max(2*hold, time.Minute) }
+
+// Line reports the place a login would have in line now: with a ticket
+// (id and its first arrival) the place it kept, otherwise a new arrival's
+// at the back. It changes nothing.
+func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time.Duration) {
+	now := c.clock.Now()
+	if id == 0 || arrival.IsZero() || arrival.After(now) {
+		id, arrival = 0, now
+	}
+	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ahead := c.queues[Login].countBefore(arrival) + c.awayAhead(&r)
+	return ahead + 1, c.loginWait(ahead, c.state.Load(), now)
+}
+
+// Keep holds a place in the login line until until for a person who is
+// not in line yet: on the waiting page, or typing the password on a form
+// shown at their turn. id 0 with a zero arrival makes a new place at the
+// back; otherwise the place id keeps its first arrival.
+func (c *Controller) Keep(id uint64, arrival, until time.Time) Place {
+	now := c.clock.Now()
+	if id == 0 || arrival.IsZero() || arrival.After(now) {
+		id, arrival = 0, now
+	}
+	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ahead := c.queues[Login].countBefore(arrival) + c.awayAhead(&r)
+	return c.room.keep(Place{ID: id, Arrival: arrival, Until: until, Position: ahead + 1,
+		Wait: c.loginWait(ahead, c.state.Load(), now)})
+}
+
+// LoginCongested reports whether any login is waiting in line or away
+// with a place: only then does a new arrival have anyone ahead of it.
+func (c *Controller) LoginCongested() bool {
+	if c.lanes[Login].queued.Load() > 0 {
+		return true
+	}
+	c.room.mu.Lock()
+	defer c.room.mu.Unlock()
+	c.room.purge(c.clock.Now())
+	return len(c.room.away) > 0
+}
+
+// roomStats fills RoomStats.
+func (c *Controller) roomStats(s uint64) RoomStats {
+	now := c.clock.Now()
+	c.room.mu.Lock()
+	c.room.purge(now)
+	st := RoomStats{Away: len(c.room.away), Rate: c.room.rateLocked(now),
+		Issued: c.room.issued, Redeemed: c.room.redeemedN, Rejected: c.room.rejected}
+	c.room.mu.Unlock()
+	st.Waiting = int(c.lanes[Login].queued.Load())
+	st.Wait = c.loginWait(st.Waiting+st.Away, s, now)
+	return st
+}

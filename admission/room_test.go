@@ -1,0 +1,255 @@
+package admission
+
+import (
+	"context"
+	"errors"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+// roomLimits: one login at a time, held up to 12 s.
+func roomLimits() Limits {
+	var l Limits
+	l.Budget = 2
+	l.Lane[Core] = LaneLimits{Reserved: 1, Max: 1, Queue: 10, QueueTimeout: time.Second}
+	l.Lane[Login] = LaneLimits{Reserved: 1, Max: 1, Queue: 10, QueueTimeout: 12 * time.Second}
+	return l
+}
+
+// setRate makes the measured login completion rate one per every, as
+// seen at the fake clock's now.
+func setRate(c *Controller, clock *clockwork.FakeClock, every time.Duration) {
+	now := clock.Now()
+	for i := rateWindow - 1; i >= 0; i-- {
+		c.room.completed(now.Add(-time.Duration(i) * every))
+	}
+}
+
+func TestCompletionRateTracksChange(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	if r := c.room.rate(clock.Now()); r != 0 {
+		t.Fatalf("rate with no completions = %v, want 0 (unknown)", r)
+	}
+	for range 20 {
+		clock.Advance(500 * time.Millisecond)
+		c.room.completed(clock.Now())
+	}
+	if r := c.room.rate(clock.Now()); math.Abs(r-2) > 0.01 {
+		t.Fatalf("rate at one per 0.5 s = %v, want 2", r)
+	}
+	// The app slows down: one login every 2 s. Within a window the
+	// estimate has followed.
+	for range rateWindow {
+		clock.Advance(2 * time.Second)
+		c.room.completed(clock.Now())
+	}
+	if r := c.room.rate(clock.Now()); math.Abs(r-0.5) > 0.01 {
+		t.Fatalf("rate at one per 2 s = %v, want 0.5", r)
+	}
+	// Completions stop: the estimate decays instead of promising turns
+	// that are not coming.
+	clock.Advance(30 * time.Second)
+	if r := c.room.rate(clock.Now()); r > 0.25 {
+		t.Fatalf("rate 30 s after the last completion = %v, want it well under 0.5", r)
+	}
+	clock.Advance(rateMaxAge)
+	if r := c.room.rate(clock.Now()); r != 0 {
+		t.Fatalf("rate long after the last completion = %v, want 0", r)
+	}
+}
+
+// enqueueLogin starts a login expected to wait and returns once it waits.
+func enqueueLogin(t *testing.T, c *Controller, clock *clockwork.FakeClock, r Request, waitersBefore int) <-chan result {
+	t.Helper()
+	r.Lane = Login
+	return enqueueReq(t, c, clock, r, waitersBefore)
+}
+
+func mustShedWithPlace(t *testing.T, c *Controller, r Request) *Place {
+	t.Helper()
+	r.Lane = Login
+	_, err := c.Acquire(context.Background(), r)
+	var se *ShedError
+	if !errors.As(err, &se) || se.Place == nil {
+		t.Fatalf("Acquire(%+v) = %v, want a shed keeping a place", r, err)
+	}
+	return se.Place
+}
+
+// Logins complete in order of first arrival, across retries: one sent
+// away with a place comes back ahead of everyone who arrived after it.
+func TestCompletionsFollowFirstArrival(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 5*time.Second) // 0.2 logins/s: position k waits 5k s
+	busy := mustAcquire(t, c, Login)
+
+	clock.Advance(time.Millisecond)
+	a := enqueueLogin(t, c, clock, Request{}, 0) // position 1: 5 s
+	clock.Advance(time.Millisecond)
+	b := enqueueLogin(t, c, clock, Request{}, 1) // position 2: 10 s
+	clock.Advance(time.Millisecond)
+	cPlace := mustShedWithPlace(t, c, Request{}) // position 3: 15 s > 12 s hold
+	if cPlace.Position != 3 {
+		t.Fatalf("C's place = %+v, want position 3", cPlace)
+	}
+	if want := 15 * time.Second; cPlace.Wait < want-time.Second || cPlace.Wait > want+time.Second {
+		t.Fatalf("C's expected wait = %s, want about %s", cPlace.Wait, want)
+	}
+	clock.Advance(time.Millisecond)
+	dPlace := mustShedWithPlace(t, c, Request{})
+	if dPlace.Position != 4 {
+		t.Fatalf("D's place = %+v, want position 4: C's kept place counts ahead of D", dPlace)
+	}
+
+	// C comes back with its ticket and waits (a patient browser POST):
+	// it ranks by its first arrival, ahead of D and of E, who arrives now.
+	clock.Advance(time.Millisecond)
+	cBack := enqueueLogin(t, c, clock, Request{Ticket: cPlace.ID, Arrival: cPlace.Arrival, Patient: true}, 2)
+	clock.Advance(time.Millisecond)
+	e := enqueueLogin(t, c, clock, Request{Patient: true}, 3)
+	clock.Advance(time.Millisecond)
+	dBack := enqueueLogin(t, c, clock, Request{Ticket: dPlace.ID, Arrival: dPlace.Arrival, Patient: true}, 4)
+
+	var order []string
+	prev := busy
+	for _, w := range []struct {
+		name string
+		ch   <-chan result
+	}{{"A", a}, {"B", b}, {"C", cBack}, {"D", dBack}, {"E", e}} {
+		prev.Release()
+		r := recv(t, w.ch)
+		if r.err != nil {
+			t.Fatalf("%s: %v (order so far %v)", w.name, r.err, order)
+		}
+		order = append(order, w.name)
+		prev = r.p
+	}
+	prev.Release()
+	st := c.Snapshot().Room
+	if st.Issued != 2 || st.Redeemed != 2 || st.Away != 0 || st.Waiting != 0 {
+		t.Fatalf("room stats = %+v, want 2 issued, 2 redeemed, nobody left", st)
+	}
+	if s := c.state.Load(); s != 0 {
+		t.Fatalf("state = %#x, want 0", s)
+	}
+}
+
+func TestTicketUsedTwiceAtOnceGoesToTheBack(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 5*time.Second)
+	busy := mustAcquire(t, c, Login)
+	clock.Advance(time.Millisecond)
+	a := enqueueLogin(t, c, clock, Request{}, 0)
+	clock.Advance(time.Millisecond)
+	b := enqueueLogin(t, c, clock, Request{}, 1)
+	clock.Advance(time.Millisecond)
+	p := mustShedWithPlace(t, c, Request{})
+	clock.Advance(time.Millisecond)
+	held := enqueueLogin(t, c, clock, Request{Ticket: p.ID, Arrival: p.Arrival, Patient: true}, 2)
+
+	// The same ticket again, while its holder waits: no place for it.
+	clock.Advance(time.Millisecond)
+	dup := mustShedWithPlace(t, c, Request{Ticket: p.ID, Arrival: p.Arrival})
+	if dup.ID == p.ID || !dup.Arrival.After(p.Arrival) || dup.Position != 4 {
+		t.Fatalf("duplicate ticket got %+v, want a new place at the back (position 4)", dup)
+	}
+	if st := c.Snapshot().Room; st.Rejected != 1 {
+		t.Fatalf("rejected = %d, want 1", st.Rejected)
+	}
+	for _, ch := range []<-chan result{a, b, held} {
+		busy.Release()
+		r := recv(t, ch)
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		busy = r.p
+	}
+	busy.Release()
+
+	// After it was used, the ticket buys nothing either.
+	setRate(c, clock, 5*time.Second)
+	busy = mustAcquire(t, c, Login)
+	clock.Advance(time.Millisecond)
+	x := enqueueLogin(t, c, clock, Request{}, 0)
+	clock.Advance(time.Millisecond)
+	again := enqueueLogin(t, c, clock, Request{Ticket: p.ID, Arrival: p.Arrival, Patient: true}, 1)
+	busy.Release()
+	r := recv(t, x)
+	if r.err != nil {
+		t.Fatalf("X, who arrived before the reused ticket was shown: %v", r.err)
+	}
+	r.p.Release()
+	if r := recv(t, again); r.err != nil {
+		t.Fatal(r.err)
+	} else {
+		r.p.Release()
+	}
+	if st := c.Snapshot().Room; st.Rejected != 2 {
+		t.Fatalf("rejected = %d, want 2 (used twice at once, then used again)", st.Rejected)
+	}
+}
+
+func TestTicketSkipsLoginBucket(t *testing.T) {
+	l := roomLimits()
+	l.LoginRate = RateLimit{Rate: 0.001, Burst: 1}
+	c, clock := newTest(t, l)
+	setRate(c, clock, 5*time.Second)
+	busy := mustAcquire(t, c, Login) // the only token
+	clock.Advance(time.Millisecond)
+	if _, err := c.Acquire(context.Background(), Request{Lane: Login}); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("second login without a token: %v, want rate limited", err)
+	}
+	// A login with a place already paid its token on its first try.
+	p := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	clock.Advance(time.Millisecond)
+	ch := enqueueLogin(t, c, clock, Request{Ticket: p.ID, Arrival: p.Arrival}, 0)
+	busy.Release()
+	if r := recv(t, ch); r.err != nil {
+		t.Fatalf("ticketed login: %v", r.err)
+	} else {
+		r.p.Release()
+	}
+}
+
+func TestLineAndKeep(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	if c.LoginCongested() {
+		t.Fatal("congested with nobody in line")
+	}
+	setRate(c, clock, 2*time.Second)
+	p1 := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	clock.Advance(time.Millisecond)
+	p2 := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	if !c.LoginCongested() {
+		t.Fatal("not congested with two places kept")
+	}
+	if pos, _ := c.Line(p1.ID, p1.Arrival); pos != 1 {
+		t.Errorf("first place: position %d, want 1", pos)
+	}
+	if pos, wait := c.Line(p2.ID, p2.Arrival); pos != 2 || wait < 3*time.Second || wait > 5*time.Second {
+		t.Errorf("second place: position %d wait %s, want 2 and about 4 s", pos, wait)
+	}
+	if pos, _ := c.Line(0, time.Time{}); pos != 3 {
+		t.Errorf("a new arrival: position %d, want 3", pos)
+	}
+	// Places lapse.
+	clock.Advance(time.Minute)
+	if c.LoginCongested() {
+		t.Fatal("lapsed places still count")
+	}
+	if pos, _ := c.Line(0, time.Time{}); pos != 1 {
+		t.Errorf("after the places lapsed: position %d, want 1", pos)
+	}
+}
+
+// A forged arrival from the future is treated as no ticket.
+func TestFutureArrivalIgnored(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	p := c.Keep(42, clock.Now().Add(time.Hour), clock.Now().Add(time.Minute))
+	if !p.Arrival.Equal(clock.Now()) || p.ID == 42 {
+		t.Fatalf("future arrival kept: %+v", p)
+	}
+}
