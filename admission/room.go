@@ -257,3 +257,7 @@ func (c *Controller) roomStats(s uint64) RoomStats {
 	st.Wait = c.loginWait(st.Waiting+st.Away, s, now)
 	return st
 }
+
+// LoginHold is how long a login is held in line before it is sent away
+// with its place: the login lane's queue timeout.
+func (c *Controller) LoginHold() time.Duration { return c.limits.Load().Lane[Login].QueueTimeout }

@@ -68,6 +68,9 @@ type Config struct {
 	// Log configures logging.
 	Log Log
 
+	// warnings are problems Load found that do not stop lanegate.
+	warnings []string
+
 	// origin maps each variable that was set (non-empty) to where:
 	// "" for the environment, else the env file's path. Print reports it.
 	origin map[string]string
@@ -156,9 +159,14 @@ type Admission struct {
 	// AnonMax caps anonymous core requests in flight; nil derives it.
 	AnonMax *int `env:"ANON_MAX" derived:"core max / 2, at least 1, when LANEGATE_SESSION_STORE is not off; else 0 (no cap)" desc:"Most core requests without a validated session in flight at once, so an anonymous flood leaves slots for logged-in users; waiting logged-in requests are also admitted before anonymous ones. 0 means no cap. Needs the session cache: without it no request is known to be logged in."`
 
+	// WaitingRoom turns on tickets and the waiting page for logins.
+	WaitingRoom bool `env:"WAITING_ROOM" envDefault:"true" desc:"Keep logins' places in line across retries: a login sent away gets a signed ticket (cookie and Lanegate-Ticket header) that ranks its retry by its first arrival, and a person opening the login page during a storm sees a waiting page with their place that moves on by itself. false: logins sent away retry at the back."`
+	// TicketSecret signs waiting-room tickets.
+	TicketSecret string `env:"TICKET_SECRET" secret:"true" desc:"Secrets that sign waiting-room tickets, written like LANEGATE_IDENTITY_SECRET. Unset: LANEGATE_IDENTITY_SECRET when set, else a random secret made at start, so tickets do not survive a restart or cross replicas; set it when several lanegates serve one site."`
+
 	// PgBouncerQueryWaitTimeout mirrors PgBouncer's query_wait_timeout;
 	// nil or 0 means there is none to stay under.
-	PgBouncerQueryWaitTimeout *time.Duration `env:"PGBOUNCER_QUERY_WAIT_TIMEOUT" desc:"PgBouncer's query_wait_timeout, with a unit (120s, not 120). When set, every lane's queue timeout must be shorter, so a request lanegate cannot serve is refused cleanly before PgBouncer would fail it mid-request. Unset or 0: no check."`
+	PgBouncerQueryWaitTimeout *time.Duration `env:"PGBOUNCER_QUERY_WAIT_TIMEOUT" desc:"PgBouncer's query_wait_timeout, with a unit (120s, not 120). lanegate's own queues hold no database connection, so they may be longer; but when LANEGATE_BUDGET exceeds LANEGATE_DB_POOL_SIZE, admitted requests can queue in PgBouncer too, and a warning names every lane whose queue timeout is not shorter. Unset or 0: no check."`
 }
 
 // The lanes' settings have one type each, rather than one shared type,
@@ -175,8 +183,9 @@ type LoginLane struct {
 	Max *int `env:"MAX" derived:"min(LANEGATE_UPSTREAM_CPUS, budget/2), at least 1" desc:"Most logins in flight. Hashing is CPU-bound: beyond one login per core they only queue inside the app holding a connection, and half the budget keeps logins from crowding out pages."`
 	// Queue is how many logins may wait; nil derives it.
 	Queue *int `env:"QUEUE" derived:"8 * budget" desc:"Logins that may wait for a slot; more are refused with 503."`
-	// QueueTimeout is the longest a login waits for a slot.
-	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"15s" desc:"Longest a login waits for a slot before it is refused. Longer than a page's: someone who has typed a password will wait."`
+	// QueueTimeout is the longest a login is held in line: its
+	// variable is LANEGATE_LOGIN_MAX_HOLD.
+	QueueTimeout time.Duration `env:"MAX_HOLD" envDefault:"30s" desc:"Longest a login is held open in lanegate's line waiting for its turn, which holds no database connection: set it to what your clients tolerate. A login whose turn is further away is answered with Retry-After and, with LANEGATE_WAITING_ROOM, a ticket that keeps its place."`
 }
 
 // CoreLane is the lane of ordinary pages and API calls.
@@ -244,6 +253,10 @@ type Session struct {
 	// RedisPoolSize bounds connections to Redis.
 	RedisPoolSize int `env:"REDIS_POOL_SIZE" envDefault:"32" desc:"Most connections to Redis; a stampede of sessions waits for one, up to LANEGATE_REDIS_TIMEOUT, instead of opening more."`
 }
+
+// Warnings returns what Load found doubtful but not wrong, one sentence
+// each naming its variables; lanegate logs them at start.
+func (c Config) Warnings() []string { return c.warnings }
 
 // The session stores.
 const (

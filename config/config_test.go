@@ -75,7 +75,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"Admission.PoolHeadroom", cfg.Admission.PoolHeadroom, 20},
 		{"Admission.Budget", cfg.Admission.Budget, (*int)(nil)},
 		{"Admission.Login.Max", cfg.Admission.Login.Max, (*int)(nil)},
-		{"Admission.Login.QueueTimeout", cfg.Admission.Login.QueueTimeout, 15 * time.Second},
+		{"Admission.Login.QueueTimeout", cfg.Admission.Login.QueueTimeout, 30 * time.Second},
 		{"Admission.Core.QueueTimeout", cfg.Admission.Core.QueueTimeout, 5 * time.Second},
 		{"Admission.Export.QueueTimeout", cfg.Admission.Export.QueueTimeout, 30 * time.Second},
 		{"Admission.LoginRate", cfg.Admission.LoginRate, 10.0},
@@ -354,8 +354,8 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name: "duration garbage",
-			env:  map[string]string{"LANEGATE_LOGIN_QUEUE_TIMEOUT": "soon"},
-			want: []string{`LANEGATE_LOGIN_QUEUE_TIMEOUT="soon": not a duration`},
+			env:  map[string]string{"LANEGATE_LOGIN_MAX_HOLD": "soon"},
+			want: []string{`LANEGATE_LOGIN_MAX_HOLD="soon": not a duration`},
 		},
 		{
 			name: "byte limits",
@@ -415,18 +415,6 @@ func TestLoadErrors(t *testing.T) {
 			name: "clients max negative",
 			env:  map[string]string{"LANEGATE_LOGIN_CLIENTS_MAX": "-1"},
 			want: []string{"LANEGATE_LOGIN_CLIENTS_MAX=-1: must not be negative"},
-		},
-		{
-			name: "queue timeout not shorter than pgbouncer's",
-			env:  map[string]string{"LANEGATE_CORE_QUEUE_TIMEOUT": "2m", "LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT": "2m"},
-			want: []string{"LANEGATE_CORE_QUEUE_TIMEOUT=2m0s is not shorter than LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=2m0s"},
-			not:  []string{"LANEGATE_LOGIN_QUEUE_TIMEOUT", "LANEGATE_EXPORT_QUEUE_TIMEOUT"},
-		},
-		{
-			name: "default queue timeout not shorter than pgbouncer's",
-			env:  map[string]string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT": "20s"},
-			want: []string{"LANEGATE_EXPORT_QUEUE_TIMEOUT=30s (default) is not shorter than LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=20s"},
-			not:  []string{"LANEGATE_LOGIN_QUEUE_TIMEOUT", "LANEGATE_CORE_QUEUE_TIMEOUT"},
 		},
 		{
 			name: "pgbouncer timeout negative",
@@ -587,6 +575,9 @@ func TestLoadAccepts(t *testing.T) {
 		{"admin anywhere with a token", map[string]string{"LANEGATE_ADMIN_LISTEN": ":9090", "LANEGATE_ADMIN_TOKEN": "t"}},
 		{"pgbouncer 0 disables the check", map[string]string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT": "0s"}},
 		{"queue timeouts under pgbouncer's", map[string]string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT": "31s"}},
+		// lanegate's queues hold no connection: with the budget within
+		// the pool, a long hold is no problem at all.
+		{"hold longer than pgbouncer's wait", map[string]string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT": "5s", "LANEGATE_LOGIN_MAX_HOLD": "60s"}},
 		{"empty value means unset", map[string]string{"LANEGATE_BUDGET": "", "LANEGATE_LISTEN": ""}},
 		{"rate 0 allows burst 0", map[string]string{"LANEGATE_LOGIN_RATE": "0", "LANEGATE_LOGIN_BURST": "0"}},
 		{"closed export lane", map[string]string{"LANEGATE_EXPORT_MAX": "0"}},
@@ -733,6 +724,33 @@ func TestBothListenersOnPortZero(t *testing.T) {
 	_, err := Load(LoadOptions{Environ: []string{"LANEGATE_LISTEN=127.0.0.1:0", "LANEGATE_ADMIN_LISTEN=127.0.0.1:0"}})
 	if err != nil {
 		t.Fatalf("got %v, want two port-0 listeners accepted", err)
+	}
+}
+
+func TestQueryWaitWarnsOnlyBeyondThePool(t *testing.T) {
+	within, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=20", "LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=5s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := within.Warnings(); len(w) != 0 {
+		t.Errorf("budget within the pool: warnings %q, want none", w)
+	}
+	beyond, err := Load(LoadOptions{Environ: []string{"LANEGATE_DB_POOL_SIZE=20", "LANEGATE_BUDGET=30",
+		"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=20s"}})
+	if err != nil {
+		t.Fatalf("a warning must not refuse the configuration: %v", err)
+	}
+	w := strings.Join(beyond.Warnings(), "\n")
+	for _, want := range []string{
+		"LANEGATE_LOGIN_MAX_HOLD=30s (default) is not shorter than LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=20s while LANEGATE_BUDGET=30 exceeds LANEGATE_DB_POOL_SIZE=20",
+		"LANEGATE_EXPORT_QUEUE_TIMEOUT=30s (default) is not shorter",
+	} {
+		if !strings.Contains(w, want) {
+			t.Errorf("warnings %q: want one containing %q", w, want)
+		}
+	}
+	if strings.Contains(w, "LANEGATE_CORE_QUEUE_TIMEOUT") {
+		t.Errorf("warnings %q name the core lane, whose 5s is shorter", w)
 	}
 }
 

@@ -39,6 +39,7 @@ const (
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
 	varShutdown         = prefix + "SHUTDOWN_TIMEOUT"
 	varAnonMax          = prefix + "ANON_MAX"
+	varTicketSecret     = prefix + "TICKET_SECRET"
 	varSessionStore     = prefix + "SESSION_STORE"
 	varSessionCookie    = prefix + "SESSION_COOKIE"
 	varSessionTTL       = prefix + "SESSION_TTL"
@@ -59,8 +60,12 @@ const (
 	laneVarQueueTimeout = "QUEUE_TIMEOUT"
 )
 
-// laneVar names one of a lane's variables, e.g. LANEGATE_LOGIN_MAX.
+// laneVar names one of a lane's variables, e.g. LANEGATE_LOGIN_MAX. The
+// login lane's queue timeout is its hold, LANEGATE_LOGIN_MAX_HOLD.
 func laneVar(l admission.Lane, what string) string {
+	if l == admission.Login && what == laneVarQueueTimeout {
+		what = "MAX_HOLD"
+	}
 	return prefix + strings.ToUpper(l.String()) + "_" + what
 }
 
@@ -107,7 +112,8 @@ type resolution struct {
 //     holding connections, and half the budget keeps a login storm from
 //     starving pages. Reserved = min(max, max(1,B/8)) when B >= 2, else 0,
 //     so sign-in works while pages fill the budget. Queue = 8B, timeout
-//     15s: a user who typed a password will wait.
+//     a 30s hold (LANEGATE_LOGIN_MAX_HOLD): a user who typed a password waits,
+//     and waiting in lanegate holds no connection.
 //   - Export: max = max(1,B/4) so reports never hold most of the pool;
 //     nothing reserved (exports borrow idle slots); queue = max(1,B/2),
 //     timeout 30s.

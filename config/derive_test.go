@@ -53,7 +53,7 @@ func TestDerivedLimits(t *testing.T) {
 				MaxClients:     10000,
 			}
 			want.Lane[admission.Login] = admission.LaneLimits{
-				Reserved: tt.loginReserved, Max: tt.loginMax, Queue: 8 * tt.budget, QueueTimeout: 15 * time.Second,
+				Reserved: tt.loginReserved, Max: tt.loginMax, Queue: 8 * tt.budget, QueueTimeout: 30 * time.Second,
 			}
 			want.Lane[admission.Core] = admission.LaneLimits{
 				Reserved: tt.coreReserved, Max: tt.budget, Queue: 8 * tt.budget, QueueTimeout: 5 * time.Second,
@@ -87,7 +87,7 @@ func TestDerivedLimitsAlwaysValid(t *testing.T) {
 					cfg.Admission.DBPoolSize = pool
 					cfg.Admission.PoolHeadroom = headroom
 					cfg.Admission.UpstreamCPUs = &cpus
-					if errs := cfg.validate(nil); len(errs) > 0 {
+					if errs, _ := cfg.validate(nil); len(errs) > 0 {
 						t.Fatalf("pool %d: validate: got %v, want no problems", pool, errs)
 					}
 					if err := cfg.Limits().Validate(); err != nil {

@@ -38,7 +38,9 @@ func Load(opts LoadOptions) (Config, error) {
 	cfg, failed, errs := parse(vars)
 	cfg.origin = origin
 	errs = append(unknownVariables(vars, origin), errs...)
-	errs = append(errs, cfg.validate(failed)...)
+	verrs, warnings := cfg.validate(failed)
+	errs = append(errs, verrs...)
+	cfg.warnings = warnings
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
 	}

@@ -69,7 +69,7 @@ func TestPrint(t *testing.T) {
 		{"LANEGATE_UPSTREAM_CPUS", printed{"4", "set"}},
 		{"LANEGATE_LOGIN_MAX", printed{"4", "derived from LANEGATE_BUDGET=16, LANEGATE_UPSTREAM_CPUS=4"}},
 		{"LANEGATE_LOGIN_RESERVED", printed{"2", "derived from LANEGATE_BUDGET=16, LANEGATE_LOGIN_MAX=4"}},
-		{"LANEGATE_LOGIN_QUEUE_TIMEOUT", printed{"15s", "default"}},
+		{"LANEGATE_LOGIN_MAX_HOLD", printed{"30s", "default"}},
 		{"LANEGATE_EXPORT_MAX", printed{"2", "set"}},
 		{"LANEGATE_EXPORT_RESERVED", printed{"0", "default"}},
 		{"LANEGATE_CORE_RESERVED", printed{"8", "derived from LANEGATE_BUDGET=16, LANEGATE_LOGIN_RESERVED=2, LANEGATE_EXPORT_RESERVED=0, LANEGATE_CORE_MAX=16"}},

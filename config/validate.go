@@ -35,13 +35,15 @@ type validator struct {
 	// combine variables skip any that depend on a bad one, so one mistake
 	// is reported once, where it is, and not again through every value
 	// derived from it.
-	bad  map[string]bool
-	errs []error
+	bad      map[string]bool
+	errs     []error
+	warnings []string
 }
 
-// validate returns every problem with c. failed lists variables that could
-// not be parsed, whose values are therefore meaningless.
-func (c Config) validate(failed map[string]bool) []error {
+// validate returns every problem with c, and warnings that do not stop it.
+// failed lists variables that could not be parsed, whose values are
+// therefore meaningless.
+func (c Config) validate(failed map[string]bool) ([]error, []string) {
 	v := &validator{c: c, r: c.resolve(), bad: make(map[string]bool)}
 	maps.Copy(v.bad, failed)
 	v.server()
@@ -50,8 +52,19 @@ func (c Config) validate(failed map[string]bool) []error {
 	v.admission()
 	v.routes()
 	v.session()
+	v.tickets()
 	v.log()
-	return v.errs
+	return v.errs, v.warnings
+}
+
+func (v *validator) tickets() {
+	s := v.c.Admission.TicketSecret
+	if s == "" || v.skip(varTicketSecret) {
+		return
+	}
+	if _, err := session.ParseKeyring(s); err != nil {
+		v.report(varTicketSecret, fmt.Sprintf("%s: %v", varTicketSecret, err))
+	}
 }
 
 // skip reports whether name's own checks should be skipped because it
@@ -311,10 +324,12 @@ func (v *validator) rates() {
 	}
 }
 
-// queryWait keeps every lane's queue timeout under PgBouncer's
-// query_wait_timeout, so that lanegate, which can answer 503 with a
-// Retry-After, gives up on a request before PgBouncer fails it with a
-// database error in the middle of the app's work.
+// queryWait warns about lane queue timeouts not under PgBouncer's
+// query_wait_timeout, but only when the budget exceeds the pool: lanegate's
+// own queues hold no database connection, so a request waiting in them
+// cannot hit PgBouncer's timeout; only an admitted request that then waits
+// in PgBouncer for a connection can, and with the budget within the pool
+// none does.
 func (v *validator) queryWait() {
 	qw := v.c.Admission.PgBouncerQueryWaitTimeout
 	if qw == nil || v.skip(varQueryWait) {
@@ -324,14 +339,16 @@ func (v *validator) queryWait() {
 		v.fail(varQueryWait, "must not be negative (0 means PgBouncer has no query_wait_timeout)")
 		return
 	}
-	if *qw == 0 {
+	pool := v.c.Admission.DBPoolSize
+	if *qw == 0 || v.r.limits.Budget <= pool {
 		return
 	}
 	for _, l := range admission.Lanes() {
 		name := laneVar(l, laneVarQueueTimeout)
 		if v.r.limits.Lane[l].QueueTimeout >= *qw {
-			v.relate([]string{name, varQueryWait}, "%s is not shorter than %s",
-				v.r.describe(name, false), v.r.describe(varQueryWait, false))
+			v.warnings = append(v.warnings, fmt.Sprintf(
+				"%s is not shorter than %s while %s exceeds %s=%d: requests admitted beyond the pool wait in PgBouncer and may fail there",
+				v.r.describe(name, false), v.r.describe(varQueryWait, false), v.r.describe(varBudget, true), varPoolSize, pool))
 		}
 	}
 }

@@ -132,6 +132,9 @@ func (c Config) Print(w io.Writer) error {
 		fmt.Fprintf(tw, "%s=%s\t# %s\n", v.Name, quote(value), c.provenance(r, v.Name))
 	}
 	tw.Flush()
+	for _, warning := range c.warnings {
+		fmt.Fprintf(&buf, "# warning: %s\n", warning)
+	}
 	if _, err := w.Write(buf.Bytes()); err != nil {
 		return fmt.Errorf("printing configuration: %w", err)
 	}

@@ -170,13 +170,14 @@ type LaneStatus struct {
 
 // Status is the /status document.
 type Status struct {
-	Mode      string                `json:"mode"`
-	Budget    int                   `json:"budget"`
-	InFlight  int                   `json:"in_flight"`
-	Bypassed  uint64                `json:"bypassed"`
-	Lanes     map[string]LaneStatus `json:"lanes"`
-	Anonymous AnonStatus            `json:"anonymous"`
-	Sessions  *SessionStatus        `json:"sessions,omitempty"`
+	Mode        string                `json:"mode"`
+	Budget      int                   `json:"budget"`
+	InFlight    int                   `json:"in_flight"`
+	Bypassed    uint64                `json:"bypassed"`
+	Lanes       map[string]LaneStatus `json:"lanes"`
+	Anonymous   AnonStatus            `json:"anonymous"`
+	WaitingRoom *RoomStatus           `json:"waiting_room,omitempty"`
+	Sessions    *SessionStatus        `json:"sessions,omitempty"`
 }
 
 // AnonStatus is the state of core requests without a validated session.
@@ -201,11 +202,12 @@ type SessionStatus struct {
 func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 	snap := a.src.Snapshot()
 	st := Status{
-		Mode:      string(a.h.Mode()),
-		Budget:    snap.Budget,
-		InFlight:  snap.InFlight,
-		Lanes:     make(map[string]LaneStatus, len(snap.Lanes)),
-		Anonymous: AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
+		Mode:        string(a.h.Mode()),
+		Budget:      snap.Budget,
+		InFlight:    snap.InFlight,
+		Lanes:       make(map[string]LaneStatus, len(snap.Lanes)),
+		Anonymous:   AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
+		WaitingRoom: a.h.roomStatus(snap.Room),
 	}
 	if src := a.opts.Sessions; src != nil {
 		h := src.Health()

@@ -26,6 +26,8 @@ const (
 	// decisionLoginRedirect is a request sent to the login page at the
 	// edge because it had no session cookie.
 	decisionLoginRedirect = "login_redirect"
+	// decisionWaitingPage is a login page answered with the waiting room.
+	decisionWaitingPage = "waiting_page"
 	// statusClientClosed is nginx's code for "the client went away before
 	// we answered"; it is logged, never sent.
 	statusClientClosed = 499
@@ -60,6 +62,8 @@ type Metrics struct {
 	tooLarge  [numLabels]atomic.Uint64
 
 	loginRedirects atomic.Uint64
+	// room is the waiting room's HTTP counters; nil when it is off.
+	room *roomCounters
 	// Session store metrics; nil until RegisterSessions.
 	storeSeconds *prometheus.HistogramVec
 	storeErrors  *prometheus.CounterVec
@@ -142,6 +146,13 @@ var (
 	descBudget   = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes.", nil, nil)
 	descTotal    = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
 	descAnon     = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
+
+	descRoomSize    = prometheus.NewDesc("lanegate_waiting_room_logins", "Logins in the waiting room: waiting (held open in line) or away (sent off with a ticket that keeps their place).", []string{"state"}, nil)
+	descRoomWait    = prometheus.NewDesc("lanegate_waiting_room_wait_seconds", "Expected wait of a login arriving now, from the line ahead and the login completion rate.", nil, nil)
+	descRoomRate    = prometheus.NewDesc("lanegate_waiting_room_completion_rate", "Measured login completions per second (0 until measured).", nil, nil)
+	descRoomTickets = prometheus.NewDesc("lanegate_waiting_room_tickets_total", "Tickets by outcome: issued, redeemed (came back and were admitted), accepted (shown and honoured), and refused: reused (used twice at once or again), forged, expired, wrong_lane; a refused ticket joins at the back.", []string{"result"}, nil)
+	descRoomPages   = prometheus.NewDesc("lanegate_waiting_room_pages_total", "Waiting pages served to people opening the login page.", nil, nil)
+	descRoomRedir   = prometheus.NewDesc("lanegate_waiting_room_redirects_total", "Browser login POSTs held a whole hold and answered 307 to post again in their place.", nil, nil)
 )
 
 // snapshotCollector exports the controller's state at scrape time.
@@ -152,7 +163,8 @@ type snapshotCollector struct {
 }
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon} {
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon,
+		descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
 		ch <- d
 	}
 }
@@ -164,6 +176,18 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonInFlight), "in_flight")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonQueued), "queued")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonMax), "max")
+	if rc := c.m.room; rc != nil {
+		rs := s.Room
+		ch <- prometheus.MustNewConstMetric(descRoomSize, prometheus.GaugeValue, float64(rs.Waiting), "waiting")
+		ch <- prometheus.MustNewConstMetric(descRoomSize, prometheus.GaugeValue, float64(rs.Away), "away")
+		ch <- prometheus.MustNewConstMetric(descRoomWait, prometheus.GaugeValue, rs.Wait.Seconds())
+		ch <- prometheus.MustNewConstMetric(descRoomRate, prometheus.GaugeValue, rs.Rate)
+		for result, n := range roomTickets(rs, rc) {
+			ch <- prometheus.MustNewConstMetric(descRoomTickets, prometheus.CounterValue, float64(n), result)
+		}
+		ch <- prometheus.MustNewConstMetric(descRoomPages, prometheus.CounterValue, float64(rc.pages.Load()))
+		ch <- prometheus.MustNewConstMetric(descRoomRedir, prometheus.CounterValue, float64(rc.redirects.Load()))
+	}
 	for _, ln := range s.Lanes {
 		name := ln.Lane.String()
 		ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(ln.InFlight), name)

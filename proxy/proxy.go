@@ -86,6 +86,12 @@ type Options struct {
 	LoginRequired []string
 	// LoginURL is Django's LOGIN_URL.
 	LoginURL string
+	// WaitingRoom keeps logins' places across retries with signed
+	// tickets and shows people a waiting page; it needs Tickets, and an
+	// Admitter that is also a Room.
+	WaitingRoom bool
+	// Tickets signs and verifies waiting-room tickets.
+	Tickets *session.Keyring
 }
 
 // Handler is lanegate's data-plane http.Handler.
@@ -108,6 +114,10 @@ type Handler struct {
 	sessionCookie string
 	loginRequired *Classifier // nil when no path needs a login
 	loginURL      string
+
+	room       roomState
+	tickets    *session.Keyring
+	loginPages *Classifier // the login rules alone, to spot the form's GET
 }
 
 // New returns a handler forwarding to opts.Upstream under ctrl.
@@ -147,6 +157,20 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 			return nil, fmt.Errorf("proxy: login-required paths: %w", err)
 		}
 		h.loginRequired = lr
+	}
+	if opts.WaitingRoom {
+		room, ok := ctrl.(Room)
+		if !ok || opts.Tickets == nil {
+			return nil, errors.New("proxy: the waiting room needs a ticket keyring and a controller with a login line")
+		}
+		lp, err := NewClassifier(Rules{Login: opts.Rules.Login})
+		if err != nil {
+			return nil, fmt.Errorf("proxy: %w", err)
+		}
+		h.room.Room, h.tickets, h.loginPages = room, opts.Tickets, lp
+		if metrics != nil {
+			metrics.room = &h.room.counters
+		}
 	}
 	mode := opts.Mode
 	if mode == "" {
@@ -280,6 +304,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	enforce := *h.mode.Load() == config.ModeEnforce
+	if enforce && h.room.Room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		h.loginPages.Classify(http.MethodPost, r.URL.Path).Lane == admission.Login && isNavigation(r) &&
+		h.gateLoginPage(rec, r) {
+		ev.decision = decisionWaitingPage
+		h.finish(rec, r, &ev, time.Now())
+		return
+	}
+
 	req := admission.Request{Lane: class.Lane}
 	if h.sessions != nil {
 		sess := h.sessions.Begin(r.Context(), r.Header)
@@ -301,6 +334,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			req.Client = r.RemoteAddr
 		}
+		if enforce && h.room.Room != nil {
+			if t, ok := h.readTicket(r, time.Now()); ok {
+				req.Ticket, req.Arrival = t.id, t.arrival
+			}
+			req.Patient = isNavigation(r)
+		}
 	}
 	var permit *admission.Permit
 	switch *h.mode.Load() {
@@ -320,6 +359,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ev.decision = admission.Admitted.String()
 		ev.queueWait = permit.Waited()
+		if req.Ticket != 0 {
+			dropTicket(rec) // used up
+		}
 		h.metrics.observeQueueWait(class, ev.queueWait)
 	}
 	if r.Context().Err() != nil {
@@ -368,6 +410,11 @@ func (h *Handler) refuse(rec *recorder, r *http.Request, ev *event, lane admissi
 		return
 	}
 	ev.decision = admission.DecisionOf(err).String()
+	if se.Place != nil && h.room.Room != nil {
+		h.answerLogin(rec, r, se)
+		h.finish(rec, r, ev, time.Now())
+		return
+	}
 	writeShed(rec, r, lane, se)
 	h.finish(rec, r, ev, time.Now())
 }

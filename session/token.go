@@ -34,6 +34,9 @@ const (
 	TypeGrantRequest = "grant-request"
 	TypeGrant        = "grant"
 	TypeRevoke       = "revoke"
+	// TypeTicket is a waiting-room ticket: lanegate signs it for a client
+	// and reads it back; Django never sees one.
+	TypeTicket = "ticket"
 )
 
 // version starts every token; a future format changes it.
@@ -44,8 +47,9 @@ const version = "v1"
 const MinSecretLen = 32
 
 // Claims are the facts a token carries. Field order in the signed JSON is
-// fixed (typ, sid, sids, uid, ah, exp, iat) and empty fields are left out,
-// so both sides produce byte-identical tokens.
+// fixed (typ, sid, sids, uid, ah, exp, iat, then the ticket's lane, arr,
+// tid) and empty fields are left out, so both sides produce byte-identical
+// tokens.
 type Claims struct {
 	// Type says what the token is for.
 	Type string `json:"typ"`
@@ -61,6 +65,12 @@ type Claims struct {
 	Expires int64 `json:"exp,omitempty"`
 	// IssuedAt is when the token was signed, Unix seconds.
 	IssuedAt int64 `json:"iat"`
+	// Lane is the lane a ticket is good for.
+	Lane string `json:"lane,omitempty"`
+	// Arrival is a ticket's first arrival, Unix nanoseconds.
+	Arrival int64 `json:"arr,omitempty"`
+	// TicketID names a ticket's place in line.
+	TicketID string `json:"tid,omitempty"`
 }
 
 // Errors Verify returns, wrapped. A token that fails for any reason is
@@ -224,6 +234,18 @@ func appendClaims(b []byte, c *Claims) []byte {
 	}
 	b = append(b, `,"iat":`...)
 	b = strconv.AppendInt(b, c.IssuedAt, 10)
+	if c.Lane != "" {
+		b = append(b, `,"lane":`...)
+		b = appendJSONString(b, c.Lane)
+	}
+	if c.Arrival != 0 {
+		b = append(b, `,"arr":`...)
+		b = strconv.AppendInt(b, c.Arrival, 10)
+	}
+	if c.TicketID != "" {
+		b = append(b, `,"tid":`...)
+		b = appendJSONString(b, c.TicketID)
+	}
 	return append(b, '}')
 }
 

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -136,6 +138,11 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		return err
 	}
 	opts := handlerOptions(cfg)
+	if opts.WaitingRoom {
+		if opts.Tickets, err = ticketKeyring(cfg, log); err != nil {
+			return err
+		}
+	}
 	adminOpts := proxy.AdminOptions{Token: cfg.Admin.Token, Gatherer: reg}
 	if sessions != nil {
 		defer sessions.Store().Close()
@@ -205,6 +212,9 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		zap.Bool("tls", cfg.Server.TLSCertFile != ""),
 		zap.String("session_store", cfg.Session.Store),
 	)
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration: " + w)
+	}
 	if a.started != nil {
 		a.started(listenAddrs{Proxy: ln.Addr().String(), Admin: adminLn.Addr().String()})
 	}
@@ -337,7 +347,32 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		SessionCookie:         cfg.Session.Cookie,
 		LoginRequired:         cfg.Routes.LoginRequiredPaths,
 		LoginURL:              cfg.Routes.LoginURL,
+		WaitingRoom:           cfg.Admission.WaitingRoom,
 	}
+}
+
+// ticketKeyring returns the keyring that signs waiting-room tickets:
+// LANEGATE_TICKET_SECRET, else LANEGATE_IDENTITY_SECRET, else a secret
+// made now, good for this process only.
+func ticketKeyring(cfg config.Config, log *zap.Logger) (*session.Keyring, error) {
+	for _, v := range []struct{ name, spec string }{
+		{"LANEGATE_TICKET_SECRET", cfg.Admission.TicketSecret},
+		{"LANEGATE_IDENTITY_SECRET", cfg.Session.IdentitySecret},
+	} {
+		if v.spec != "" {
+			kr, err := session.ParseKeyring(v.spec)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", v.name, err)
+			}
+			return kr, nil
+		}
+	}
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("making a ticket secret: %w", err)
+	}
+	log.Info("waiting-room tickets signed with a secret made at start: they do not survive a restart or cross replicas (set LANEGATE_TICKET_SECRET)")
+	return session.ParseKeyring("local:" + hex.EncodeToString(b[:]))
 }
 
 // newSessions builds the session cache the configuration asks for, or nil

@@ -58,7 +58,8 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 	var secrets []string
 	for _, v := range config.Variables() {
 		if v.Secret {
-			s := "s3cret-" + strings.ToLower(v.Name)
+			// Long enough for the keyrings' 32-byte minimum.
+			s := "s3cret-" + strings.ToLower(v.Name) + "-0123456789abcdef"
 			secrets = append(secrets, s)
 			env = append(env, v.Name+"="+s)
 		}
