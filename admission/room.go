@@ -175,6 +175,22 @@ func (r *room) leave(id uint64, admitted bool, until time.Time) {
 	r.mu.Unlock()
 }
 
+// spent reports whether ticket id was used already or is in line now:
+// either way it keeps no place of its own.
+func (r *room) spent(id uint64, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.purge(now)
+	_, used := r.redeemed[id]
+	return used || r.present[id]
+}
+
+// maxAway bounds the places kept for logins that are away, so a flood of
+// waiting-page loads cannot grow the line without end; beyond it a place
+// is still handed out and ranks its holder, but does not count ahead of
+// others until its holder is back.
+const maxAway = 50_000
+
 // keep records a place for a login that is sent away. An ID of 0 gets a
 // fresh one.
 func (r *room) keep(p Place) Place {
@@ -185,6 +201,9 @@ func (r *room) keep(p Place) Place {
 		r.issued++
 	}
 	r.away = slices.DeleteFunc(r.away, func(q Place) bool { return q.ID == p.ID })
+	if len(r.away) >= maxAway {
+		return p
+	}
 	i, _ := slices.BinarySearchFunc(r.away, p.Arrival, func(q Place, t time.Time) int { return q.Arrival.Compare(t) })
 	r.away = slices.Insert(r.away, i, p)
 	return p
@@ -222,7 +241,7 @@ func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time
 // back; otherwise the place id keeps its first arrival.
 func (c *Controller) Keep(id uint64, arrival, until time.Time) Place {
 	now := c.clock.Now()
-	if id == 0 || arrival.IsZero() || arrival.After(now) {
+	if id == 0 || arrival.IsZero() || arrival.After(now) || c.room.spent(id, now) {
 		id, arrival = 0, now
 	}
 	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
@@ -233,11 +252,16 @@ func (c *Controller) Keep(id uint64, arrival, until time.Time) Place {
 		Wait: c.loginWait(ahead, c.state.Load(), now)})
 }
 
-// LoginCongested reports whether any login is waiting in line or away
-// with a place: only then does a new arrival have anyone ahead of it.
+// LoginCongested reports whether a login arriving now would have to
+// wait: logins are waiting in line, or places are kept for logins that are
+// away and the login lane has no free slot. Places alone, with slots free,
+// are people who may never come back; nobody waits for them.
 func (c *Controller) LoginCongested() bool {
 	if c.lanes[Login].queued.Load() > 0 {
 		return true
+	}
+	if canAdmit(c.state.Load(), c.limits.Load(), Login) {
+		return false
 	}
 	c.room.mu.Lock()
 	defer c.room.mu.Unlock()

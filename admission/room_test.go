@@ -219,6 +219,8 @@ func TestLineAndKeep(t *testing.T) {
 	if c.LoginCongested() {
 		t.Fatal("congested with nobody in line")
 	}
+	busy := mustAcquire(t, c, Login)
+	defer busy.Abandon()
 	setRate(c, clock, 2*time.Second)
 	p1 := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
 	clock.Advance(time.Millisecond)
@@ -251,5 +253,27 @@ func TestFutureArrivalIgnored(t *testing.T) {
 	p := c.Keep(42, clock.Now().Add(time.Hour), clock.Now().Add(time.Minute))
 	if !p.Arrival.Equal(clock.Now()) || p.ID == 42 {
 		t.Fatalf("future arrival kept: %+v", p)
+	}
+}
+
+// A used ticket, or one whose holder is in line, keeps no place of its own
+// when shown again on the login page.
+func TestKeepSpentTicketGetsNewPlace(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 5*time.Second)
+	p := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	clock.Advance(time.Millisecond)
+	used, err := c.Acquire(context.Background(), Request{Lane: Login, Ticket: p.ID, Arrival: p.Arrival})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used.Release()
+	clock.Advance(time.Millisecond)
+	again := c.Keep(p.ID, p.Arrival, clock.Now().Add(time.Minute))
+	if again.ID == p.ID || !again.Arrival.After(p.Arrival) {
+		t.Fatalf("Keep with a used ticket = %+v, want a new place at the back", again)
+	}
+	if st := c.Snapshot().Room; st.Away != 1 {
+		t.Fatalf("away = %d, want only the new place", st.Away)
 	}
 }

@@ -150,7 +150,7 @@ var (
 	descRoomSize    = prometheus.NewDesc("lanegate_waiting_room_logins", "Logins in the waiting room: waiting (held open in line) or away (sent off with a ticket that keeps their place).", []string{"state"}, nil)
 	descRoomWait    = prometheus.NewDesc("lanegate_waiting_room_wait_seconds", "Expected wait of a login arriving now, from the line ahead and the login completion rate.", nil, nil)
 	descRoomRate    = prometheus.NewDesc("lanegate_waiting_room_completion_rate", "Measured login completions per second (0 until measured).", nil, nil)
-	descRoomTickets = prometheus.NewDesc("lanegate_waiting_room_tickets_total", "Tickets by outcome: issued, redeemed (came back and were admitted), accepted (shown and honoured), and refused: reused (used twice at once or again), forged, expired, wrong_lane; a refused ticket joins at the back.", []string{"result"}, nil)
+	descRoomTickets = prometheus.NewDesc("lanegate_waiting_room_tickets_total", "Tickets by outcome: issued, redeemed (came back and were admitted), accepted (shown with a good signature, expiry and lane), and refused: reused (used twice at once or again), forged, expired, wrong_lane; a refused ticket joins at the back.", []string{"result"}, nil)
 	descRoomPages   = prometheus.NewDesc("lanegate_waiting_room_pages_total", "Waiting pages served to people opening the login page.", nil, nil)
 	descRoomRedir   = prometheus.NewDesc("lanegate_waiting_room_redirects_total", "Browser login POSTs held a whole hold and answered 307 to post again in their place.", nil, nil)
 )

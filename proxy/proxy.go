@@ -115,9 +115,8 @@ type Handler struct {
 	loginRequired *Classifier // nil when no path needs a login
 	loginURL      string
 
-	room       roomState
-	tickets    *session.Keyring
-	loginPages *Classifier // the login rules alone, to spot the form's GET
+	room    roomState
+	tickets *session.Keyring
 }
 
 // New returns a handler forwarding to opts.Upstream under ctrl.
@@ -163,11 +162,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		if !ok || opts.Tickets == nil {
 			return nil, errors.New("proxy: the waiting room needs a ticket keyring and a controller with a login line")
 		}
-		lp, err := NewClassifier(Rules{Login: opts.Rules.Login})
-		if err != nil {
-			return nil, fmt.Errorf("proxy: %w", err)
-		}
-		h.room.Room, h.tickets, h.loginPages = room, opts.Tickets, lp
+		h.room.Room, h.tickets = room, opts.Tickets
 		if metrics != nil {
 			metrics.room = &h.room.counters
 		}
@@ -306,7 +301,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	enforce := *h.mode.Load() == config.ModeEnforce
 	if enforce && h.room.Room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
-		h.loginPages.Classify(http.MethodPost, r.URL.Path).Lane == admission.Login && isNavigation(r) &&
+		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login && isNavigation(r) &&
 		h.gateLoginPage(rec, r) {
 		ev.decision = decisionWaitingPage
 		h.finish(rec, r, &ev, time.Now())

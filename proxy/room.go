@@ -178,7 +178,9 @@ func (h *Handler) gateLoginPage(w http.ResponseWriter, r *http.Request) bool {
 		}
 		return false
 	}
-	p := h.room.Room.Keep(t.id, t.arrival, now.Add(wait+max(2*h.hold(), time.Minute)))
+	// The page comes back within refresh seconds; a place not refreshed
+	// for three of them belongs to someone who left.
+	p := h.room.Room.Keep(t.id, t.arrival, now.Add(3*time.Duration(pageRefresh(wait, h.hold()))*time.Second))
 	p.Position, p.Wait = pos, wait
 	h.giveTicket(w, r, p, now)
 	h.room.counters.pages.Add(1)
@@ -217,7 +219,7 @@ func (h *Handler) answerLogin(w http.ResponseWriter, r *http.Request, se *admiss
 // refreshed by the browser itself. It is tiny and self-contained, like the
 // shed page, because under a storm it is served thousands of times.
 func writeWaitingPage(w http.ResponseWriter, r *http.Request, p admission.Place, hold time.Duration) {
-	refresh := min(max(comeBackIn(p.Wait, hold), 2), 10)
+	refresh := pageRefresh(p.Wait, hold)
 	hd := w.Header()
 	hd.Set("Retry-After", strconv.Itoa(comeBackIn(p.Wait, hold)))
 	hd.Set("Cache-Control", "no-store")
@@ -229,6 +231,10 @@ func writeWaitingPage(w http.ResponseWriter, r *http.Request, p admission.Place,
 	}
 	fmt.Fprintf(w, waitingPage, refresh, p.Position, waitText(p.Wait), html.EscapeString(r.URL.RequestURI()))
 }
+
+// pageRefresh is how often the waiting page reloads itself, in seconds:
+// as the turn nears, but at least every 10 s so the place moves on.
+func pageRefresh(wait, hold time.Duration) int { return min(max(comeBackIn(wait, hold), 2), 10) }
 
 func waitText(d time.Duration) string {
 	switch s := int(d.Seconds() + 0.5); {
