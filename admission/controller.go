@@ -260,7 +260,7 @@ func (p *Permit) ReleaseAt(now time.Time) {
 	// request look hopeless for the next few dozen completions; a sample
 	// is capped at what the queue timeout can make sense of.
 	limit := max(4*c.limits.Load().Lane[p.lane].QueueTimeout, time.Second)
-	c.lanes[p.lane].observe(min(now.Sub(p.start), limit))
+	c.lanes[p.lane].observe(max(min(now.Sub(p.start), limit), 0))
 	if p.lane == Login {
 		c.room.completed(now)
 	}
@@ -388,14 +388,34 @@ func (c *Controller) redeem(r *Request, now time.Time) {
 }
 
 // loginWait is the expected wait of a login with ahead logins before it in
-// line: the requests ahead and itself complete at the measured login
-// completion rate. Until a rate is measured it falls back to the service
-// time estimate of other lanes.
+// line: the logins ahead and itself complete at loginRate.
 func (c *Controller) loginWait(ahead int, s uint64, now time.Time) time.Duration {
-	if rate := c.room.rate(now); rate > 0 {
+	if rate := c.loginRate(now); rate > 0 {
 		return time.Duration(float64(ahead+1) / rate * float64(time.Second))
 	}
 	return c.expectedWait(Login, ahead+1, s)
+}
+
+// loginRate is the login completion rate the estimates use, per second:
+// the measured rate of the last completions. While logins wait in line or
+// fill the lane, that rate is what the app can do. When a login slot is
+// free and none waits, it may only be what
+// clients asked for: tickets send logins off until their turn, the line
+// drains, completions slow down for want of logins, and a rate measured
+// from them alone would tell the next ones to stay away longer still,
+// leaving the app idle while people wait. So with nobody in line the rate
+// is never taken below what the lane completes when full, its max over the
+// logins' average slot time. Erring early is cheap: a login back before
+// its turn is held, then admitted.
+func (c *Controller) loginRate(now time.Time) float64 {
+	rate := c.room.rate(now)
+	if c.lanes[Login].queued.Load() > 0 || !canAdmit(c.state.Load(), c.limits.Load(), Login) {
+		return rate // the lane is busy: what it completes is what it can
+	}
+	if svc := time.Duration(c.lanes[Login].service.Load()); svc > 0 {
+		rate = max(rate, float64(c.limits.Load().Lane[Login].Max)/svc.Seconds())
+	}
+	return rate
 }
 
 // place is what a login sent away keeps: its rank, position and expected

@@ -40,7 +40,8 @@ type RoomStats struct {
 	Waiting, Away int
 	// Wait is the expected wait of a login arriving now.
 	Wait time.Duration
-	// Rate is the measured login completion rate, per second.
+	// Rate is the login completion rate the estimates use, per second:
+	// measured, floored by the lane's capacity (see loginRate).
 	Rate float64
 	// Issued counts places handed out; Redeemed, tickets that came back
 	// and took their place; Rejected, tickets refused (used twice at
@@ -274,9 +275,10 @@ func (c *Controller) roomStats(s uint64) RoomStats {
 	now := c.clock.Now()
 	c.room.mu.Lock()
 	c.room.purge(now)
-	st := RoomStats{Away: len(c.room.away), Rate: c.room.rateLocked(now),
+	st := RoomStats{Away: len(c.room.away),
 		Issued: c.room.issued, Redeemed: c.room.redeemedN, Rejected: c.room.rejected}
 	c.room.mu.Unlock()
+	st.Rate = c.loginRate(now)
 	st.Waiting = int(c.lanes[Login].queued.Load())
 	st.Wait = c.loginWait(st.Waiting+st.Away, s, now)
 	return st

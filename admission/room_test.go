@@ -277,3 +277,25 @@ func TestKeepSpentTicketGetsNewPlace(t *testing.T) {
 		t.Fatalf("away = %d, want only the new place", st.Away)
 	}
 }
+
+// With a login slot free and nobody in line, a slow measured rate may only
+// mean clients are away: the estimate is floored by the lane's capacity,
+// so tickets do not send people away while the app idles. With the lane
+// full, the measured rate stands.
+func TestRateFlooredByCapacityWhenIdle(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	p := mustAcquire(t, c, Login)
+	clock.Advance(500 * time.Millisecond)
+	p.Release() // one login took 0.5 s: capacity 2/s with max 1
+	setRate(c, clock, 5*time.Second)
+	c.Keep(0, time.Time{}, clock.Now().Add(time.Minute)) // someone away
+
+	if _, wait := c.Line(0, time.Time{}); wait > 2*time.Second {
+		t.Fatalf("slot free, nobody in line: wait %s for position 2, want about 1 s from capacity", wait)
+	}
+	busy := mustAcquire(t, c, Login)
+	defer busy.Abandon()
+	if _, wait := c.Line(0, time.Time{}); wait < 8*time.Second {
+		t.Fatalf("lane full: wait %s for position 2, want about 10 s from the measured 0.2/s", wait)
+	}
+}

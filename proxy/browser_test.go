@@ -294,7 +294,9 @@ func TestBrowserWaitingRoomLogin(t *testing.T) {
 	const (
 		hold    = 3 * time.Second
 		pace    = 400 * time.Millisecond // the app completes a login every 400 ms
-		scripts = 8
+		// Enough that, with the login lane's capacity as the floor of
+		// the rate estimate, the line is more than half a hold long.
+		scripts = 14
 		person  = "person"
 		secret  = "correct horse battery staple"
 	)

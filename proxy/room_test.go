@@ -834,9 +834,15 @@ func TestRoomWaitingPage(t *testing.T) {
 	if c := roomTicketCookie(res.Resp); c.MaxAge < 100 || c.MaxAge > int(typingTime.Seconds()) {
 		t.Errorf("form's ticket cookie Max-Age %d, want about the typing time %s", c.MaxAge, typingTime)
 	}
+	// With the login slot free and nobody in line, P2 is not kept
+	// waiting behind a person who is only typing: the form, at once.
+	roomWantForm(t, roomGetPage(t, s, roomNav, roomByCookie(p2.Ticket)))
+	// With a login in flight again, P2 waits behind P1, at place 2.
+	busy := s.Ctrl.Pass(admission.Request{Lane: admission.Login})
 	if p := roomWantPage(t, s, roomGetPage(t, s, roomNav, roomByCookie(p2.Ticket))); p.Place != 2 {
-		t.Errorf("P2 after two logins completed: place %d, want 2", p.Place)
+		t.Errorf("P2 after two logins completed, a login in flight: place %d, want 2", p.Place)
 	}
+	busy.Abandon()
 
 	// P1 signs in: in their place, and the ticket is used up.
 	p1Login := testGo(s.Client, roomPost(t, s, "P1", roomLoginPath, roomNav, roomByCookie(tok)))
@@ -857,7 +863,7 @@ func TestRoomWaitingPage(t *testing.T) {
 	if res := roomGetPage(t, s, roomNav); res.Resp.StatusCode != http.StatusOK {
 		t.Errorf("a place kept but the login slot free: status %d, want the form (200)", res.Resp.StatusCode)
 	}
-	busy := s.Ctrl.Pass(admission.Request{Lane: admission.Login})
+	busy = s.Ctrl.Pass(admission.Request{Lane: admission.Login})
 	defer busy.Abandon()
 	req := testRequest(t, http.MethodGet, s.Server.URL+roomLoginPath, roomNav, nil)
 	req.URL.RawQuery = `next="><script>alert(1)</script>`
@@ -975,10 +981,13 @@ func TestRoomEstimateTracksCompletionRate(t *testing.T) {
 		t.Fatalf("after a burst of quick logins: rate %v/s, wait %v s; want a fast rate and a short wait", st.CompletionRate, st.WaitSeconds)
 	}
 
-	// Three people are away with places: a new arrival is fourth.
+	// Three people are away with places: a new arrival is fourth. A login
+	// in flight fills the lane, so the estimate is the measured rate
+	// alone (with a slot free it would be floored by the lane's capacity).
 	for range 3 {
 		s.Ctrl.Keep(0, time.Time{}, time.Now().Add(time.Minute))
 	}
+	busy := s.Ctrl.Pass(admission.Request{Lane: admission.Login})
 	// The app slows to one login per 2 s.
 	roomSetRate(s.Ctrl, 2*time.Second)
 	slow := check("one login per 2 s", 0.5, 0.01, 3)
@@ -991,6 +1000,13 @@ func TestRoomEstimateTracksCompletionRate(t *testing.T) {
 	// It speeds up: one per 250 ms.
 	roomSetRate(s.Ctrl, 250*time.Millisecond)
 	check("one login per 250 ms", 4, 0.1, 3)
+	// With the slot free and nobody in line, the floor: this fast app's
+	// capacity, whatever the last completions said.
+	busy.Abandon()
+	roomSetRate(s.Ctrl, 2*time.Second)
+	if st := roomStatus(t, s); st.CompletionRate < 5 {
+		t.Errorf("slot free, nobody in line, measured 0.5/s: rate %v/s, want the lane's capacity (fast)", st.CompletionRate)
+	}
 	// And real logins through the handler move it again.
 	loginBurst()
 	if st := roomStatus(t, s); st.CompletionRate < 5 || st.WaitSeconds > 4.0/5 {
