@@ -17,13 +17,13 @@ test: test-go test-django
 test-go: vet
 	$(GO) test -race -count=1 $(PKGS)
 
-## test-django: deploy/django's tests, with Debian's Django 3.2 and allauth (skipped if absent, unless LANEGATE_REQUIRE_DJANGO=1)
+## test-django: deploy/django's tests, with Debian's Django 3.2 and allauth (skipped if absent, unless TEST_REQUIRE_DJANGO=1)
 PYTHON ?= /usr/bin/python3
 test-django:
 	@if $(PYTHON) -c 'import django, allauth' 2>/dev/null; then \
 		$(PYTHON) deploy/django/runtests.py; \
-	elif [ "$$LANEGATE_REQUIRE_DJANGO" = 1 ]; then \
-		echo "test-django: $(PYTHON) lacks Django or allauth (LANEGATE_REQUIRE_DJANGO=1)" >&2; exit 1; \
+	elif [ "$$TEST_REQUIRE_DJANGO" = 1 ]; then \
+		echo "test-django: $(PYTHON) lacks Django or allauth (TEST_REQUIRE_DJANGO=1)" >&2; exit 1; \
 	else \
 		echo "test-django: SKIPPED: install Debian's python3-django and python3-django-allauth to run deploy/django's tests"; \
 	fi

@@ -7,7 +7,7 @@ package proxy
 // password once and land on their home page.
 //
 // Chromium is Debian's /usr/bin/chromium (apt-get install chromium). The
-// test is skipped without it unless LANEGATE_REQUIRE_BROWSER=1. It talks only
+// test is skipped without it unless TEST_REQUIRE_BROWSER=1. It talks only
 // to 127.0.0.1: every other host name resolves to nothing, and no proxy or
 // background service of the browser is used. Screenshots go to the test's
 // temporary directory and, when LANEGATE_SCREENSHOT_DIR is set, there too.
@@ -285,10 +285,10 @@ const roomPageKind = `document.getElementById('lanegate-place') ? 'waiting' :
 
 func TestBrowserWaitingRoomLogin(t *testing.T) {
 	if _, err := os.Stat(roomChromium); err != nil {
-		if os.Getenv("LANEGATE_REQUIRE_BROWSER") == "1" {
-			t.Fatalf("LANEGATE_REQUIRE_BROWSER=1 but %s is missing: %v (apt-get install chromium)", roomChromium, err)
+		if os.Getenv("TEST_REQUIRE_BROWSER") == "1" {
+			t.Fatalf("TEST_REQUIRE_BROWSER=1 but %s is missing: %v (apt-get install chromium)", roomChromium, err)
 		}
-		t.Skipf("%s is missing (apt-get install chromium; LANEGATE_REQUIRE_BROWSER=1 makes this a failure)", roomChromium)
+		t.Skipf("%s is missing (apt-get install chromium; TEST_REQUIRE_BROWSER=1 makes this a failure)", roomChromium)
 	}
 	began := time.Now()
 	const (

@@ -7,7 +7,7 @@ package main
 // It needs Debian's python3-django, python3-django-allauth, python3-psycopg2
 // and gunicorn, and PostgreSQL on 127.0.0.1:5432 with trust authentication
 // for the postgres user. Without them it is skipped, unless
-// LANEGATE_REQUIRE_E2E=1 (CI sets it and installs them), when it fails.
+// TEST_REQUIRE_E2E=1 (CI sets it and installs them), when it fails.
 
 import (
 	"context"
@@ -37,13 +37,13 @@ const (
 	e2eRequests = 1000
 )
 
-// e2eNeeds skips (or, under LANEGATE_REQUIRE_E2E=1, fails) when the stack
+// e2eNeeds skips (or, under TEST_REQUIRE_E2E=1, fails) when the stack
 // is not installed.
 func e2eNeeds(t *testing.T) {
 	t.Helper()
 	missing := func(what string) {
-		if os.Getenv("LANEGATE_REQUIRE_E2E") == "1" {
-			t.Fatalf("end-to-end test needs %s (LANEGATE_REQUIRE_E2E=1)", what)
+		if os.Getenv("TEST_REQUIRE_E2E") == "1" {
+			t.Fatalf("end-to-end test needs %s (TEST_REQUIRE_E2E=1)", what)
 		}
 		t.Skipf("end-to-end test skipped: %s is missing; install Debian's python3-django python3-django-allauth python3-psycopg2 gunicorn postgresql", what)
 	}

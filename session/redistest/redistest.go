@@ -3,7 +3,7 @@
 // or CI's instance on :6379) and can stop, restart and pause their own.
 //
 // Tests that use it skip when redis-server is not installed, unless the
-// environment sets LANEGATE_REQUIRE_REDIS=1 (as CI does), where a missing
+// environment sets TEST_REQUIRE_REDIS=1 (as CI does), where a missing
 // redis-server fails them instead of silently testing nothing.
 package redistest
 
@@ -23,7 +23,7 @@ import (
 
 // RequireEnv names the environment variable that turns a missing
 // redis-server from a skip into a failure.
-const RequireEnv = "LANEGATE_REQUIRE_REDIS"
+const RequireEnv = "TEST_REQUIRE_REDIS"
 
 // readyTimeout bounds how long a starting redis-server may take to answer
 // PING. It starts in milliseconds; the margin is for loaded CI machines.
