@@ -51,10 +51,15 @@ bench-overhead:
 bench-storm:
 	bench/storm/run $(ARGS)
 
-## fuzz: a short fuzzing pass over path classification and token verification
+## fuzz: every fuzz target for FUZZTIME each (path classification, cookie and header parsing, token verification, store values, configuration)
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./proxy:FuzzClassify ./session:FuzzVerify ./session:FuzzCookieHeaders ./session:FuzzDecodeEntry ./config:FuzzLoad
 fuzz:
-	$(GO) test -run '^$$' -fuzz=FuzzClassify -fuzztime=30s ./proxy
-	$(GO) test -run '^$$' -fuzz=FuzzVerify -fuzztime=30s ./session
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+	done
 
 clean:
 	rm -rf bin bench/out

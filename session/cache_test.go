@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -459,4 +460,40 @@ func BenchmarkBeginHitMemory(b *testing.B) {
 		}
 		c.Response(context.Background(), r, http.Header{}, 200)
 	}
+}
+
+// FuzzCookieHeaders feeds hostile Cookie and Set-Cookie values to the
+// parsers that decide which session a request and a response name.
+func FuzzCookieHeaders(f *testing.F) {
+	for _, s := range []string{
+		"sessionid=" + cookieA,
+		"a=b; sessionid=" + cookieA + "; c=d",
+		`sessionid="` + cookieA + `"`,
+		"sessionid=; sessionid=" + cookieA,
+		"sessionid=" + cookieA + "; Max-Age=0; Path=/",
+		`sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/`,
+		"sessionid=" + cookieA + "; expires=Mon, 01 Jan 2999 00:00:00 GMT",
+		"=;;;==;sessionid",
+		"sessionid=\x00\xff" + cookieA,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		v, ok := SessionCookie(http.Header{"Cookie": {line}}, "sessionid")
+		if ok {
+			if !validSessionKey(v) {
+				t.Fatalf("SessionCookie(%q) accepted %q, not a session key", line, v)
+			}
+			if !strings.Contains(line, v) {
+				t.Fatalf("SessionCookie(%q) = %q, which the header does not hold", line, v)
+			}
+		}
+		nv, set := setCookieValue(http.Header{"Set-Cookie": {line}}, "sessionid")
+		if !set && nv != "" {
+			t.Fatalf("setCookieValue(%q) = %q without setting the cookie", line, nv)
+		}
+		if set && nv != "" && !strings.Contains(line, nv) {
+			t.Fatalf("setCookieValue(%q) = %q, which the header does not hold", line, nv)
+		}
+	})
 }
