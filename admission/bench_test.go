@@ -2,6 +2,8 @@ package admission
 
 import (
 	"context"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 )
@@ -77,4 +79,39 @@ func BenchmarkAcquireReleaseContended(b *testing.B) {
 			p.Release()
 		}
 	})
+}
+
+// BenchmarkQueuedFootprint measures what 10,000 requests waiting in a
+// queue cost: each is a goroutine blocked in Acquire with its waiter. Run
+// with -bench QueuedFootprint -benchtime 1x.
+func BenchmarkQueuedFootprint(b *testing.B) {
+	const n = 10_000
+	for b.Loop() {
+		var l Limits
+		l.Budget = 1
+		l.Lane[Core] = LaneLimits{Reserved: 1, Max: 1, Queue: n, QueueTimeout: time.Hour}
+		c, err := New(l)
+		if err != nil {
+			b.Fatal(err)
+		}
+		hold, _ := c.Acquire(context.Background(), Request{Lane: Core})
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() { c.Acquire(ctx, Request{Lane: Core}) })
+		}
+		for c.Snapshot().Lanes[Core].Queued < n {
+			runtime.Gosched()
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.Sys-before.Sys)/n, "sys-B/queued")
+		b.ReportMetric(float64((after.StackInuse+after.HeapAlloc)-(before.StackInuse+before.HeapAlloc))/n, "B/queued")
+		cancel()
+		wg.Wait()
+		hold.Release()
+	}
 }
