@@ -270,6 +270,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// request or anything else under the prefix is dropped before anyone
 	// reads it, whether or not the session cache is on.
 	stripLanegateHeaders(r.Header)
+	if len(r.TransferEncoding) > 0 || (!r.ProtoAtLeast(1, 1) && r.ContentLength != 0) {
+		// A chunked request may have come with a Content-Length, which Go's
+		// server drops silently, and HTTP/1.0 ignores Transfer-Encoding: a
+		// proxy in front that framed the body the other way would then
+		// smuggle whatever follows it as a request of its own. RFC 9112
+		// 6.1 says close the connection after such a request, so nothing
+		// after its body is ever read.
+		rec.Header().Set("Connection", "close")
+	}
 
 	class := h.classifier.Load().Classify(r.Method, r.URL.Path)
 	ev := event{start: start, class: class, decision: decisionBypass}
@@ -522,6 +531,15 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	out["X-Real-Ip"] = []string{addr}
 	for _, name := range spoofableClientHeaders {
 		delete(out, name)
+	}
+	// WSGI servers turn X_Forwarded_For and X-Forwarded-For into the same
+	// HTTP_X_FORWARDED_FOR, so an underscore spelling from an untrusted
+	// client could stand in for a header just overwritten. Like nginx by
+	// default, headers with an underscore in their name are dropped.
+	for name := range out {
+		if strings.IndexByte(name, '_') >= 0 {
+			delete(out, name)
+		}
 	}
 	out["X-Forwarded-Host"] = []string{pr.In.Host}
 	out["X-Forwarded-Proto"] = []string{scheme(pr.In)}
