@@ -95,6 +95,8 @@ type Server struct {
 	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" envDefault:"32768" desc:"Largest request header block accepted, in bytes."`
 	// MaxBodyBytes caps a request body; 0 means no limit.
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"67108864" desc:"Largest request body accepted, in bytes (larger ones are refused with 413); 0 means unlimited."`
+	// BodyReadTimeout bounds each pause while a client sends its body.
+	BodyReadTimeout time.Duration `env:"BODY_READ_TIMEOUT" envDefault:"30s" desc:"Longest a client may pause while sending a request body. Past it the request is answered 408 and its slot, held since it was admitted, is freed; without it a client that stalls mid-upload holds a slot until it disconnects. 0 disables it."`
 	// ShutdownTimeout is how long in-flight requests may finish on SIGTERM.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" desc:"On SIGTERM, how long in-flight requests may run to completion before connections are closed."`
 }

@@ -39,6 +39,7 @@ const (
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
 	varShutdown         = prefix + "SHUTDOWN_TIMEOUT"
 	varAnonMax          = prefix + "ANON_MAX"
+	varBodyRead         = prefix + "BODY_READ_TIMEOUT"
 	varTicketSecret     = prefix + "TICKET_SECRET"
 	varSessionStore     = prefix + "SESSION_STORE"
 	varSessionCookie    = prefix + "SESSION_COOKIE"

@@ -129,6 +129,9 @@ func (v *validator) server() {
 	if !v.skip(varMaxHeaderBytes) && s.MaxHeaderBytes < 1 {
 		v.fail(varMaxHeaderBytes, "must be at least 1")
 	}
+	if !v.skip(varBodyRead) && s.BodyReadTimeout < 0 {
+		v.fail(varBodyRead, "must not be negative (0 disables it)")
+	}
 	if !v.skip(varMaxBodyBytes) && s.MaxBodyBytes < 0 {
 		v.fail(varMaxBodyBytes, "must not be negative (0 means unlimited)")
 	}

@@ -62,6 +62,7 @@ type Metrics struct {
 	tooLarge  [numLabels]atomic.Uint64
 
 	loginRedirects atomic.Uint64
+	clientBodies   atomic.Uint64 // request bodies that failed or stalled
 	// room is the waiting room's HTTP counters; nil when it is off.
 	room *roomCounters
 	// Session store metrics; nil until RegisterSessions.
@@ -124,6 +125,12 @@ func (m *Metrics) upstreamError(kind string) {
 	}
 }
 
+func (m *Metrics) clientBodyError() {
+	if m != nil {
+		m.clientBodies.Add(1)
+	}
+}
+
 func (m *Metrics) bypass() {
 	if m != nil {
 		m.bypassed.Add(1)
@@ -137,15 +144,16 @@ func (m *Metrics) bodyTooLarge(c Class) {
 }
 
 var (
-	descInFlight = prometheus.NewDesc("lanegate_lane_in_flight", "Requests of the lane holding a slot.", []string{"lane"}, nil)
-	descQueued   = prometheus.NewDesc("lanegate_lane_queued", "Requests of the lane waiting for a slot.", []string{"lane"}, nil)
-	descReserved = prometheus.NewDesc("lanegate_lane_reserved", "Slots reserved for the lane.", []string{"lane"}, nil)
-	descMax      = prometheus.NewDesc("lanegate_lane_max", "Most slots the lane may hold.", []string{"lane"}, nil)
-	descService  = prometheus.NewDesc("lanegate_lane_service_seconds", "Moving average of how long the lane's requests hold a slot.", []string{"lane"}, nil)
-	descRequests = prometheus.NewDesc("lanegate_requests_total", "Requests by lane and admission decision.", []string{"lane", "decision"}, nil)
-	descBudget   = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes.", nil, nil)
-	descTotal    = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
-	descAnon     = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
+	descInFlight   = prometheus.NewDesc("lanegate_lane_in_flight", "Requests of the lane holding a slot.", []string{"lane"}, nil)
+	descQueued     = prometheus.NewDesc("lanegate_lane_queued", "Requests of the lane waiting for a slot.", []string{"lane"}, nil)
+	descReserved   = prometheus.NewDesc("lanegate_lane_reserved", "Slots reserved for the lane.", []string{"lane"}, nil)
+	descMax        = prometheus.NewDesc("lanegate_lane_max", "Most slots the lane may hold.", []string{"lane"}, nil)
+	descService    = prometheus.NewDesc("lanegate_lane_service_seconds", "Moving average of how long the lane's requests hold a slot.", []string{"lane"}, nil)
+	descRequests   = prometheus.NewDesc("lanegate_requests_total", "Requests by lane and admission decision.", []string{"lane", "decision"}, nil)
+	descBudget     = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes.", nil, nil)
+	descTotal      = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
+	descClientBody = prometheus.NewDesc("lanegate_client_body_errors_total", "Requests whose body the client broke off, malformed or stalled past LANEGATE_BODY_READ_TIMEOUT (answered 400 or 408).", nil, nil)
+	descAnon       = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
 
 	descRoomSize    = prometheus.NewDesc("lanegate_waiting_room_logins", "Logins in the waiting room: waiting (held open in line) or away (sent off with a ticket that keeps their place).", []string{"state"}, nil)
 	descRoomWait    = prometheus.NewDesc("lanegate_waiting_room_wait_seconds", "Expected wait of a login arriving now, from the line ahead and the login completion rate.", nil, nil)
@@ -163,7 +171,7 @@ type snapshotCollector struct {
 }
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon,
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody,
 		descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
 		ch <- d
 	}
@@ -173,6 +181,7 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Snapshot()
 	ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, float64(s.Budget))
 	ch <- prometheus.MustNewConstMetric(descTotal, prometheus.GaugeValue, float64(s.InFlight))
+	ch <- prometheus.MustNewConstMetric(descClientBody, prometheus.CounterValue, float64(c.m.clientBodies.Load()))
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonInFlight), "in_flight")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonQueued), "queued")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonMax), "max")

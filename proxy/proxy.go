@@ -55,6 +55,9 @@ type Options struct {
 	Rules Rules
 	// MaxBodyBytes refuses larger request bodies with 413.
 	MaxBodyBytes int64
+	// BodyReadTimeout bounds each pause in a request body; past it the
+	// request is answered 408. Zero means no bound.
+	BodyReadTimeout time.Duration
 	// DialTimeout bounds connecting to the upstream; a refused or
 	// unreachable upstream answers 502.
 	DialTimeout time.Duration
@@ -103,6 +106,7 @@ type Handler struct {
 	trusted    []netip.Prefix
 	upstream   *url.URL
 	maxBody    int64
+	bodyRead   time.Duration
 	accessLog  bool
 	redact     []string
 	log        *zap.Logger
@@ -136,6 +140,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		trusted:   opts.TrustedProxies,
 		upstream:  opts.Upstream,
 		maxBody:   opts.MaxBodyBytes,
+		bodyRead:  opts.BodyReadTimeout,
 		accessLog: opts.AccessLog,
 		redact:    opts.RedactPaths,
 		log:       log,
@@ -292,6 +297,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
+	}
+	if h.bodyRead > 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body = &clientBody{ReadCloser: r.Body, rc: http.NewResponseController(rec), timeout: h.bodyRead}
 	}
 
 	if class.Bypass {
@@ -586,6 +594,15 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		return
 	}
 	status, msg, kind := classifyUpstreamError(err)
+	if kind == kindClientBody || kind == kindClientBodyTimeout {
+		// The client's fault, not the upstream's: no upstream error metric
+		// or warning a client could inflate at will.
+		h.metrics.clientBodyError()
+		h.log.Debug("client body error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
+		w.Header().Set("Connection", "close")
+		writeError(w, r, status, msg)
+		return
+	}
 	h.metrics.upstreamError(kind)
 	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
 	writeError(w, r, status, msg)
@@ -597,9 +614,14 @@ func classifyUpstreamError(err error) (status int, msg, kind string) {
 		oe  *net.OpError
 		ne  net.Error
 	)
+	var cbe *clientBodyError
 	switch {
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge, "request body too large", "body_too_large"
+	case errors.As(err, &cbe) && cbe.timeout():
+		return http.StatusRequestTimeout, "request body timed out", kindClientBodyTimeout
+	case errors.As(err, &cbe):
+		return http.StatusBadRequest, "bad request body", kindClientBody
 	case errors.As(err, &oe) && oe.Op == "dial":
 		// Refused, unreachable or slow to accept: the upstream is not
 		// there, which is a bad gateway, not a slow one.

@@ -337,6 +337,7 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		TrustedProxies:        cfg.Server.TrustedProxies,
 		Rules:                 routeRules(cfg),
 		MaxBodyBytes:          cfg.Server.MaxBodyBytes,
+		BodyReadTimeout:       cfg.Server.BodyReadTimeout,
 		DialTimeout:           cfg.Upstream.DialTimeout,
 		ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
 		IdleConns:             cfg.Limits().Budget,

@@ -891,3 +891,49 @@ func TestForgedForwarding(t *testing.T) {
 		})
 	}
 }
+
+// With LANEGATE_BODY_READ_TIMEOUT, a client that stalls mid-body is
+// answered 408 and frees its slot, instead of holding it until it leaves.
+func TestSlowBodyTimeout(t *testing.T) {
+	ctx := testContext(t)
+	up := newRecorder(t)
+	in := start(ctx, t, append(environ(up.URL, budgetOne...), "LANEGATE_BODY_READ_TIMEOUT=1s"))
+	c := newClient(t)
+
+	conn := dialProxy(ctx, t, in, testTimeout)
+	write(t, conn, "POST /fast/upload HTTP/1.1\r\nHost: lanegate.test\r\nContent-Length: 1000\r\n\r\n0123456789")
+	s := recv(ctx, t, up.arrived, "the upload at the upstream")
+	began := time.Now()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := readResponse(t, bufio.NewReader(conn), http.MethodPost)
+	conn.Close()
+	// lanegate cuts the upload off at the timeout; this upstream answers
+	// 200 to a cut-off body as soon as its read fails, and lanegate relays
+	// an answer that came first. Either way the client hears within about
+	// the timeout, not whenever it gives up.
+	if r == nil || (r.status != http.StatusRequestTimeout && r.status != http.StatusOK) {
+		t.Fatalf("stalled upload: answer %+v, want 408 or the upstream's own answer", r)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Errorf("408 came %s after the stall began, want about the 1 s timeout", d)
+	}
+	select {
+	case <-s.done:
+		if s.bodyErr == nil {
+			t.Error("the upstream read the whole body, want it cut off")
+		}
+	case <-ctx.Done():
+		t.Fatal("the upstream's read of the body never ended")
+	}
+	pollStatus(ctx, t, c, in, "the slot released", func(st proxy.Status) bool { return st.InFlight == 0 })
+	m := do(ctx, c, http.MethodGet, in.adminURL("/metrics"), "")
+	if r.status == http.StatusRequestTimeout && !strings.Contains(m.body, "lanegate_client_body_errors_total 1") {
+		t.Errorf("metrics: want lanegate_client_body_errors_total 1")
+	}
+	if strings.Contains(m.body, `lanegate_upstream_errors_total{kind=`) {
+		t.Errorf("a client's stalled body counted as an upstream error")
+	}
+	if r := do(ctx, c, http.MethodGet, in.proxyURL("/fast/after"), ""); r.status != http.StatusOK {
+		t.Errorf("next request: %d, want 200", r.status)
+	}
+}
