@@ -292,8 +292,8 @@ func TestBrowserWaitingRoomLogin(t *testing.T) {
 	}
 	began := time.Now()
 	const (
-		hold    = 3 * time.Second
-		pace    = 400 * time.Millisecond // the app completes a login every 400 ms
+		hold = 3 * time.Second
+		pace = 400 * time.Millisecond // the app completes a login every 400 ms
 		// Enough that, with the login lane's capacity as the floor of
 		// the rate estimate, the line is more than half a hold long.
 		scripts = 14
