@@ -27,14 +27,25 @@ type queue struct {
 	len        int
 }
 
-func (q *queue) push(w *waiter) {
-	w.prev, w.next = q.tail, nil
-	if q.tail != nil {
-		q.tail.next = w
+func (q *queue) push(w *waiter) { q.insertAfter(q.tail, w) }
+
+// insertAfter links w in behind at, or at the head when at is nil.
+func (q *queue) insertAfter(at, w *waiter) {
+	if at == nil {
+		w.prev, w.next = nil, q.head
+	} else {
+		w.prev, w.next = at, at.next
+	}
+	if w.next != nil {
+		w.next.prev = w
+	} else {
+		q.tail = w
+	}
+	if w.prev != nil {
+		w.prev.next = w
 	} else {
 		q.head = w
 	}
-	q.tail = w
 	q.len++
 }
 
@@ -46,25 +57,7 @@ func (q *queue) insertByArrival(w *waiter) {
 	for at != nil && at.arrival.After(w.arrival) {
 		at = at.prev
 	}
-	if at == nil {
-		w.prev, w.next = nil, q.head
-		if q.head != nil {
-			q.head.prev = w
-		} else {
-			q.tail = w
-		}
-		q.head = w
-		q.len++
-		return
-	}
-	w.prev, w.next = at, at.next
-	if at.next != nil {
-		at.next.prev = w
-	} else {
-		q.tail = w
-	}
-	at.next = w
-	q.len++
+	q.insertAfter(at, w)
 }
 
 // countBefore counts waiters ranked ahead of an arrival at t: everyone

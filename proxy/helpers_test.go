@@ -97,6 +97,41 @@ func testNewProxy(t testing.TB, upstream string, limits admission.Limits, opts O
 // admission instead of the controller itself, when wrap is not nil.
 func testNewProxyWith(t testing.TB, upstream string, limits admission.Limits, opts Options, wrap func(*admission.Controller) Admitter) *testProxy {
 	t.Helper()
+	p := testNewParts(t, upstream, limits, opts)
+	ctrl, opts, reg, m, log, logs := p.Ctrl, p.Opts, p.Reg, p.Metrics, p.Log, p.Logs
+	var adm Admitter = ctrl
+	if wrap != nil {
+		adm = wrap(ctrl)
+	}
+	h, err := New(adm, opts, log, m)
+	if err != nil {
+		t.Fatalf("New: got error %v, want nil", err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(func() {
+		srv.Close()
+		h.Close()
+	})
+	c := srv.Client()
+	c.Timeout = 3 * testTimeout // a hung proxy fails the test rather than hangs it
+	return &testProxy{Ctrl: ctrl, Handler: h, Server: srv, Client: c, Reg: reg, Metrics: m, Logs: logs}
+}
+
+// testParts is what every test handler is built from.
+type testParts struct {
+	Ctrl    *admission.Controller
+	Opts    Options
+	Reg     *prometheus.Registry
+	Metrics *Metrics
+	Log     *zap.Logger
+	Logs    *observer.ObservedLogs
+}
+
+// testNewParts makes a controller under limits, opts with the upstream
+// set and testProxyRules unless opts has rules, metrics on a registry of
+// their own, and a logger.
+func testNewParts(t testing.TB, upstream string, limits admission.Limits, opts Options) *testParts {
+	t.Helper()
 	ctrl, err := admission.New(limits)
 	if err != nil {
 		t.Fatalf("admission.New: got error %v, want nil", err)
@@ -115,22 +150,7 @@ func testNewProxyWith(t testing.TB, upstream string, limits admission.Limits, op
 		t.Fatalf("NewMetrics: got error %v, want nil", err)
 	}
 	log, logs := testLogger(t)
-	var adm Admitter = ctrl
-	if wrap != nil {
-		adm = wrap(ctrl)
-	}
-	h, err := New(adm, opts, log, m)
-	if err != nil {
-		t.Fatalf("New: got error %v, want nil", err)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(func() {
-		srv.Close()
-		h.Close()
-	})
-	c := srv.Client()
-	c.Timeout = 3 * testTimeout // a hung proxy fails the test rather than hangs it
-	return &testProxy{Ctrl: ctrl, Handler: h, Server: srv, Client: c, Reg: reg, Metrics: m, Logs: logs}
+	return &testParts{Ctrl: ctrl, Opts: opts, Reg: reg, Metrics: m, Log: log, Logs: logs}
 }
 
 // testUpstream starts an upstream app server closed when the test ends.

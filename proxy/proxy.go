@@ -317,8 +317,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	enforce := *h.mode.Load() == config.ModeEnforce
-	if enforce && h.room.Room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
-		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login && isNavigation(r) &&
+	if enforce && h.room.Room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && isNavigation(r) &&
+		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login &&
 		h.gateLoginPage(rec, r) {
 		ev.decision = decisionWaitingPage
 		h.finish(rec, r, &ev, time.Now())

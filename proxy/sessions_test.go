@@ -25,7 +25,6 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"go.uber.org/zap"
 
@@ -524,24 +523,8 @@ type sessSetup struct {
 
 func sessNewStack(t testing.TB, upstream string, limits admission.Limits, opts Options, setup sessSetup) *sessStack {
 	t.Helper()
-	ctrl, err := admission.New(limits)
-	if err != nil {
-		t.Fatalf("admission.New: %v", err)
-	}
-	u, err := url.Parse(upstream)
-	if err != nil {
-		t.Fatalf("parse upstream %q: %v", upstream, err)
-	}
-	opts.Upstream = u
-	if opts.Rules.Login == nil && opts.Rules.Export == nil && opts.Rules.Bypass == nil {
-		opts.Rules = testProxyRules
-	}
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, ctrl)
-	if err != nil {
-		t.Fatalf("NewMetrics: %v", err)
-	}
-	log, logs := testLogger(t)
+	p := testNewParts(t, upstream, limits, opts)
+	ctrl, opts, reg, m, log, logs := p.Ctrl, p.Opts, p.Reg, p.Metrics, p.Log, p.Logs
 	aopts := AdminOptions{Token: testAdminToken, Gatherer: reg, ReadyTimeout: testTimeout}
 	var cache *session.Cache
 	if setup.Store != nil {
@@ -552,6 +535,7 @@ func sessNewStack(t testing.TB, upstream string, limits admission.Limits, opts O
 				t.Errorf("closing the session store: %v", err)
 			}
 		})
+		var err error
 		cache, err = session.NewCache(session.CacheOptions{
 			Store: store, Keyring: setup.Keyring, Clock: setup.Clock,
 			Log: log.Named("session"), Observer: m,

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -790,20 +789,5 @@ func BenchmarkBeginHitRedis(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer store.Close()
-	kr := testKeyring(b)
-	c, _ := NewCache(CacheOptions{Store: store, Keyring: kr})
-	now := time.Now()
-	g := kr.Sign(&Claims{Type: TypeGrant, SID: SessionHash(cookieA), UserID: "42", AuthHash: "h", Expires: now.Add(time.Hour).Unix(), IssuedAt: now.Unix()})
-	r := c.Begin(context.Background(), cookieHeader(cookieA))
-	c.Response(context.Background(), r, http.Header{HeaderGrant: {g}}, 200)
-	h := cookieHeader(cookieA)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for b.Loop() {
-		r := c.Begin(context.Background(), h)
-		if r.Identity == "" {
-			b.Fatal("miss")
-		}
-		c.Response(context.Background(), r, http.Header{}, 200)
-	}
+	benchBeginHit(b, store)
 }
