@@ -89,6 +89,7 @@ type Cache struct {
 	downUntil atomic.Int64 // unix ns; the store is skipped before it
 	lastLog   atomic.Int64 // unix ns of the last failure log
 	lastErr   atomic.Pointer[storeFailure]
+	grantReq  atomic.Pointer[signedAt]
 
 	stats cacheCounters
 }
@@ -285,8 +286,24 @@ func (c *Cache) lookup(ctx context.Context, r *Request) bool {
 	return true
 }
 
+// grantRequest returns the grant request token of the current second. It
+// names no session and carries only its second, so one signed token serves
+// every request of that second: anonymous traffic pays no HMAC and no
+// allocation for it.
 func (c *Cache) grantRequest() string {
-	return c.kr.Sign(&Claims{Type: TypeGrantRequest, IssuedAt: c.clock.Now().Unix()})
+	now := c.clock.Now().Unix()
+	if g := c.grantReq.Load(); g != nil && g.at == now {
+		return g.token
+	}
+	g := &signedAt{at: now, token: c.kr.Sign(&Claims{Type: TypeGrantRequest, IssuedAt: now})}
+	c.grantReq.Store(g)
+	return g.token
+}
+
+// signedAt is a token and the second it was signed in.
+type signedAt struct {
+	at    int64
+	token string
 }
 
 // join makes the caller the leader for k, or returns the leader's done
