@@ -111,6 +111,9 @@ type Upstream struct {
 	// ResponseHeaderTimeout bounds the wait for the upstream's response
 	// headers after the request is sent.
 	ResponseHeaderTimeout time.Duration `env:"UPSTREAM_RESPONSE_HEADER_TIMEOUT" envDefault:"60s" desc:"Longest wait for the upstream's response headers once the request is sent."`
+	// StallTimeout bounds the upstream's silence mid-exchange, so a hung
+	// app frees its slot instead of holding it for ever.
+	StallTimeout time.Duration `env:"UPSTREAM_STALL_TIMEOUT" envDefault:"60s" desc:"Longest the upstream may stall mid-exchange: stop reading the request body, or pause between bytes of its response body (and, for an HTTPS upstream or a WebSocket, any silence). Past it the exchange is cut and the slot freed: a 504 if the client has had nothing yet, else a truncated response on a closed connection. HAProxy's timeout server, nginx's proxy_read_timeout."`
 	// IdleTimeout closes idle keep-alive connections to the upstream.
 	IdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"1s" desc:"How long an idle keep-alive connection to the upstream is kept. Keep it below the app server's own keep-alive (gunicorn: 2s), or a POST may be sent on a connection the server is closing and fail with 502."`
 }

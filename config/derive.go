@@ -37,6 +37,7 @@ const (
 	varDial             = prefix + "UPSTREAM_DIAL_TIMEOUT"
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
+	varUpstreamStall    = prefix + "UPSTREAM_STALL_TIMEOUT"
 	varShutdown         = prefix + "SHUTDOWN_TIMEOUT"
 	varAnonMax          = prefix + "ANON_MAX"
 	varBodyRead         = prefix + "BODY_READ_TIMEOUT"

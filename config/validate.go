@@ -187,6 +187,7 @@ func (v *validator) upstream() {
 	v.positive(varDial, u.DialTimeout)
 	v.positive(varResponseHeader, u.ResponseHeaderTimeout)
 	v.positive(varUpstreamIdle, u.IdleTimeout)
+	v.positive(varUpstreamStall, u.StallTimeout)
 }
 
 func (v *validator) admin() {

@@ -87,7 +87,7 @@ func NewMetrics(reg prometheus.Registerer, src Snapshotter) (*Metrics, error) {
 	m := &Metrics{
 		upErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lanegate_upstream_errors_total",
-			Help: "Requests the upstream failed, by kind (refused, timeout, failed, body_too_large).",
+			Help: "Requests the upstream failed, by kind: refused, timeout and failed before the response headers, body_timeout and body_failed in the response body, body_too_large.",
 		}, []string{"kind"}),
 	}
 	labels := [numLabels]string{}

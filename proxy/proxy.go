@@ -64,6 +64,10 @@ type Options struct {
 	// ResponseHeaderTimeout bounds the wait for the upstream's response
 	// headers once the request is sent; past it the client gets 504.
 	ResponseHeaderTimeout time.Duration
+	// StallTimeout bounds the upstream's silence once the exchange is
+	// under way: a pause between response body bytes, or in reading the
+	// request body. Zero means no bound.
+	StallTimeout time.Duration
 	// IdleConns is how many idle keep-alive connections to the upstream
 	// are kept: the budget, so every admitted request finds one warm.
 	IdleConns int
@@ -180,6 +184,9 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 	h.classifier.Store(cl)
 	h.recorders.New = func() any { return new(recorder) }
 	h.transport = newTransport(opts)
+	if t, ok := h.transport.(*h1Transport); ok {
+		t.bodyError = h.upstreamBodyError
+	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:      h.rewrite,
 		Transport:    h.transport,
@@ -212,6 +219,7 @@ func newTransport(opts Options) roundTripCloser {
 		dial:                  (&net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		addr:                  host,
 		responseHeaderTimeout: opts.ResponseHeaderTimeout,
+		stallTimeout:          opts.StallTimeout,
 		idleTimeout:           opts.UpstreamIdleTimeout,
 		maxIdle:               idleConns(opts),
 		fallback:              std,
@@ -227,10 +235,25 @@ func idleConns(opts Options) int { return max(opts.IdleConns*4, 256) }
 
 func newStdTransport(opts Options) *http.Transport {
 	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	if opts.StallTimeout > 0 {
+		// net/http's transport has no timeout for a response body (or a
+		// WebSocket) that stops mid-way; bounding every read and write of
+		// the connection does it. It must not cut the wait for headers
+		// short, which has its own bound.
+		d := max(opts.StallTimeout, opts.ResponseHeaderTimeout)
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &stallConn{Conn: c, d: d}, nil
+		}
+	}
 	idle := max(opts.IdleConns, 2)
 	return &http.Transport{
 		Proxy:                 nil, // never route app traffic through an environment proxy
-		DialContext:           dialer.DialContext,
+		DialContext:           dial,
 		MaxIdleConns:          idle * 2,
 		MaxIdleConnsPerHost:   idle * 2,
 		IdleConnTimeout:       opts.UpstreamIdleTimeout,
@@ -606,6 +629,18 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	h.metrics.upstreamError(kind)
 	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
 	writeError(w, r, status, msg)
+}
+
+// upstreamBodyError counts a response body the upstream failed mid-way.
+// The client has had the headers and a part of the body by then, so all it
+// gets is a closed connection; ReverseProxy logs the error.
+func (h *Handler) upstreamBodyError(err error) {
+	kind := "body_failed"
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		kind = "body_timeout"
+	}
+	h.metrics.upstreamError(kind)
 }
 
 func classifyUpstreamError(err error) (status int, msg, kind string) {

@@ -29,10 +29,15 @@ type h1Transport struct {
 	dial                  func(ctx context.Context, network, addr string) (net.Conn, error)
 	addr                  string // host:port
 	responseHeaderTimeout time.Duration
+	stallTimeout          time.Duration // zero: none
 	idleTimeout           time.Duration
 	maxIdle               int
 	fallback              http.RoundTripper
 	now                   func() time.Time // time.Now; tests pass a fake
+	// bodyError, when set, hears of a response body the upstream failed
+	// mid-way (not one the client abandoned), which ReverseProxy only
+	// logs.
+	bodyError func(err error)
 
 	mu    sync.Mutex // guards idle and sweep
 	idle  []*h1Conn  // most recently used last
@@ -46,6 +51,11 @@ type h1Conn struct {
 	idleFrom time.Time
 	reused   bool
 	werr     error // the last write error on Conn
+	// ctx is the current request's; stall is the transport's
+	// stallTimeout. Each write is bounded by stall, and a cancellation
+	// of ctx must win over a deadline set after it.
+	ctx   context.Context
+	stall time.Duration
 }
 
 // connWriter is what the buffered writer writes to: it records write
@@ -55,9 +65,20 @@ type h1Conn struct {
 type connWriter struct{ c *h1Conn }
 
 func (w connWriter) Write(p []byte) (int, error) {
-	n, err := w.c.Conn.Write(p)
+	c := w.c
+	if c.stall > 0 {
+		// An upstream that stops reading the request body would
+		// otherwise block this write for as long as the client keeps
+		// sending.
+		c.Conn.SetWriteDeadline(time.Now().Add(c.stall))
+		if err := c.ctx.Err(); err != nil {
+			c.werr = err
+			return 0, err
+		}
+	}
+	n, err := c.Conn.Write(p)
 	if err != nil {
-		w.c.werr = err
+		c.werr = err
 	}
 	return n, err
 }
@@ -115,9 +136,11 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	ctx := req.Context()
 	// A client that goes away unblocks whatever this connection is doing.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
-	// Writing has no deadline of its own: the body streams from the client
-	// at the client's pace, and a client that gives up cancels ctx.
+	// Writing is bounded only by the stall timeout, per write: the body
+	// streams from the client at the client's pace, and a client that
+	// gives up cancels ctx.
 	c.werr = nil
+	c.ctx, c.stall = ctx, t.stallTimeout
 	if err := writeRequest(c.bw, req); err != nil {
 		if c.werr == nil {
 			stop()
@@ -139,10 +162,13 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	}
 	// The response-header timeout starts once the request is sent, as in
 	// net/http. Setting it may overwrite the deadline a cancellation just
-	// set, so cancellation is checked after.
+	// set, so cancellation is checked after. Without one, a deadline the
+	// previous response's body left must not apply.
+	var headerDeadline time.Time
 	if t.responseHeaderTimeout > 0 {
-		c.SetReadDeadline(time.Now().Add(t.responseHeaderTimeout))
+		headerDeadline = time.Now().Add(t.responseHeaderTimeout)
 	}
+	c.SetReadDeadline(headerDeadline)
 	if err := ctx.Err(); err != nil {
 		stop()
 		return nil, err
@@ -181,7 +207,7 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 		}
 		return resp, nil
 	}
-	resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: stop, keep: keep}
+	resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: stop, keep: keep, ctx: ctx}
 	return resp, nil
 }
 
@@ -197,7 +223,7 @@ func (t *h1Transport) earlyResponse(c *h1Conn, req *http.Request) *http.Response
 	c.SetReadDeadline(time.Time{})
 	resp.Close = true
 	if resp.Body != http.NoBody {
-		resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: func() bool { return true }, keep: false}
+		resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: func() bool { return true }, keep: false, ctx: req.Context()}
 	} else {
 		c.Close()
 	}
@@ -257,6 +283,7 @@ type h1Body struct {
 	rc   io.ReadCloser
 	c    *h1Conn
 	t    *h1Transport
+	ctx  context.Context
 	stop func() bool
 	keep bool
 	eof  bool
@@ -264,9 +291,19 @@ type h1Body struct {
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
+	if d := b.t.stallTimeout; d > 0 {
+		// Each read may wait at most d for the upstream: a body that
+		// stops mid-way frees its slot instead of holding it for ever.
+		b.c.SetReadDeadline(time.Now().Add(d))
+		if err := b.ctx.Err(); err != nil {
+			return 0, err // the deadline above must not undo a cancellation
+		}
+	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.eof = true
+	} else if err != nil && b.ctx.Err() == nil && b.t.bodyError != nil {
+		b.t.bodyError(err)
 	}
 	return n, err
 }
@@ -332,6 +369,7 @@ func (t *h1Transport) put(c *h1Conn) {
 		return
 	}
 	c.idleFrom = t.clock()
+	c.ctx = nil // do not keep a finished request's context alive
 	t.mu.Lock()
 	if len(t.idle) >= t.maxIdle {
 		t.mu.Unlock()
@@ -389,4 +427,21 @@ func (t *h1Transport) CloseIdleConnections() {
 	if f, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
 		f.CloseIdleConnections()
 	}
+}
+
+// stallConn bounds each read and write on an upstream connection that
+// net/http's transport owns.
+type stallConn struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c *stallConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.d))
+	return c.Conn.Read(p)
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.d))
+	return c.Conn.Write(p)
 }

@@ -407,3 +407,99 @@ func TestTransportUpgradeUsesFallback(t *testing.T) {
 		t.Fatalf("upgrade not handed to the fallback transport: got %v", fb.got)
 	}
 }
+
+// An upstream that stops mid-body is cut after the stall timeout, the
+// failure is reported as the upstream's, and the connection is not pooled.
+func TestTransportStalledBody(t *testing.T) {
+	release := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+		<-release
+	})
+	defer close(release)
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.stallTimeout = 50 * time.Millisecond
+	var reported []error
+	tr.bodyError = func(err error) { reported = append(reported, err) }
+	req, _ := http.NewRequest(http.MethodGet, "http://"+s.ln.Addr().String()+"/", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var ne net.Error
+	if string(b) != "01234" || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("body: got %q, %v; want the 5 bytes sent and a timeout", b, err)
+	}
+	if len(reported) != 1 || !errors.As(reported[0], &ne) || !ne.Timeout() {
+		t.Fatalf("body errors reported: got %v, want the one timeout", reported)
+	}
+	if got := len(tr.idle); got != 0 {
+		t.Fatalf("pooled after a stalled body: got %d, want 0", got)
+	}
+}
+
+// A body the client abandons is not the upstream's failure.
+func TestTransportCancelledBodyNotReported(t *testing.T) {
+	release := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+		<-release
+	})
+	defer close(release)
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.stallTimeout = time.Minute
+	var reported atomic.Int64
+	tr.bodyError = func(error) { reported.Add(1) }
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.ln.Addr().String()+"/", nil)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := resp.Body.Read(buf); err == nil {
+		t.Fatal("read after cancel: got no error")
+	}
+	resp.Body.Close()
+	if n := reported.Load(); n != 0 {
+		t.Fatalf("body errors reported after the client cancelled: got %d, want 0", n)
+	}
+}
+
+// An upstream that stops reading a request body fails the write after the
+// stall timeout, instead of blocking it for as long as the client sends.
+func TestTransportStalledUpload(t *testing.T) {
+	release := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		br.ReadString('\n') // the request line, and then nothing more
+		<-release
+	})
+	defer close(release)
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.stallTimeout = 50 * time.Millisecond
+	// Far more than the socket buffers hold, from a reader that never
+	// ends before the transport gives up.
+	body := io.LimitReader(zeroReader{}, 1<<30)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+s.ln.Addr().String()+"/upload", io.NopCloser(body))
+	req.ContentLength = 1 << 30
+	_, err := tr.RoundTrip(req)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("got %v, want a timeout", err)
+	}
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
