@@ -62,6 +62,21 @@ func TestEnvFileErrors(t *testing.T) {
 	if err := os.WriteFile(broken, []byte("LANEGATE_LISTEN=\"unterminated\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The parser quotes the text it trips on; a secret must not reach
+	// the log (or /status, after a reload) that way.
+	const secret = "s3cr3t-value-that-must-not-leak"
+	leaky := filepath.Join(dir, "leaky.env")
+	if err := os.WriteFile(leaky, []byte("LANEGATE_BUDGET=4\nLANEGATE_IDENTITY_SECRET=\""+secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(dir, "garbage.env")
+	if err := os.WriteFile(garbage, []byte("# a comment\n"+secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spaced := filepath.Join(dir, "spaced.env")
+	if err := os.WriteFile(spaced, []byte("LANEGATE IDENTITY_SECRET="+secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	missing := filepath.Join(dir, "missing.env")
 	tests := []struct {
 		name string
@@ -69,14 +84,20 @@ func TestEnvFileErrors(t *testing.T) {
 		want string
 	}{
 		{"missing file", missing, "reading env file " + missing + ": "},
-		{"unparsable file", broken, "reading env file " + broken + ": unterminated quoted value"},
+		{"unparsable file", broken, "reading env file " + broken + ": line 1: unterminated quoted value"},
 		{"typo in file", typo, "LANEGATE_BUDGT in " + typo + ": unknown variable (did you mean LANEGATE_BUDGET?)"},
+		{"unterminated secret", leaky, "reading env file " + leaky + ": line 2: unterminated quoted value"},
+		{"bare secret", garbage, "reading env file " + garbage + ": line 2: unexpected character"},
+		{"space in a name", spaced, "reading env file " + spaced + `: "LANEGATE IDENTITY_SECRET" is not a variable name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Load(LoadOptions{EnvFile: tt.file})
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("got error %v, want one containing %q", err, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), secret[:8]) {
+				t.Errorf("error repeats the file's secret: %v", err)
 			}
 		})
 	}

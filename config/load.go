@@ -3,9 +3,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"math"
 	"net/netip"
 	"net/url"
+	"os"
 	"reflect"
 	"slices"
 	"strconv"
@@ -62,9 +64,14 @@ func gather(opts LoadOptions) (vars, origin map[string]string, err error) {
 	if opts.EnvFile != "" {
 		file, err := godotenv.Read(opts.EnvFile)
 		if err != nil {
-			return nil, nil, fmt.Errorf("reading env file %s: %w", opts.EnvFile, err)
+			return nil, nil, fmt.Errorf("reading env file %s: %w", opts.EnvFile, envFileError(opts.EnvFile, err))
 		}
 		for k, v := range file {
+			if !validName(k) {
+				// "LANEGATE IDENTITY_SECRET=..." would otherwise be
+				// dropped without a word, as not of lanegate's prefix.
+				return nil, nil, fmt.Errorf("reading env file %s: %q is not a variable name", opts.EnvFile, k)
+			}
 			vars[k] = v
 			origin[k] = opts.EnvFile
 		}
@@ -326,4 +333,41 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// envFileError rewrites a syntax error from the env file without the text
+// the parser quotes: the line may hold a secret, and the error goes to logs
+// and /status. It names the line instead, found by parsing ever longer
+// prefixes of the file until one fails.
+func envFileError(path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return err // the file could not be read: nothing of it is quoted
+	}
+	reason, _, _ := strings.Cut(err.Error(), "\"")
+	reason = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(reason), "near"))
+	if reason == "" {
+		reason = "syntax error"
+	}
+	data, rerr := os.ReadFile(path)
+	if rerr != nil {
+		return errors.New(reason)
+	}
+	lines := strings.SplitAfter(string(data), "\n")
+	for n := 1; n <= len(lines); n++ {
+		if _, perr := godotenv.Unmarshal(strings.Join(lines[:n], "")); perr != nil {
+			return fmt.Errorf("line %d: %s (the line is not repeated: it may hold a secret)", n, reason)
+		}
+	}
+	return fmt.Errorf("%s (the line is not repeated: it may hold a secret)", reason)
+}
+
+// validName reports whether k is a shell variable name.
+func validName(k string) bool {
+	for i, r := range k {
+		if r != '_' && (r < 'A' || r > 'Z') && (r < 'a' || r > 'z') && (i == 0 || r < '0' || r > '9') {
+			return false
+		}
+	}
+	return k != ""
 }

@@ -51,7 +51,22 @@ type Admin struct {
 	ready func(ctx context.Context) error
 
 	draining atomic.Bool
+	reload   atomic.Pointer[ReloadStatus]
 }
+
+// ReloadStatus is the outcome of the last configuration reload, shown on
+// /status: a refused reload leaves the old configuration running, which an
+// operator must be able to see without reading the log.
+type ReloadStatus struct {
+	At time.Time `json:"at"`
+	OK bool      `json:"ok"`
+	// Error says why the reload was refused. Configuration errors name
+	// variables and never a secret's value.
+	Error string `json:"error,omitempty"`
+}
+
+// SetReload records the outcome of a configuration reload for /status.
+func (a *Admin) SetReload(r ReloadStatus) { a.reload.Store(&r) }
 
 // SetDraining makes /readyz fail from now on, for a shutdown: the load
 // balancer should stop sending before the listener closes.
@@ -178,6 +193,8 @@ type Status struct {
 	Anonymous   AnonStatus            `json:"anonymous"`
 	WaitingRoom *RoomStatus           `json:"waiting_room,omitempty"`
 	Sessions    *SessionStatus        `json:"sessions,omitempty"`
+	// LastReload is absent until the first SIGHUP.
+	LastReload *ReloadStatus `json:"last_reload,omitempty"`
 }
 
 // AnonStatus is the state of core requests without a validated session.
@@ -208,6 +225,7 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 		Lanes:       make(map[string]LaneStatus, len(snap.Lanes)),
 		Anonymous:   AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
 		WaitingRoom: a.h.roomStatus(snap.Room),
+		LastReload:  a.reload.Load(),
 	}
 	if src := a.opts.Sessions; src != nil {
 		h := src.Health()

@@ -230,7 +230,14 @@ loop:
 			serveErr = fmt.Errorf("server stopped: %w", err)
 			break loop
 		case <-a.reload:
-			applied = a.reloadConfig(cfg, applied, envFile, ctrl, h, log)
+			next, err := a.reloadConfig(cfg, applied, envFile, ctrl, h, log)
+			rs := proxy.ReloadStatus{At: time.Now().UTC(), OK: err == nil}
+			if err != nil {
+				rs.Error = err.Error()
+			} else {
+				applied = next
+			}
+			admin.SetReload(rs)
 		}
 	}
 
@@ -260,25 +267,26 @@ loop:
 
 // reloadConfig re-reads the env file and applies what can change without a
 // restart: limits, routes and mode. It returns the configuration now
-// applied, or applied itself when the new one is refused.
+// applied, or an error, logged, when the new one is refused and applied
+// stays in force.
 //
 // The mode is changed only when the file's value changed since the last
 // load, so an operator's emergency PUT /admission survives an unrelated
 // reload. Everything else needs a restart; each changed variable is named.
-func (a app) reloadConfig(started, applied config.Config, envFile string, ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger) config.Config {
+func (a app) reloadConfig(started, applied config.Config, envFile string, ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger) (config.Config, error) {
 	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
 	if err != nil {
 		log.Error("reload refused: invalid configuration; keeping the running one", zap.Error(err))
-		return applied
+		return applied, fmt.Errorf("invalid configuration: %w", err)
 	}
 	rules := routeRules(cfg)
 	if _, err := proxy.NewClassifier(rules); err != nil {
 		log.Error("reload refused: routes", zap.Error(err))
-		return applied
+		return applied, fmt.Errorf("routes: %w", err)
 	}
 	if err := ctrl.Reconfigure(cfg.Limits()); err != nil {
 		log.Error("reload refused: limits", zap.Error(err))
-		return applied
+		return applied, fmt.Errorf("limits: %w", err)
 	}
 	h.SetRules(rules) // cannot fail: checked above
 	if cfg.Admission.Mode != applied.Admission.Mode {
@@ -288,7 +296,7 @@ func (a app) reloadConfig(started, applied config.Config, envFile string, ctrl *
 		log.Warn("these settings change only on restart; the running values stay", zap.Strings("variables", changed))
 	}
 	log.Info("configuration reloaded", zap.String("mode", string(h.Mode())), zap.Int("budget", cfg.Limits().Budget))
-	return cfg
+	return cfg, nil
 }
 
 // restartOnly names the variables that differ between a and b but are
@@ -311,6 +319,7 @@ func restartOnly(a, b config.Config) []string {
 		{"LANEGATE_UPSTREAM_DIAL_TIMEOUT", a.Upstream.DialTimeout, b.Upstream.DialTimeout},
 		{"LANEGATE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", a.Upstream.ResponseHeaderTimeout, b.Upstream.ResponseHeaderTimeout},
 		{"LANEGATE_UPSTREAM_IDLE_TIMEOUT", a.Upstream.IdleTimeout, b.Upstream.IdleTimeout},
+		{"LANEGATE_UPSTREAM_STALL_TIMEOUT", a.Upstream.StallTimeout, b.Upstream.StallTimeout},
 		{"LANEGATE_ADMIN_LISTEN", a.Admin.Listen, b.Admin.Listen},
 		{"LANEGATE_ADMIN_TOKEN", a.Admin.Token, b.Admin.Token},
 		{"LANEGATE_LOG_FORMAT", a.Log.Format, b.Log.Format},
@@ -342,6 +351,7 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		ResponseHeaderTimeout: cfg.Upstream.ResponseHeaderTimeout,
 		IdleConns:             cfg.Limits().Budget,
 		UpstreamIdleTimeout:   cfg.Upstream.IdleTimeout,
+		StallTimeout:          cfg.Upstream.StallTimeout,
 		AccessLog:             cfg.Log.Access,
 		RedactPaths:           cfg.Log.RedactPaths,
 		Mode:                  cfg.Admission.Mode,

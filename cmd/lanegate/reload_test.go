@@ -38,6 +38,9 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		if st.InFlight != 1 {
 			t.Errorf("/status after reload: got %d in flight, want the 1 admitted before it", st.InFlight)
 		}
+		if r := st.LastReload; r == nil || !r.OK || r.Error != "" {
+			t.Errorf("/status last_reload after a good reload: got %+v, want ok", r)
+		}
 		if log := in.stderr.since(mark); strings.Contains(log, "only on restart") {
 			t.Errorf("reload warns about a restart, want no warning when only limits changed:\n%s", log)
 		}
@@ -63,8 +66,27 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		if log := in.stderr.since(mark); !strings.Contains(log, "LANEGATE_BUDGET") {
 			t.Errorf("refusal does not name LANEGATE_BUDGET:\n%s", log)
 		}
-		if st := status(ctx, t, c, in); st.Budget != 6 || st.Mode != "shadow" {
+		st := status(ctx, t, c, in)
+		if st.Budget != 6 || st.Mode != "shadow" {
 			t.Errorf("/status after a refused reload: got budget %d, mode %q; want the running 6, shadow", st.Budget, st.Mode)
+		}
+		if r := st.LastReload; r == nil || r.OK || !strings.Contains(r.Error, "LANEGATE_BUDGET") || r.At.IsZero() {
+			t.Errorf("/status last_reload after a refused reload: got %+v, want not ok, naming LANEGATE_BUDGET", r)
+		}
+	})
+
+	t.Run("broken file holding a secret", func(t *testing.T) {
+		const secret = "do-not-show-this-secret-anywhere-0123456789"
+		writeFile(t, file, "LANEGATE_UPSTREAM="+up.URL+"\nLANEGATE_IDENTITY_SECRET=\""+secret+"\n")
+		mark := in.stderr.Len()
+		in.sighup(ctx, t)
+		in.stderr.waitFor(ctx, t, mark, "reload refused")
+		if log := in.stderr.since(mark); strings.Contains(log, secret[:12]) {
+			t.Errorf("the refusal logs the file's secret:\n%s", log)
+		}
+		r := do(ctx, c, http.MethodGet, in.adminURL("/status"), "")
+		if r.err != nil || r.status != http.StatusOK || strings.Contains(r.body, secret[:12]) || !strings.Contains(r.body, "line 2") {
+			t.Errorf("/status after a broken file: got %d, error %v, want the refusal by line number and no secret:\n%s", r.status, r.err, r.body)
 		}
 	})
 
@@ -88,8 +110,12 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		if log := in.stderr.since(mark); !strings.Contains(log, "only on restart") {
 			t.Errorf("reload does not warn that the upstream changes only on restart:\n%s", log)
 		}
-		if st := status(ctx, t, c, in); st.Budget != 5 || st.Mode != "enforce" {
+		st := status(ctx, t, c, in)
+		if st.Budget != 5 || st.Mode != "enforce" {
 			t.Errorf("/status after reload: got budget %d, mode %q; want 5, enforce", st.Budget, st.Mode)
+		}
+		if r := st.LastReload; r == nil || !r.OK {
+			t.Errorf("/status last_reload after a good reload following refused ones: got %+v, want ok", r)
 		}
 		r := do(ctx, c, http.MethodGet, in.proxyURL("/fast/after"), "")
 		if r.err != nil || r.status != http.StatusOK || r.body != "fast /fast/after" {
