@@ -188,11 +188,19 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		t.bodyError = h.upstreamBodyError
 	}
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:      h.rewrite,
-		Transport:    h.transport,
-		BufferPool:   newBufferPool(),
-		ErrorHandler: h.upstreamError,
-		ErrorLog:     zap.NewStdLog(log.Named("reverseproxy")),
+		Rewrite:    h.rewrite,
+		Transport:  h.transport,
+		BufferPool: newBufferPool(),
+		// Relay each read of the body at once, as ReverseProxy already
+		// does for streamed bodies. A small page costs the same one write;
+		// a slow or large body reaches the client as it comes; and when
+		// the upstream dies mid-body, the client has the headers and the
+		// bytes so far before the connection closes, instead of a bare
+		// EOF that its HTTP library may answer by sending the request
+		// again.
+		FlushInterval: -1,
+		ErrorHandler:  h.upstreamError,
+		ErrorLog:      zap.NewStdLog(log.Named("reverseproxy")),
 	}
 	return h, nil
 }
