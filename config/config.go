@@ -92,7 +92,7 @@ type Server struct {
 	// IdleTimeout is how long an idle keep-alive connection stays open.
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"120s" desc:"How long an idle keep-alive client connection is kept open."`
 	// MaxHeaderBytes caps the size of a request's headers.
-	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" envDefault:"32768" desc:"Largest request header block accepted, in bytes."`
+	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" envDefault:"32768" desc:"Largest request head (request line and headers) accepted, in bytes; a larger one is refused with 431. Values under 4097 act as 4097, the least Go's HTTP server can enforce."`
 	// MaxBodyBytes caps a request body; 0 means no limit.
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"67108864" desc:"Largest request body accepted, in bytes (larger ones are refused with 413); 0 means unlimited."`
 	// BodyReadTimeout bounds each pause while a client sends its body.

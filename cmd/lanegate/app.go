@@ -161,7 +161,7 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		Handler:           h,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    cfg.Server.MaxHeaderBytes,
+		MaxHeaderBytes:    headerLimit(cfg.Server.MaxHeaderBytes),
 		ErrorLog:          errLog,
 	}
 	adminSrv := &http.Server{
@@ -264,6 +264,11 @@ loop:
 	log.Info("stopped")
 	return nil
 }
+
+// headerLimit is the http.Server.MaxHeaderBytes that refuses a request
+// head (request line and headers) larger than n bytes: Go's server reads
+// 4096 bytes more than MaxHeaderBytes before answering 431.
+func headerLimit(n int) int { return max(n-4096, 1) }
 
 // reloadConfig re-reads the env file and applies what can change without a
 // restart: limits, routes and mode. It returns the configuration now

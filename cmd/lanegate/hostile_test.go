@@ -713,15 +713,19 @@ func TestSlowBody(t *testing.T) {
 func TestOversizeInput(t *testing.T) {
 	ctx := testContext(t)
 	up := newRecorder(t)
-	const maxHeader, maxBody = 4096, 1024
+	const maxHeader, maxBody = 8192, 1024
 	in := start(ctx, t, append(environ(up.URL, budgetOne...),
 		fmt.Sprintf("LANEGATE_MAX_HEADER_BYTES=%d", maxHeader),
 		fmt.Sprintf("LANEGATE_MAX_BODY_BYTES=%d", maxBody)))
 	c := newClient(t)
-	// Go's server allows 4096 bytes of slack over MaxHeaderBytes; these
-	// are well past both, yet under the 32768 default, so they fail only
-	// if LANEGATE_MAX_HEADER_BYTES is in force.
+	// Past the limit, yet under the 32768 default, so they fail only if
+	// LANEGATE_MAX_HEADER_BYTES is in force.
 	big := strings.Repeat("x", 4*maxHeader)
+	// head returns a GET whose request head is exactly n bytes.
+	head := func(n int) string {
+		const pre, post = "GET /fast/exact HTTP/1.1\r\nHost: lanegate.test\r\nX-Pad: ", "\r\n\r\n"
+		return pre + big[:n-len(pre)-len(post)] + post
+	}
 
 	for i, tt := range []struct {
 		name, raw string
@@ -731,6 +735,16 @@ func TestOversizeInput(t *testing.T) {
 			name: "headers under the limit",
 			raw:  "GET /fast/small HTTP/1.1\r\nHost: lanegate.test\r\nX-Pad: " + big[:maxHeader/2] + "\r\n\r\n",
 			want: http.StatusOK,
+		},
+		{
+			name: "head of exactly LANEGATE_MAX_HEADER_BYTES",
+			raw:  head(maxHeader),
+			want: http.StatusOK,
+		},
+		{
+			name: "head one byte over LANEGATE_MAX_HEADER_BYTES",
+			raw:  head(maxHeader + 1),
+			want: http.StatusRequestHeaderFieldsTooLarge,
 		},
 		{
 			name: "headers over LANEGATE_MAX_HEADER_BYTES",
