@@ -93,6 +93,9 @@ type Server struct {
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"120s" desc:"How long an idle keep-alive client connection is kept open."`
 	// MaxHeaderBytes caps the size of a request's headers.
 	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" envDefault:"32768" desc:"Largest request head (request line and headers) accepted, in bytes; a larger one is refused with 431. Values under 4097 act as 4097, the least Go's HTTP server can enforce."`
+	// BufferBodyBytes is the largest request body read whole before
+	// admission.
+	BufferBodyBytes int64 `env:"BUFFER_BODY_BYTES" envDefault:"65536" desc:"Request bodies with a Content-Length up to this many bytes (login forms, most POSTs) are read whole before the request is queued or forwarded, as nginx's proxy_request_buffering and HAProxy's http-buffer-request do: a slow upload then holds no slot, and a client that leaves while queued is noticed at once (Go's server notices a disconnect only once the body is read). Larger and chunked bodies stream. 0 turns it off."`
 	// MaxBodyBytes caps a request body; 0 means no limit.
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"67108864" desc:"Largest request body accepted, in bytes (larger ones are refused with 413); 0 means unlimited."`
 	// BodyReadTimeout bounds each pause while a client sends its body.

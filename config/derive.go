@@ -34,6 +34,7 @@ const (
 	varIdle             = prefix + "IDLE_TIMEOUT"
 	varMaxHeaderBytes   = prefix + "MAX_HEADER_BYTES"
 	varMaxBodyBytes     = prefix + "MAX_BODY_BYTES"
+	varBufferBodyBytes  = prefix + "BUFFER_BODY_BYTES"
 	varDial             = prefix + "UPSTREAM_DIAL_TIMEOUT"
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"

@@ -27,6 +27,11 @@ const maxQueue = 65_535
 // counts waiting requests in 16 bits.
 const maxQueued = 65_535
 
+// maxBufferBody bounds LANEGATE_BUFFER_BODY_BYTES: buffered bodies are
+// held in memory while queued, and a large one belongs on the streaming
+// path.
+const maxBufferBody = 16 << 20
+
 // validator collects every problem with a Config.
 type validator struct {
 	c Config
@@ -131,6 +136,9 @@ func (v *validator) server() {
 	}
 	if !v.skip(varBodyRead) && s.BodyReadTimeout < 0 {
 		v.fail(varBodyRead, "must not be negative (0 disables it)")
+	}
+	if !v.skip(varBufferBodyBytes) && (s.BufferBodyBytes < 0 || s.BufferBodyBytes > maxBufferBody) {
+		v.fail(varBufferBodyBytes, "must be between 0 (off) and %d: every request being buffered may hold this much memory", maxBufferBody)
 	}
 	if !v.skip(varMaxBodyBytes) && s.MaxBodyBytes < 0 {
 		v.fail(varMaxBodyBytes, "must not be negative (0 means unlimited)")

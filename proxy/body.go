@@ -8,6 +8,47 @@ import (
 	"time"
 )
 
+// bufferBody reads r's body, of a known and small length, into memory and
+// replaces it with the copy. Reading it to its end is what makes Go's
+// server watch the connection, so a client that leaves while queued
+// cancels its request at once; and the body's pace is the client's alone
+// before any slot is taken.
+func bufferBody(r *http.Request) error {
+	// One byte more than announced: the read that comes up short ends at
+	// the body's EOF, which is when the server starts watching.
+	buf := make([]byte, r.ContentLength+1)
+	n, err := io.ReadFull(r.Body, buf)
+	switch {
+	case int64(n) == r.ContentLength && err == io.ErrUnexpectedEOF:
+	case err == nil:
+		return &clientBodyError{err: errors.New("body longer than its Content-Length")}
+	case err == io.ErrUnexpectedEOF || err == io.EOF:
+		return &clientBodyError{err: io.ErrUnexpectedEOF}
+	default:
+		return err
+	}
+	r.Body.Close()
+	r.Body = &memBody{b: buf[:n]}
+	return nil
+}
+
+// memBody is a request body already in memory.
+type memBody struct {
+	b   []byte
+	off int
+}
+
+func (m *memBody) Read(p []byte) (int, error) {
+	if m.off >= len(m.b) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[m.off:])
+	m.off += n
+	return n, nil
+}
+
+func (m *memBody) Close() error { return nil }
+
 // Kinds of request-body failures, which are the client's, not the
 // upstream's.
 const (

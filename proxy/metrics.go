@@ -19,9 +19,12 @@ type Snapshotter interface {
 
 // Labels that are not admission decisions.
 const (
-	laneBypass         = "bypass"
-	decisionBypass     = "bypass"
-	decisionTooLarge   = "body_too_large"
+	laneBypass       = "bypass"
+	decisionBypass   = "bypass"
+	decisionTooLarge = "body_too_large"
+	// decisionBodyError is a request whose small body, read before
+	// admission, broke off or stalled.
+	decisionBodyError  = "body_error"
 	decisionClientGone = "client_gone"
 	// decisionLoginRedirect is a request sent to the login page at the
 	// edge because it had no session cookie.
@@ -60,6 +63,7 @@ type Metrics struct {
 	upErrors  *prometheus.CounterVec
 	bypassed  atomic.Uint64
 	tooLarge  [numLabels]atomic.Uint64
+	badBody   [numLabels]atomic.Uint64
 
 	loginRedirects atomic.Uint64
 	clientBodies   atomic.Uint64 // request bodies that failed or stalled
@@ -134,6 +138,12 @@ func (m *Metrics) clientBodyError() {
 func (m *Metrics) bypass() {
 	if m != nil {
 		m.bypassed.Add(1)
+	}
+}
+
+func (m *Metrics) bodyError(c Class) {
+	if m != nil {
+		m.badBody[labelIndex(c)].Add(1)
 	}
 }
 
@@ -212,6 +222,7 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.loginRedirects.Load()), admission.Core.String(), decisionLoginRedirect)
 	for i, name := range c.labels {
 		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.tooLarge[i].Load()), name, decisionTooLarge)
+		ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(c.m.badBody[i].Load()), name, decisionBodyError)
 	}
 }
 

@@ -58,6 +58,9 @@ type Options struct {
 	// BodyReadTimeout bounds each pause in a request body; past it the
 	// request is answered 408. Zero means no bound.
 	BodyReadTimeout time.Duration
+	// BufferBodyBytes is the largest request body, by Content-Length,
+	// read whole before admission; 0 streams every body.
+	BufferBodyBytes int64
 	// DialTimeout bounds connecting to the upstream; a refused or
 	// unreachable upstream answers 502.
 	DialTimeout time.Duration
@@ -111,6 +114,7 @@ type Handler struct {
 	upstream   *url.URL
 	maxBody    int64
 	bodyRead   time.Duration
+	bufferBody int64
 	accessLog  bool
 	redact     []string
 	log        *zap.Logger
@@ -140,15 +144,16 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		log = zap.NewNop()
 	}
 	h := &Handler{
-		ctrl:      ctrl,
-		trusted:   opts.TrustedProxies,
-		upstream:  opts.Upstream,
-		maxBody:   opts.MaxBodyBytes,
-		bodyRead:  opts.BodyReadTimeout,
-		accessLog: opts.AccessLog,
-		redact:    opts.RedactPaths,
-		log:       log,
-		metrics:   metrics,
+		ctrl:       ctrl,
+		trusted:    opts.TrustedProxies,
+		upstream:   opts.Upstream,
+		maxBody:    opts.MaxBodyBytes,
+		bodyRead:   opts.BodyReadTimeout,
+		bufferBody: opts.BufferBodyBytes,
+		accessLog:  opts.AccessLog,
+		redact:     opts.RedactPaths,
+		log:        log,
+		metrics:    metrics,
 
 		sessions:      opts.Sessions,
 		sessionCookie: opts.SessionCookie,
@@ -356,6 +361,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// Before the session lookup, whose identity is good for seconds only,
+	// and before admission, so that a slow upload waits without a slot.
+	if h.bufferBody > 0 && r.ContentLength > 0 && r.ContentLength <= h.bufferBody {
+		if err := bufferBody(r); err != nil {
+			h.bodyError(rec, r, &ev, err)
+			return
+		}
+	}
+
 	req := admission.Request{Lane: class.Lane}
 	if h.sessions != nil {
 		sess := h.sessions.Begin(r.Context(), r.Header)
@@ -440,6 +454,27 @@ func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *adm
 		h.finish(rec, r, ev, end)
 	}()
 	h.rp.ServeHTTP(rec, r)
+}
+
+// bodyError answers a request whose body could not be read before
+// admission: the client's fault, and the connection is closed, since what
+// follows on it cannot be trusted to be a request.
+func (h *Handler) bodyError(rec *recorder, r *http.Request, ev *event, err error) {
+	h.metrics.bodyError(ev.class)
+	ev.decision = decisionBodyError
+	status, msg, kind := classifyUpstreamError(err)
+	switch kind {
+	case kindClientBody, kindClientBodyTimeout:
+		h.metrics.clientBodyError()
+	case "body_too_large":
+	default:
+		status, msg = http.StatusBadRequest, "bad request body"
+		h.metrics.clientBodyError()
+	}
+	h.log.Debug("client body error", zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
+	rec.Header().Set("Connection", "close")
+	writeError(rec, r, status, msg)
+	h.finish(rec, r, ev, time.Now())
 }
 
 // refuse answers a request the controller did not admit.
