@@ -439,12 +439,18 @@ func (c *Controller) awayAhead(r *Request) int {
 
 // shedLogin refuses a login, keeping its place in line.
 func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) *ShedError {
+	p := c.keepPlace(r, s, now)
+	c.count(Login, DecisionOf(err))
+	return &ShedError{Lane: Login, Err: err, RetryAfter: p.Wait, Place: p}
+}
+
+// keepPlace keeps a login's place in line for its return, counting no
+// decision: the caller counts the one that happened.
+func (c *Controller) keepPlace(r *Request, s uint64, now time.Time) *Place {
 	if r.Ticket != 0 {
 		c.room.leave(r.Ticket, false, time.Time{})
 	}
-	p := c.place(r, s, now)
-	c.count(Login, DecisionOf(err))
-	return &ShedError{Lane: Login, Err: err, RetryAfter: p.Wait, Place: p}
+	return c.place(r, s, now)
 }
 
 func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time, tok tokens) (*Permit, error) {
@@ -493,7 +499,12 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		var expected time.Duration
 		if l == Login {
 			expected = c.loginWait(c.ahead(r)+c.awayAhead(r), s, now)
-		} else {
+		} else if inFlightOf(s, l) >= ll.Max {
+			// Only a lane at its own cap drains at the pace of its own
+			// slots. Below it, the lane waits for a slot any lane frees
+			// (a core request every few milliseconds, while exports run
+			// for seconds): judged by its own few slots, it would be
+			// refused while the wait was short.
 			expected = c.expectedWait(l, c.ahead(r)+1, s)
 		}
 		deadline = now.Add(ll.QueueTimeout)
@@ -547,10 +558,14 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		end := c.clock.Now()
 		if l == Login {
 			var se *ShedError
-			if ctx.Err() == nil || r.Ticket != 0 {
-				// Timed out, or a ticket holder who left: the place is
-				// kept for the retry.
+			switch {
+			case ctx.Err() == nil:
+				// Timed out: the place is kept for the retry.
 				se = c.shedLogin(r, ErrQueueTimeout, s, end)
+			case r.Ticket != 0:
+				// A ticket holder who left keeps the place too, but the
+				// one decision counted is that it left.
+				c.keepPlace(r, s, end)
 			}
 			c.mu.Unlock()
 			tok.refund(end)
@@ -719,7 +734,7 @@ func (c *Controller) Shadow(r Request) (Decision, *Permit) {
 			switch {
 			case ahead >= ll.Queue || ll.QueueTimeout <= 0:
 				d = ShadowQueueFull
-			case c.expectedWait(l, ahead+1, s) > ll.QueueTimeout:
+			case inFlightOf(s, l) >= ll.Max && c.expectedWait(l, ahead+1, s) > ll.QueueTimeout:
 				d = ShadowWaitTooLong
 			default:
 				d = ShadowQueued

@@ -686,3 +686,39 @@ func TestAbandonSkipsServiceTime(t *testing.T) {
 		t.Fatalf("got service time %s, in flight %d; want 0, 0", snap.ServiceTime, snap.InFlight)
 	}
 }
+
+// A lane below its own cap waits for a slot any lane frees, so its own
+// slots' pace must not refuse it: exports of 10 s each, one running, a
+// 5 s queue timeout, while the budget is full of core requests that free
+// slots far sooner. At its cap, the lane's own pace does decide.
+func TestEarlyRejectionOnlyAtOwnCap(t *testing.T) {
+	var l Limits
+	l.Budget = 3
+	l.Lane[Core] = LaneLimits{Reserved: 1, Max: 3, Queue: 10, QueueTimeout: 5 * time.Second}
+	l.Lane[Export] = LaneLimits{Reserved: 0, Max: 2, Queue: 10, QueueTimeout: 5 * time.Second}
+	c, clock := newTest(t, l)
+	p := mustAcquire(t, c, Export)
+	clock.Advance(10 * time.Second)
+	p.Release() // exports take 10 s
+	export := mustAcquire(t, c, Export)
+	core1, core2 := mustAcquire(t, c, Core), mustAcquire(t, c, Core)
+
+	// Below its cap of 2 with the budget full: it waits.
+	waiting := enqueue(t, context.Background(), c, clock, Export, 0)
+	core1.Release()
+	r := recv(t, waiting)
+	if r.err != nil {
+		t.Fatalf("export below its cap: got %v, want a slot once core freed one", r.err)
+	}
+	// Now at its cap of 2: the next one's wait is the exports' own pace,
+	// 10 s / 2 slots = 5 s for position 1... and 10 s for position 2.
+	enqueue(t, context.Background(), c, clock, Export, 0)
+	_, err := c.Acquire(context.Background(), Request{Lane: Export})
+	if !errors.Is(err, ErrWaitTooLong) {
+		t.Fatalf("export at its cap: got %v, want ErrWaitTooLong", err)
+	}
+	c.Close()
+	for _, q := range []*Permit{export, core2, r.p} {
+		q.Release()
+	}
+}

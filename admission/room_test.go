@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -297,5 +298,46 @@ func TestRateFlooredByCapacityWhenIdle(t *testing.T) {
 	defer busy.Abandon()
 	if _, wait := c.Line(0, time.Time{}); wait < 8*time.Second {
 		t.Fatalf("lane full: wait %s for position 2, want about 10 s from the measured 0.2/s", wait)
+	}
+}
+
+// A ticket holder who leaves the queue keeps its place, and counts as one
+// decision, cancelled: every request is one decision, which is how an
+// operator reconciles what was sent with what was done.
+func TestTicketHolderLeavingCountsOnce(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second) // position 1 waits 20 s, past the 12 s hold
+	busy := mustAcquire(t, c, Login)
+	defer busy.Release()
+	place := mustShedWithPlace(t, c, Request{})
+	before := c.Snapshot().Lanes[Login].Decisions
+
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan result, 1)
+	go func() {
+		p, err := c.Acquire(ctx, Request{Lane: Login, Ticket: place.ID, Arrival: place.Arrival, Patient: true})
+		ch <- result{p, err}
+	}()
+	bctx, bcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer bcancel()
+	if err := clock.BlockUntilContext(bctx, 1); err != nil {
+		t.Fatalf("the returning login never queued: %v", err)
+	}
+	cancel()
+	if r := recv(t, ch); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("got %v, want the caller's cancellation", r.err)
+	}
+	after := c.Snapshot().Lanes[Login].Decisions
+	var changed []string
+	for d := range after {
+		if n := after[d] - before[d]; n != 0 {
+			changed = append(changed, fmt.Sprintf("%s+%d", Decision(d), n))
+		}
+	}
+	if len(changed) != 1 || changed[0] != "cancelled+1" {
+		t.Fatalf("decisions counted for one request: %v, want only cancelled+1", changed)
+	}
+	if st := c.Snapshot().Room; st.Away != 1 {
+		t.Fatalf("room after the holder left: %+v, want its place kept (1 away)", st)
 	}
 }
