@@ -36,6 +36,15 @@ const (
 	failureBackoff = time.Second
 	// logEvery rate-limits store failure logs.
 	logEvery = 10 * time.Second
+	// maxPending bounds the revocations kept for retry while the store
+	// fails (see Cache.addPending); 10,000 keys take under a megabyte.
+	maxPending = 10000
+	// flushBatch and flushBudget bound what one request spends retrying
+	// pending revocations before its own lookup: at most flushBatch
+	// tombstone writes, and no new one once flushBudget has passed. The
+	// rest waits for the next request.
+	flushBatch  = 32
+	flushBudget = 50 * time.Millisecond
 )
 
 // Observer receives store latencies, for metrics. The proxy implements it.
@@ -91,6 +100,20 @@ type Cache struct {
 	lastErr   atomic.Pointer[storeFailure]
 	grantReq  atomic.Pointer[signedAt]
 
+	// Revocations the store did not take. pendingN is len(pending), read
+	// without the lock so that lookups pay one atomic load while nothing
+	// is pending; pending maps a key to the unix ns until which it is
+	// never trusted here. distrustUntil (unix ns) is set when pending
+	// overflowed: before it, every lookup misses.
+	pendingN      atomic.Int64
+	pendMu        sync.RWMutex
+	pending       map[Key]int64
+	maxPending    int
+	flushing      atomic.Bool // one request at a time retries pending
+	distrustUntil atomic.Int64
+	lastPendLog   atomic.Int64 // unix ns of the last pending log
+	lastOverLog   atomic.Int64 // unix ns of the last overflow log
+
 	stats cacheCounters
 }
 
@@ -104,6 +127,7 @@ type cacheCounters struct {
 	grants, grantsRejected, revocations   atomic.Uint64
 	revokesRejected, storeErrors, skipped atomic.Uint64
 	identityStale                         atomic.Uint64
+	revokesOverflow                       atomic.Uint64
 }
 
 // Stats are a Cache's counters since start.
@@ -127,6 +151,13 @@ type Stats struct {
 	// attempted because the store failed within the last second.
 	StoreErrors uint64 `json:"store_errors"`
 	Skipped     uint64 `json:"skipped"`
+	// RevokesPending counts the revocations the store failed to take
+	// that are kept for retry now; their sessions are not trusted here
+	// meanwhile. RevokesOverflow counts failed revocations that found the
+	// pending set full: each one turns trust off on this instance for
+	// the cache TTL plus the tombstone period.
+	RevokesPending  uint64 `json:"revokes_pending"`
+	RevokesOverflow uint64 `json:"revokes_overflow"`
 }
 
 // Health is the store's state as the cache has seen it.
@@ -160,6 +191,9 @@ func NewCache(opts CacheOptions) (*Cache, error) {
 		clock:    opts.Clock,
 		log:      opts.Log,
 		obs:      opts.Observer,
+
+		pending:    make(map[Key]int64),
+		maxPending: maxPending,
 	}
 	if c.cookie == "" {
 		c.cookie = "sessionid"
@@ -194,6 +228,7 @@ func (c *Cache) Stats() Stats {
 		Grants: s.grants.Load(), GrantsRejected: s.grantsRejected.Load(),
 		Revocations: s.revocations.Load(), RevokesRejected: s.revokesRejected.Load(),
 		StoreErrors: s.storeErrors.Load(), Skipped: s.skipped.Load(),
+		RevokesPending: uint64(max(0, c.pendingN.Load())), RevokesOverflow: s.revokesOverflow.Load(),
 	}
 }
 
@@ -227,6 +262,9 @@ func (r *Request) Authenticated() bool { return r.Identity != "" }
 // store's timeout plus CoalesceWait; ctx ending cuts it short. Call End
 // with the result when the response is done, whatever happened.
 func (c *Cache) Begin(ctx context.Context, h http.Header) *Request {
+	if c.pendingN.Load() > 0 {
+		c.flushPending(ctx)
+	}
 	r := &Request{}
 	cookie, ok := SessionCookie(h, c.cookie)
 	if !ok {
@@ -267,6 +305,9 @@ func (c *Cache) Begin(ctx context.Context, h http.Header) *Request {
 // lookup fills r.Identity from the store and reports a hit.
 func (c *Cache) lookup(ctx context.Context, r *Request) bool {
 	now := c.clock.Now()
+	if c.distrusted(r.key, now) {
+		return false
+	}
 	if now.UnixNano() < c.downUntil.Load() {
 		c.stats.skipped.Add(1)
 		return false
@@ -276,6 +317,11 @@ func (c *Cache) lookup(ctx context.Context, r *Request) bool {
 		return false
 	}
 	if !now.Before(e.Expires) {
+		return false
+	}
+	// Again after the store answered: a revocation that failed while the
+	// Get was in flight wins over what the Get found.
+	if c.distrusted(r.key, c.clock.Now()) {
 		return false
 	}
 	r.Identity = c.kr.Sign(&Claims{
@@ -356,10 +402,11 @@ func (c *Cache) Response(ctx context.Context, r *Request, h http.Header, status 
 	// The cookie Django leaves the client with: a login or password change
 	// cycles it, a logout deletes it. Either way the old one is over.
 	newCookie, set := setCookieValue(h, c.cookie)
+	revoked := map[string]bool{}
 	if set && r.cookie != "" && newCookie != r.cookie {
 		c.revoke(ctx, r.key)
+		revoked[r.sid] = true // Django's revoke header usually names it too
 	}
-	revoked := map[string]bool{}
 	for _, v := range revokes {
 		cl, err := c.kr.Verify(v, TypeRevoke, now, w)
 		if err != nil {
@@ -368,8 +415,12 @@ func (c *Cache) Response(ctx context.Context, r *Request, h http.Header, status 
 			continue
 		}
 		for _, sid := range cl.SIDs {
-			revoked[sid] = true
-			c.revoke(ctx, c.keys.Key(sid))
+			// Once per session and response: with a failing store, a
+			// logout costs one store timeout, not one per mention.
+			if !revoked[sid] {
+				revoked[sid] = true
+				c.revoke(ctx, c.keys.Key(sid))
+			}
 		}
 	}
 	// A grant is only believed for a request lanegate asked one for, and
@@ -417,6 +468,9 @@ func (c *Cache) grant(ctx context.Context, r *Request, token, newCookie string, 
 	if r.cookie != "" && sid == r.sid {
 		key = r.key
 	}
+	if c.pendingN.Load() > 0 && c.isPending(key, now) {
+		return errors.New("the session's revocation has not reached the store yet")
+	}
 	e := Entry{UserID: cl.UserID, AuthHash: cl.AuthHash, Expires: exp, Granted: time.Unix(cl.IssuedAt, 0)}
 	start := c.clock.Now()
 	stored, err := c.store.Put(ctx, key, e, ttl)
@@ -432,12 +486,166 @@ func (c *Cache) grant(ctx context.Context, r *Request, token, newCookie string, 
 	return nil
 }
 
+// revoke removes k from the store, leaving a tombstone. When the store
+// fails, the revocation is kept pending: k is not trusted here meanwhile,
+// and the tombstone is written again once the store answers.
 func (c *Cache) revoke(ctx context.Context, k Key) {
+	if err := c.storeRevoke(ctx, k); err != nil {
+		c.addPending(k, c.clock.Now())
+		return
+	}
+	if c.pendingN.Load() > 0 {
+		c.unpend(k)
+	}
+}
+
+func (c *Cache) storeRevoke(ctx context.Context, k Key) error {
 	start := c.clock.Now()
 	err := c.store.Revoke(ctx, k, tombstoneTTL)
 	c.observe("revoke", start, err)
 	if err == nil {
 		c.stats.revocations.Add(1)
+	}
+	return err
+}
+
+// Pending revocations.
+//
+// A revocation the store did not take (Redis down, slow past its timeout,
+// partitioned) may have left the entry in the store: a Redis that comes
+// back with its data, or that applied nothing of what timed out, would
+// otherwise vouch for a logged-out cookie until the entry's TTL. So the
+// cache keeps the key for the longest that entry can live: the cache TTL,
+// plus the tombstone period for a grant signed just before the logout and
+// stored afterwards by another replica, which the tombstone would have
+// refused. Until then, or until the tombstone is written:
+//
+//   - a lookup of the key on this instance misses, whatever the store says;
+//   - a grant for the key is refused;
+//   - the first request after the store's backoff writes the tombstone
+//     again (flushPending), a few keys per request, one request at a time.
+//
+// The set is bounded by maxPending. A revocation that finds it full (and
+// nothing in it expired) cannot be remembered, and its key cannot be told
+// from any other: trust is then turned off on this instance, every lookup
+// a miss, for the same TTL plus tombstone period after it, and the event
+// is counted and logged as an error. That fails open, like an outage:
+// requests take Django's own session read, which is slower but never
+// wrong; forgetting the key, or evicting another, would be wrong.
+
+// pendingFor is how long a key whose revocation failed at now stays
+// untrusted: no entry stored before the revocation, nor any a grant signed
+// before it could still store, outlives it.
+func (c *Cache) pendingFor() time.Duration { return c.ttl + tombstoneTTL }
+
+// distrusted reports whether a lookup of k must miss whatever the store
+// holds: its revocation is pending, or the pending set overflowed.
+func (c *Cache) distrusted(k Key, now time.Time) bool {
+	if now.UnixNano() < c.distrustUntil.Load() {
+		return true
+	}
+	return c.pendingN.Load() > 0 && c.isPending(k, now)
+}
+
+// isPending reports whether k's revocation is pending at now.
+func (c *Cache) isPending(k Key, now time.Time) bool {
+	c.pendMu.RLock()
+	until, ok := c.pending[k]
+	c.pendMu.RUnlock()
+	return ok && now.UnixNano() < until
+}
+
+// addPending keeps k's failed revocation for retry, or, when the set is
+// full, turns trust off on this instance (see above).
+func (c *Cache) addPending(k Key, now time.Time) {
+	until := now.Add(c.pendingFor()).UnixNano()
+	c.pendMu.Lock()
+	_, known := c.pending[k]
+	if !known && len(c.pending) >= c.maxPending {
+		c.prunePendingLocked(now)
+	}
+	if known || len(c.pending) < c.maxPending {
+		c.pending[k] = max(c.pending[k], until)
+		n := len(c.pending)
+		c.pendingN.Store(int64(n))
+		c.pendMu.Unlock()
+		if c.logNow(&c.lastPendLog, now) {
+			c.log.Warn("session revocation failed; the session is not trusted here and the revocation is retried when the store answers",
+				zap.Int("pending", n))
+		}
+		return
+	}
+	c.pendMu.Unlock()
+	for {
+		old := c.distrustUntil.Load()
+		if old >= until || c.distrustUntil.CompareAndSwap(old, until) {
+			break
+		}
+	}
+	c.stats.revokesOverflow.Add(1)
+	if c.logNow(&c.lastOverLog, now) {
+		c.log.Error("session revocations pending over the limit; no session is trusted on this instance until the cache TTL has passed",
+			zap.Int("limit", c.maxPending), zap.Duration("for", c.pendingFor()))
+	}
+}
+
+// logNow rate-limits a log line to one per logEvery.
+func (c *Cache) logNow(last *atomic.Int64, now time.Time) bool {
+	l := last.Load()
+	return now.UnixNano()-l >= int64(logEvery) && last.CompareAndSwap(l, now.UnixNano())
+}
+
+// unpend forgets k's pending revocation: its tombstone is in the store.
+func (c *Cache) unpend(k Key) {
+	c.pendMu.Lock()
+	delete(c.pending, k)
+	c.pendingN.Store(int64(len(c.pending)))
+	c.pendMu.Unlock()
+}
+
+// prunePendingLocked drops pending revocations whose entries cannot exist
+// any more. pendMu must be held.
+func (c *Cache) prunePendingLocked(now time.Time) {
+	for k, until := range c.pending {
+		if now.UnixNano() >= until {
+			delete(c.pending, k)
+		}
+	}
+	c.pendingN.Store(int64(len(c.pending)))
+}
+
+// flushPending writes the tombstones of pending revocations again, unless
+// the store is backed off or another request is already at it. It stops at
+// the first failure (which backs the store off again), after flushBatch
+// keys, or once flushBudget has passed, so the request that does it pays
+// about one store call's worth more than its own lookup. It runs with the
+// request's values but not its cancellation: a client hanging up does not
+// make a store write look failed.
+func (c *Cache) flushPending(ctx context.Context) {
+	now := c.clock.Now()
+	if now.UnixNano() < c.downUntil.Load() || !c.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.flushing.Store(false)
+	c.pendMu.Lock()
+	c.prunePendingLocked(now)
+	keys := make([]Key, 0, min(len(c.pending), flushBatch))
+	for k := range c.pending {
+		if len(keys) == flushBatch {
+			break
+		}
+		keys = append(keys, k)
+	}
+	c.pendMu.Unlock()
+	ctx = context.WithoutCancel(ctx)
+	for _, k := range keys {
+		if c.storeRevoke(ctx, k) != nil {
+			return
+		}
+		c.unpend(k)
+		if c.clock.Since(now) >= flushBudget {
+			return
+		}
 	}
 }
 

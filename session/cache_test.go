@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jonboulle/clockwork"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 const (
@@ -501,4 +505,329 @@ func FuzzCookieHeaders(f *testing.F) {
 			t.Fatalf("setCookieValue(%q) = %q, which the header does not hold", line, nv)
 		}
 	})
+}
+
+// faultStore wraps a store with failures switched per operation, counts
+// revocations, and lets a test hold a Get or a Revoke inside the store.
+type faultStore struct {
+	Store
+	mu                     sync.Mutex
+	getErr, putErr, revErr error
+	revokes                int
+	holdGet, holdRevoke    chan struct{} // when set, the call waits for it to close
+	inGet, inRevoke        chan struct{} // signalled (non-blocking) when a call waits
+}
+
+var errDown = errors.New("connection refused")
+
+func (s *faultStore) set(fn func(s *faultStore)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn(s)
+}
+
+func (s *faultStore) Get(ctx context.Context, k Key) (Entry, bool, error) {
+	s.mu.Lock()
+	err, hold, in := s.getErr, s.holdGet, s.inGet
+	s.mu.Unlock()
+	if hold != nil {
+		if in != nil {
+			in <- struct{}{}
+		}
+		<-hold
+	}
+	if err != nil {
+		return Entry{}, false, err
+	}
+	return s.Store.Get(ctx, k)
+}
+
+func (s *faultStore) Put(ctx context.Context, k Key, e Entry, ttl time.Duration) (bool, error) {
+	s.mu.Lock()
+	err := s.putErr
+	s.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	return s.Store.Put(ctx, k, e, ttl)
+}
+
+// Revoke fails without touching the inner store while revErr is set: the
+// entry stays, as in a Redis that never saw the write.
+func (s *faultStore) Revoke(ctx context.Context, k Key, tombstone time.Duration) error {
+	s.mu.Lock()
+	s.revokes++
+	err, hold, in := s.revErr, s.holdRevoke, s.inRevoke
+	s.holdRevoke = nil // only the first call waits: a second one must not hang the test
+	s.mu.Unlock()
+	if hold != nil {
+		if in != nil {
+			in <- struct{}{}
+		}
+		<-hold
+	}
+	if err != nil {
+		return err
+	}
+	return s.Store.Revoke(ctx, k, tombstone)
+}
+
+func (s *faultStore) revokeCalls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.revokes
+}
+
+// awaitSignal receives from ch, failing the test if nothing comes within
+// a generous bound (a broken cache must fail the test, not hang it).
+func awaitSignal[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+func newFaultFixture(t *testing.T) (*cacheFixture, *faultStore, *Memory) {
+	t.Helper()
+	clock := clockwork.NewFakeClockAt(time.Unix(1767225600, 0))
+	mem, err := NewMemory(1000, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &faultStore{Store: mem}
+	return newCacheFixture(t, fs, clock), fs, mem
+}
+
+const (
+	cookieC = "cccccccccccccccccccccccccccccccc"
+	cookieD = "dddddddddddddddddddddddddddddddd"
+)
+
+var logoutHeader = http.Header{"Set-Cookie": {`sessionid=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/`}}
+
+// login grants cookie to uid through the cache and checks it is trusted.
+func (f *cacheFixture) login(t *testing.T, cookie, uid string) {
+	t.Helper()
+	f.roundTrip(t, cookieHeader(cookie), http.Header{HeaderGrant: {f.grantFor(cookie, uid)}}, 200)
+	r, _ := f.roundTrip(t, cookieHeader(cookie), nil, 200)
+	f.verifyIdentity(t, r)
+}
+
+// A logout while the store fails must not be forgotten: the store may still
+// hold the entry when it answers again (it never saw the revocation), and
+// the old cookie must not be trusted then. The tombstone is written as soon
+// as the store answers.
+func TestRevocationDuringOutageIsKeptAndRetried(t *testing.T) {
+	f, fs, mem := newFaultFixture(t)
+	f.login(t, cookieA, "1")
+	f.login(t, cookieB, "2")
+
+	fs.set(func(s *faultStore) { s.getErr, s.putErr, s.revErr = errDown, errDown, errDown })
+	r, _ := f.roundTrip(t, cookieHeader(cookieA), logoutHeader.Clone(), 302)
+	if r.Identity != "" {
+		t.Fatal("trusted while the store fails")
+	}
+	if st := f.c.Stats(); st.RevokesPending != 1 || st.Revocations != 0 {
+		t.Fatalf("after a failed logout: stats %+v, want 1 revocation pending, none applied", st)
+	}
+	if _, ok, _ := mem.Get(context.Background(), f.c.keys.Key(SessionHash(cookieA))); !ok {
+		t.Fatal("the test store lost the entry; the test proves nothing")
+	}
+
+	// The store answers again, with the entry it never saw revoked.
+	fs.set(func(s *faultStore) { s.getErr, s.putErr, s.revErr = nil, nil, nil })
+	f.clock.Advance(failureBackoff)
+	calls := fs.revokeCalls()
+	r, _ = f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+	if r.Identity != "" {
+		t.Fatal("the logged-out cookie was trusted after the store came back")
+	}
+	if got := fs.revokeCalls() - calls; got != 1 {
+		t.Fatalf("revocation retried %d times on the first request after the backoff, want 1", got)
+	}
+	if _, ok, _ := mem.Get(context.Background(), f.c.keys.Key(SessionHash(cookieA))); ok {
+		t.Fatal("the retried revocation did not remove the entry from the store")
+	}
+	if st := f.c.Stats(); st.RevokesPending != 0 || st.Revocations != 1 {
+		t.Fatalf("after the retry: stats %+v, want nothing pending, 1 revocation applied", st)
+	}
+	// The tombstone is there: a grant signed before the logout is refused
+	// by the store now, not just by this instance.
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+	if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity != "" {
+		t.Fatal("a grant after the retried revocation restored the session")
+	}
+	// Other sessions were never affected.
+	r, _ = f.roundTrip(t, cookieHeader(cookieB), nil, 200)
+	f.verifyIdentity(t, r)
+}
+
+// A store that reads but does not take writes (a Redis replica promoted
+// read-only, a timeout on the write only) still answers lookups with the
+// entry: the pending key must stay untrusted and ungrantable here, while
+// other sessions are served, and the retry must not hammer the store.
+func TestPendingRevocationWhileStoreOnlyReads(t *testing.T) {
+	f, fs, _ := newFaultFixture(t)
+	f.login(t, cookieA, "1")
+	f.login(t, cookieB, "2")
+	fs.set(func(s *faultStore) { s.revErr = errDown })
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderRevoke: {f.revokeFor(cookieA)}}, 200)
+	if st := f.c.Stats(); st.RevokesPending != 1 {
+		t.Fatalf("stats %+v, want 1 revocation pending", st)
+	}
+
+	f.clock.Advance(failureBackoff)
+	for i := range 3 {
+		r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200)
+		if r.Identity != "" {
+			t.Fatalf("lookup %d: a session whose revocation is pending was trusted", i)
+		}
+	}
+	// One retry after the backoff, which failed and backed off again; the
+	// lookups after it did not retry.
+	if got := fs.revokeCalls(); got != 2 {
+		t.Fatalf("revoke calls: got %d, want 2 (the logout, one retry)", got)
+	}
+	// A fresh grant for the pending session is refused.
+	rejected := f.c.Stats().GrantsRejected
+	f.clock.Advance(failureBackoff)
+	f.roundTrip(t, cookieHeader(cookieA), http.Header{HeaderGrant: {f.grantFor(cookieA, "1")}}, 200)
+	if got := f.c.Stats().GrantsRejected - rejected; got != 1 {
+		t.Fatalf("grants rejected for the pending session: %d, want 1", got)
+	}
+	if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity != "" {
+		t.Fatal("a grant for a pending session was trusted")
+	}
+	// Once no entry can have survived, the key is forgotten.
+	f.clock.Advance(f.c.pendingFor())
+	f.roundTrip(t, cookieHeader(cookieB), nil, 200)
+	if st := f.c.Stats(); st.RevokesPending != 0 {
+		t.Fatalf("stats %+v, want the expired revocation dropped", st)
+	}
+}
+
+// A revocation failing while a lookup of the same session is inside the
+// store must win over what that lookup finds.
+func TestRevocationFailingDuringLookupWins(t *testing.T) {
+	f, fs, _ := newFaultFixture(t)
+	f.login(t, cookieA, "1")
+	hold, in := make(chan struct{}), make(chan struct{}, 1)
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release() // a failing test must not leave the lookup waiting
+	fs.set(func(s *faultStore) { s.holdGet, s.inGet = hold, in })
+	got := make(chan *Request, 1)
+	go func() {
+		r := f.c.Begin(context.Background(), cookieHeader(cookieA))
+		f.c.End(r)
+		got <- r
+	}()
+	awaitSignal(t, in, "the lookup to reach the store")
+	fs.set(func(s *faultStore) { s.holdGet, s.revErr = nil, errDown })
+	f.roundTrip(t, http.Header{}, http.Header{HeaderRevoke: {f.revokeFor(cookieA)}}, 200)
+	release()
+	if r := awaitSignal(t, got, "the lookup to return"); r.Identity != "" {
+		t.Fatal("a lookup returned an identity for a session revoked while it was in the store")
+	}
+}
+
+// Only one request at a time retries, and the others do not wait for it.
+func TestPendingFlushIsSingle(t *testing.T) {
+	f, fs, _ := newFaultFixture(t)
+	f.login(t, cookieA, "1")
+	f.login(t, cookieB, "2")
+	fs.set(func(s *faultStore) { s.revErr = errDown })
+	f.roundTrip(t, cookieHeader(cookieA), logoutHeader.Clone(), 302)
+	hold, in := make(chan struct{}), make(chan struct{}, 1)
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release() // a failing test must not leave the retry waiting
+	fs.set(func(s *faultStore) { s.revErr, s.holdRevoke, s.inRevoke = nil, hold, in })
+	f.clock.Advance(failureBackoff)
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r := f.c.Begin(context.Background(), http.Header{})
+		f.c.End(r)
+	}()
+	awaitSignal(t, in, "a request to retry the pending revocation")
+	calls := fs.revokeCalls()
+	for range 5 {
+		r, _ := f.roundTrip(t, cookieHeader(cookieB), nil, 200)
+		f.verifyIdentity(t, r)
+		if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity != "" {
+			t.Fatal("pending session trusted while its retry runs")
+		}
+	}
+	if got := fs.revokeCalls(); got != calls {
+		t.Fatalf("%d more revoke calls while one retry ran, want none", got-calls)
+	}
+	release()
+	awaitSignal(t, done, "the retry to end")
+	if st := f.c.Stats(); st.RevokesPending != 0 {
+		t.Fatalf("stats %+v, want nothing pending after the retry", st)
+	}
+}
+
+// When failed revocations overflow the pending set, no session is trusted
+// on this instance until none of the forgotten ones can have an entry left.
+func TestPendingOverflowDistrustsAll(t *testing.T) {
+	f, fs, _ := newFaultFixture(t)
+	f.c.maxPending = 2
+	core, logs := observer.New(zapcore.WarnLevel)
+	f.c.log = zap.New(core)
+	for i, c := range []string{cookieA, cookieB, cookieC, cookieD} {
+		f.login(t, c, strconv.Itoa(i+1))
+	}
+	fs.set(func(s *faultStore) { s.revErr = errDown })
+	for _, c := range []string{cookieA, cookieB, cookieC} {
+		f.roundTrip(t, http.Header{}, http.Header{HeaderRevoke: {f.revokeFor(c)}}, 200)
+	}
+	if st := f.c.Stats(); st.RevokesPending != 2 || st.RevokesOverflow != 1 {
+		t.Fatalf("stats %+v, want 2 pending and 1 overflow", st)
+	}
+	if n := logs.FilterLevelExact(zapcore.ErrorLevel).FilterMessageSnippet("over the limit").Len(); n != 1 {
+		t.Errorf("overflow logged %d times as an error, want 1 (logs: %v)", n, logs.All())
+	}
+	fs.set(func(s *faultStore) { s.revErr = nil })
+	f.clock.Advance(failureBackoff)
+	for _, c := range []string{cookieA, cookieB, cookieC, cookieD} {
+		if r, _ := f.roundTrip(t, cookieHeader(c), nil, 200); r.Identity != "" {
+			t.Fatalf("cookie %s trusted after the pending set overflowed", c[:4])
+		}
+	}
+	if st := f.c.Stats(); st.RevokesPending != 0 {
+		t.Fatalf("stats %+v, want the pending revocations written", st)
+	}
+	// Still nothing trusted just before the end of the period...
+	f.clock.Advance(f.c.pendingFor() - 2*failureBackoff)
+	f.roundTrip(t, cookieHeader(cookieD), http.Header{HeaderGrant: {f.grantFor(cookieD, "4")}}, 200)
+	if r, _ := f.roundTrip(t, cookieHeader(cookieD), nil, 200); r.Identity != "" {
+		t.Fatal("trusted before the overflow period ended")
+	}
+	// ...and trust again after it.
+	f.clock.Advance(2 * failureBackoff)
+	r, _ := f.roundTrip(t, cookieHeader(cookieD), nil, 200)
+	f.verifyIdentity(t, r)
+}
+
+// A logout naming its session twice (the deleted cookie and Django's revoke
+// header) writes one tombstone, so a failing store costs it one timeout.
+func TestLogoutRevokesOnce(t *testing.T) {
+	f, fs, _ := newFaultFixture(t)
+	f.login(t, cookieA, "1")
+	resp := logoutHeader.Clone()
+	resp[HeaderRevoke] = []string{f.revokeFor(cookieA)}
+	f.roundTrip(t, cookieHeader(cookieA), resp, 302)
+	if got := fs.revokeCalls(); got != 1 {
+		t.Fatalf("revoke calls: got %d, want 1", got)
+	}
+	if r, _ := f.roundTrip(t, cookieHeader(cookieA), nil, 200); r.Identity != "" {
+		t.Fatal("trusted after logout")
+	}
 }
