@@ -5,7 +5,7 @@ ENV     ?= deploy/env/development.env
 PKGS    := ./...
 BENCHTIME ?= 1s
 
-.PHONY: run test test-go test-django vet build config bench bench-overhead bench-storm fuzz clean
+.PHONY: run test test-go test-django vet build config bench bench-overhead bench-storm fuzz soak clean
 
 ## run: start lanegate on :8080 in front of a Django app on 127.0.0.1:8000
 run:
@@ -60,6 +60,12 @@ fuzz:
 		echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
+
+## soak: lanegate at 6x its budget for SOAK_DURATION, with cancellations and slow clients: every request accounted for, back to idle, no leaks
+SOAK_DURATION ?= 10m
+soak:
+	@mkdir -p bench/out
+	$(GO) run ./bench/soak -duration $(SOAK_DURATION) -out bench/out/soak.md
 
 clean:
 	rm -rf bin bench/out
