@@ -642,17 +642,20 @@ func TestSlowlorisHeaders(t *testing.T) {
 	laneSlotsFree(t, status(ctx, t, c, in), "after the stalled connections closed")
 }
 
-// TestSlowBody sends a request's headers and then stalls its body. lanegate
-// streams bodies: the request is admitted and forwarded once its headers
-// are in, and its slot is held while the upstream reads the body, for as
-// long as the client takes. There is no body read timeout: only the
-// client's leaving ends it, which must release the slot at once and end
-// the upstream's request.
+// TestSlowBody sends a request's headers and then stalls its body. A body
+// larger than LANEGATE_BUFFER_BODY_BYTES streams: the request is admitted
+// and forwarded once its headers are in, and its slot is held while the
+// upstream reads the body, for as long as the client takes. With no body
+// read timeout, only the client's leaving ends it, which must release the
+// slot at once and end the upstream's request.
 func TestSlowBody(t *testing.T) {
 	ctx := testContext(t)
 	up := newRecorder(t)
 	const headerTimeout = time.Second
-	in := start(ctx, t, append(environ(up.URL, budgetOne...), "LANEGATE_READ_HEADER_TIMEOUT="+headerTimeout.String()))
+	in := start(ctx, t, append(environ(up.URL, budgetOne...),
+		"LANEGATE_READ_HEADER_TIMEOUT="+headerTimeout.String(),
+		"LANEGATE_BUFFER_BODY_BYTES=100", // the 1000-byte body streams
+		"LANEGATE_BODY_READ_TIMEOUT=0"))
 	c := newClient(t)
 
 	conn := dialProxy(ctx, t, in, testTimeout)
@@ -911,7 +914,9 @@ func TestForgedForwarding(t *testing.T) {
 func TestSlowBodyTimeout(t *testing.T) {
 	ctx := testContext(t)
 	up := newRecorder(t)
-	in := start(ctx, t, append(environ(up.URL, budgetOne...), "LANEGATE_BODY_READ_TIMEOUT=1s"))
+	in := start(ctx, t, append(environ(up.URL, budgetOne...),
+		"LANEGATE_BODY_READ_TIMEOUT=1s",
+		"LANEGATE_BUFFER_BODY_BYTES=100")) // the 1000-byte body streams
 	c := newClient(t)
 
 	conn := dialProxy(ctx, t, in, testTimeout)
@@ -949,5 +954,39 @@ func TestSlowBodyTimeout(t *testing.T) {
 	}
 	if r := do(ctx, c, http.MethodGet, in.proxyURL("/fast/after"), ""); r.status != http.StatusOK {
 		t.Errorf("next request: %d, want 200", r.status)
+	}
+}
+
+// TestSlowSmallBody stalls a body small enough to be read before
+// admission: it takes no slot while it stalls, never reaches the upstream
+// unfinished, and is answered 408 at LANEGATE_BODY_READ_TIMEOUT.
+func TestSlowSmallBody(t *testing.T) {
+	ctx := testContext(t)
+	up := newRecorder(t)
+	in := start(ctx, t, append(environ(up.URL, budgetOne...), "LANEGATE_BODY_READ_TIMEOUT=1s"))
+	c := newClient(t)
+
+	conn := dialProxy(ctx, t, in, testTimeout)
+	write(t, conn, "POST /accounts/login/ HTTP/1.1\r\nHost: lanegate.test\r\nContent-Length: 1000\r\n\r\nlogin=alice&")
+	// The only slot stays free: a normal request is served meanwhile.
+	if r := do(ctx, c, http.MethodGet, in.proxyURL("/fast/meanwhile"), ""); r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("request while a small body stalls: got %d %q, error %v; want 200", r.status, r.body, r.err)
+	}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r := readResponse(t, bufio.NewReader(conn), http.MethodPost)
+	conn.Close()
+	if r == nil || r.status != http.StatusRequestTimeout {
+		t.Fatalf("stalled small body: answer %+v, want 408", r)
+	}
+	st := status(ctx, t, c, in)
+	if st.InFlight != 0 || st.Lanes["login"].Admitted != 0 {
+		t.Errorf("/status after the stalled body: %d in flight, %d logins admitted; want none", st.InFlight, st.Lanes["login"].Admitted)
+	}
+	if q := up.until(ctx, t, "/fast/meanwhile"); len(q) > 0 {
+		t.Errorf("upstream got %s %s, want only the request served meanwhile", q[0].method, q[0].path)
+	}
+	m := do(ctx, c, http.MethodGet, in.adminURL("/metrics"), "")
+	if !strings.Contains(m.body, `lanegate_requests_total{decision="body_error",lane="login"} 1`) {
+		t.Errorf("metrics: want one login body_error decision")
 	}
 }
