@@ -117,6 +117,9 @@ type Upstream struct {
 	// StallTimeout bounds the upstream's silence mid-exchange, so a hung
 	// app frees its slot instead of holding it for ever.
 	StallTimeout time.Duration `env:"UPSTREAM_STALL_TIMEOUT" envDefault:"60s" desc:"Longest the upstream may stall mid-exchange: stop reading the request body, or pause between bytes of its response body (and, for an HTTPS upstream or a WebSocket, any silence). Past it the exchange is cut and the slot freed: a 504 if the client has had nothing yet, else a truncated response on a closed connection. HAProxy's timeout server, nginx's proxy_read_timeout."`
+	// TimeoutHold keeps a timed-out request's slot while the app still
+	// works on it.
+	TimeoutHold time.Duration `env:"UPSTREAM_TIMEOUT_HOLD" envDefault:"60s" desc:"After a 504 for want of response headers, the request's slot stays taken until the app is done with it (its late answer arrives, or it closes the connection, as gunicorn does when it kills a worker), up to this long. The app holds its database connection meanwhile: freeing the slot at the 504 would admit another request to wait in PgBouncer's queue instead of lanegate's. 0 frees it with the 504. Plain-HTTP upstreams only."`
 	// IdleTimeout closes idle keep-alive connections to the upstream.
 	IdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"1s" desc:"How long an idle keep-alive connection to the upstream is kept. Keep it below the app server's own keep-alive (gunicorn: 2s), or a POST may be sent on a connection the server is closing and fail with 502."`
 }

@@ -39,6 +39,7 @@ const (
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
 	varUpstreamStall    = prefix + "UPSTREAM_STALL_TIMEOUT"
+	varTimeoutHold      = prefix + "UPSTREAM_TIMEOUT_HOLD"
 	varShutdown         = prefix + "SHUTDOWN_TIMEOUT"
 	varAnonMax          = prefix + "ANON_MAX"
 	varBodyRead         = prefix + "BODY_READ_TIMEOUT"

@@ -196,6 +196,9 @@ func (v *validator) upstream() {
 	v.positive(varResponseHeader, u.ResponseHeaderTimeout)
 	v.positive(varUpstreamIdle, u.IdleTimeout)
 	v.positive(varUpstreamStall, u.StallTimeout)
+	if !v.skip(varTimeoutHold) && u.TimeoutHold < 0 {
+		v.fail(varTimeoutHold, "must not be negative (0 frees the slot with the 504)")
+	}
 }
 
 func (v *validator) admin() {

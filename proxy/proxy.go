@@ -71,6 +71,10 @@ type Options struct {
 	// under way: a pause between response body bytes, or in reading the
 	// request body. Zero means no bound.
 	StallTimeout time.Duration
+	// HoldAfterTimeout keeps the slot of a request whose response headers
+	// timed out taken until the app is done with it, up to this long; zero
+	// frees it with the 504. Plain-HTTP upstreams only.
+	HoldAfterTimeout time.Duration
 	// IdleConns is how many idle keep-alive connections to the upstream
 	// are kept: the budget, so every admitted request finds one warm.
 	IdleConns int
@@ -233,6 +237,7 @@ func newTransport(opts Options) roundTripCloser {
 		addr:                  host,
 		responseHeaderTimeout: opts.ResponseHeaderTimeout,
 		stallTimeout:          opts.StallTimeout,
+		holdAfterTimeout:      opts.HoldAfterTimeout,
 		idleTimeout:           opts.UpstreamIdleTimeout,
 		maxIdle:               idleConns(opts),
 		fallback:              std,
@@ -277,8 +282,14 @@ func newStdTransport(opts Options) *http.Transport {
 	}
 }
 
-// Close releases idle upstream connections.
-func (h *Handler) Close() { h.transport.CloseIdleConnections() }
+// Close releases idle upstream connections, and the slots held for
+// requests the app has not finished after their 504.
+func (h *Handler) Close() {
+	h.transport.CloseIdleConnections()
+	if t, ok := h.transport.(*h1Transport); ok {
+		t.CloseHeld()
+	}
+}
 
 // Mode returns the admission mode in force.
 func (h *Handler) Mode() config.Mode { return *h.mode.Load() }
@@ -448,7 +459,13 @@ func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *adm
 		// map: lanegate's headers must not leave as trailers either.
 		stripLanegateTrailers(rec.Header())
 		end := time.Now()
-		permit.ReleaseAt(end)
+		if hold := rec.hold; hold != nil && permit != nil {
+			// The app still works on the request it timed out on, and
+			// holds its database connection: so does the slot.
+			hold.OnDone(permit.Release)
+		} else {
+			permit.ReleaseAt(end)
+		}
 		ev.upstream = end.Sub(start)
 		h.metrics.observeUpstream(ev.class, ev.upstream)
 		h.finish(rec, r, ev, end)
@@ -658,6 +675,10 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 			rec.status = statusClientClosed
 		}
 		return
+	}
+	var hold *UpstreamHold
+	if rec, ok := w.(*recorder); ok && errors.As(err, &hold) {
+		rec.hold = hold
 	}
 	status, msg, kind := classifyUpstreamError(err)
 	if kind == kindClientBody || kind == kindClientBodyTimeout {

@@ -25,11 +25,16 @@ type recorder struct {
 	sessions Sessions
 	sess     *session.Request
 	req      *http.Request
+
+	// hold is set when the upstream timed out on the request while the
+	// app may still be working on it.
+	hold *UpstreamHold
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
+	r.hold = nil
 }
 
 func (r *recorder) WriteHeader(code int) {

@@ -30,18 +30,23 @@ type h1Transport struct {
 	addr                  string // host:port
 	responseHeaderTimeout time.Duration
 	stallTimeout          time.Duration // zero: none
-	idleTimeout           time.Duration
-	maxIdle               int
-	fallback              http.RoundTripper
-	now                   func() time.Time // time.Now; tests pass a fake
+	// holdAfterTimeout, when positive, keeps a connection whose response
+	// headers timed out open for that long, to learn when the app is done
+	// with the request (see hold).
+	holdAfterTimeout time.Duration
+	idleTimeout      time.Duration
+	maxIdle          int
+	fallback         http.RoundTripper
+	now              func() time.Time // time.Now; tests pass a fake
 	// bodyError, when set, hears of a response body the upstream failed
 	// mid-way (not one the client abandoned), which ReverseProxy only
 	// logs.
 	bodyError func(err error)
 
-	mu    sync.Mutex // guards idle and sweep
+	mu    sync.Mutex // guards idle, sweep and held
 	idle  []*h1Conn  // most recently used last
 	sweep *time.Timer
+	held  map[*h1Conn]struct{}
 }
 
 type h1Conn struct {
@@ -104,6 +109,11 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := t.roundTrip(c, req)
 		if err == nil {
 			return resp, nil
+		}
+		var held *UpstreamHold
+		if errors.As(err, &held) {
+			closeBody(req)
+			return nil, err // the connection is the hold's now
 		}
 		c.Close()
 		if errors.Is(err, errServerClosedIdle) && c.reused && replayable && attempt == 0 && req.Context().Err() == nil {
@@ -178,6 +188,10 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 		r, err := http.ReadResponse(c.br, req)
 		if err != nil {
 			stop()
+			var ne net.Error
+			if t.holdAfterTimeout > 0 && errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+				return nil, t.hold(c, req.Method, err)
+			}
 			return nil, t.wrap(c, err)
 		}
 		// Interim responses (100 Continue, 103 Early Hints) are not
@@ -209,6 +223,76 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	}
 	resp.Body = &h1Body{rc: resp.Body, c: c, t: t, stop: stop, keep: keep, ctx: ctx}
 	return resp, nil
+}
+
+// UpstreamHold is the error of a request whose response headers timed
+// out while the app may still be working on it. The app holds its
+// database connection until it is done; a proxy that freed the request's
+// slot at the 504 would admit another request into a pool the first still
+// holds, and it would wait there (PgBouncer's query_wait_timeout) instead
+// of in lanegate's queue. So the transport keeps the connection open and
+// reads whatever the app sends, for up to holdAfterTimeout: the app's late
+// answer, or its closing the connection (gunicorn killing the worker),
+// says it is done. Then the callbacks given to OnDone run.
+type UpstreamHold struct {
+	err error
+
+	mu     sync.Mutex
+	done   bool
+	onDone []func()
+}
+
+func (h *UpstreamHold) Error() string { return h.err.Error() }
+func (h *UpstreamHold) Unwrap() error { return h.err }
+
+// OnDone runs f once the app is done with the request, or at once if it
+// already is.
+func (h *UpstreamHold) OnDone(f func()) {
+	h.mu.Lock()
+	if h.done {
+		h.mu.Unlock()
+		f()
+		return
+	}
+	h.onDone = append(h.onDone, f)
+	h.mu.Unlock()
+}
+
+func (h *UpstreamHold) finish() {
+	h.mu.Lock()
+	h.done = true
+	fs := h.onDone
+	h.onDone = nil
+	h.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
+// hold takes c over after its response headers timed out (see
+// UpstreamHold) and returns the error for the request.
+func (t *h1Transport) hold(c *h1Conn, method string, err error) *UpstreamHold {
+	h := &UpstreamHold{err: err}
+	t.mu.Lock()
+	if t.held == nil {
+		t.held = make(map[*h1Conn]struct{})
+	}
+	t.held[c] = struct{}{}
+	t.mu.Unlock()
+	c.SetDeadline(time.Now().Add(t.holdAfterTimeout))
+	go func() {
+		// Only the method of the request matters to reading its response.
+		if resp, err := http.ReadResponse(c.br, &http.Request{Method: method}); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		t.mu.Lock()
+		delete(t.held, c)
+		t.mu.Unlock()
+		c.Close()
+		h.finish()
+	}()
+	return h
 }
 
 // earlyResponse reads a response the upstream sent before it stopped
@@ -407,6 +491,20 @@ func (t *h1Transport) sweepIdle() {
 	}
 	t.mu.Unlock()
 	for _, c := range stale {
+		c.Close()
+	}
+}
+
+// CloseHeld ends every hold at once: their slots are released, for a
+// shutdown that will not wait for a hung app.
+func (t *h1Transport) CloseHeld() {
+	t.mu.Lock()
+	held := make([]*h1Conn, 0, len(t.held))
+	for c := range t.held {
+		held = append(held, c)
+	}
+	t.mu.Unlock()
+	for _, c := range held {
 		c.Close()
 	}
 }

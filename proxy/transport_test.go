@@ -503,3 +503,55 @@ func (zeroReader) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// After a response-header timeout the connection is held until the app
+// answers, and only then is the hold done.
+func TestTransportHoldAfterTimeout(t *testing.T) {
+	for _, end := range []string{"late answer", "app closes", "CloseHeld"} {
+		t.Run(end, func(t *testing.T) {
+			release := make(chan struct{})
+			s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+				http.ReadRequest(br)
+				<-release
+				if end == "late answer" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+					br.ReadByte() // until lanegate closes
+				}
+			})
+			tr := newTestTransport(s.ln.Addr().String())
+			tr.responseHeaderTimeout = 50 * time.Millisecond
+			tr.holdAfterTimeout = time.Minute
+			_, _, err := doGet(t, tr, context.Background(), s.ln.Addr().String())
+			var h *UpstreamHold
+			var ne net.Error
+			if !errors.As(err, &h) || !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatalf("got %v, want a held timeout", err)
+			}
+			done := make(chan struct{})
+			h.OnDone(func() { close(done) })
+			select {
+			case <-done:
+				t.Fatal("hold done before the app was")
+			default:
+			}
+			switch end {
+			case "CloseHeld":
+				tr.CloseHeld()
+				defer close(release)
+			default:
+				close(release)
+			}
+			select {
+			case <-done:
+			case <-time.After(testTimeout):
+				t.Fatal("hold never done")
+			}
+			// Once done, OnDone runs at once.
+			ran := false
+			h.OnDone(func() { ran = true })
+			if !ran {
+				t.Error("OnDone after the end did not run its function")
+			}
+		})
+	}
+}

@@ -35,6 +35,7 @@ type faultUpstream struct {
 	arrived chan string
 	ended   chan string
 	release chan struct{} // closed when the test ends: hung handlers return
+	late    chan struct{} // closed by a test: /answer-late answers
 	wg      sync.WaitGroup
 	conns   sync.Map // net.Conn -> struct{}, to close them all on stop
 }
@@ -50,6 +51,7 @@ func newFaultUpstream(t *testing.T) *faultUpstream {
 		arrived: make(chan string, 256),
 		ended:   make(chan string, 256),
 		release: make(chan struct{}),
+		late:    make(chan struct{}),
 	}
 	u.wg.Add(1)
 	go u.serve()
@@ -115,6 +117,14 @@ func (u *faultUpstream) answer(c net.Conn, req *http.Request) bool {
 	case "/hang-before-headers":
 		hang()
 		return false
+	case "/answer-late":
+		select {
+		case <-u.late:
+		case <-u.release:
+			return false
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+		return true
 	case "/reset-mid-body":
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part")
 		reset()
@@ -174,6 +184,7 @@ func faultEnv(upstream string, extra ...string) []string {
 	return environ(upstream, append([]string{
 		"LANEGATE_UPSTREAM_RESPONSE_HEADER_TIMEOUT=500ms",
 		"LANEGATE_UPSTREAM_STALL_TIMEOUT=500ms",
+		"LANEGATE_UPSTREAM_TIMEOUT_HOLD=0",
 		"LANEGATE_ACCESS_LOG=false",
 	}, extra...)...)
 }
@@ -302,6 +313,35 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// TestFaultTimeoutHoldsSlot: after a 504 the app may still work on the
+// request, holding its database connection; its slot stays taken until
+// the app's late answer arrives, so no other request is sent in to wait in
+// the app's pool meanwhile.
+func TestFaultTimeoutHoldsSlot(t *testing.T) {
+	ctx := testContext(t)
+	up := newFaultUpstream(t)
+	in := start(ctx, t, faultEnv(up.URL(), "LANEGATE_BUDGET=1", "LANEGATE_UPSTREAM_TIMEOUT_HOLD=20s"))
+	c := newClient(t)
+
+	r := do(ctx, c, http.MethodGet, in.proxyURL("/answer-late"), "")
+	if r.err != nil || r.status != http.StatusGatewayTimeout {
+		t.Fatalf("got %d %q, error %v; want 504", r.status, r.body, r.err)
+	}
+	if st := status(ctx, t, c, in); st.InFlight != 1 {
+		t.Fatalf("in flight after the 504: got %d, want the slot still held", st.InFlight)
+	}
+	next := goGet(ctx, c, in.proxyURL("/next"))
+	pollStatus(ctx, t, c, in, "the next request queued behind the held slot", func(st proxy.Status) bool {
+		return st.Lanes["core"].Queued == 1
+	})
+	notYet(t, next, "the request queued behind the held slot")
+	close(up.late) // the app finishes the request it was given up on
+	if r := recv(ctx, t, next, "the next request"); r.err != nil || r.status != http.StatusOK || r.body != "ok /next" {
+		t.Errorf("next request: got %d %q, error %v; want 200", r.status, r.body, r.err)
+	}
+	waitIdle(ctx, t, c, in)
 }
 
 // TestFaultUpstreamRestart stops the upstream under concurrent load and
