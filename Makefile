@@ -5,7 +5,7 @@ ENV     ?= deploy/env/development.env
 PKGS    := ./...
 BENCHTIME ?= 1s
 
-.PHONY: run test test-go test-django vet build config bench bench-overhead bench-storm fuzz soak clean
+.PHONY: run test test-go test-django vet build config bench bench-overhead bench-storm bench-storm-chaos chaos fuzz soak clean
 
 ## run: start lanegate on :8080 in front of a Django app on 127.0.0.1:8000
 run:
@@ -60,6 +60,15 @@ fuzz:
 		echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
 	done
+
+## chaos: the fault suite: upstream, client, Redis and shutdown faults in Go (also part of make test), then PgBouncer and PostgreSQL restarted and frozen under load on the storm stack
+chaos:
+	$(GO) test -race -count=1 -run 'Fault|Pending|Revocation|StoreFailure' ./cmd/lanegate ./proxy ./session
+	bench/storm/chaos $(ARGS)
+
+## bench-storm-chaos: only the storm-stack part of chaos (about 3 minutes)
+bench-storm-chaos:
+	bench/storm/chaos $(ARGS)
 
 ## soak: lanegate at 6x its budget for SOAK_DURATION, with cancellations and slow clients: every request accounted for, back to idle, no leaks
 SOAK_DURATION ?= 10m
