@@ -54,11 +54,20 @@ bench-storm:
 ## fuzz: every fuzz target for FUZZTIME each (path classification, cookie and header parsing, token verification, store values, configuration)
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./proxy:FuzzClassify ./session:FuzzVerify ./session:FuzzCookieHeaders ./session:FuzzDecodeEntry ./config:FuzzLoad
+# Go 1.26's fuzzing coordinator can fail a run with a bare "context deadline
+# exceeded" as FUZZTIME ends, writing no input (golang/go#75804, fixed in Go
+# 1.27): that is reported, not counted as a finding. A failing input is.
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "fuzz: $$name in $$pkg for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg; \
+		out=$$($(GO) test -run '^$$' -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) $$pkg 2>&1); rc=$$?; \
+		echo "$$out" | tail -n 4; \
+		if [ $$rc -ne 0 ]; then \
+			if echo "$$out" | grep -qx '    context deadline exceeded' && ! echo "$$out" | grep -q 'Failing input written'; then \
+				echo "fuzz: $$name: the coordinator's own deadline (golang/go#75804), no failing input: not a finding"; \
+			else echo "$$out" >&2; exit 1; fi; \
+		fi; \
 	done
 
 ## chaos: the fault suite: upstream, client, Redis and shutdown faults in Go (also part of make test), then PgBouncer and PostgreSQL restarted and frozen under load on the storm stack
