@@ -575,7 +575,11 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 			}
 			return nil, se
 		}
-		retry := c.expectedWait(l, c.ahead(r)+1, s)
+		// The estimate learns a lane's service time only as slots are
+		// released: while the app hangs, it still says milliseconds. A
+		// request that waited its whole timeout without a slot is not told
+		// to come back sooner than it waited.
+		retry := max(c.expectedWait(l, c.ahead(r)+1, s), end.Sub(now))
 		c.mu.Unlock()
 		tok.refund(end)
 		if err := ctx.Err(); err != nil {

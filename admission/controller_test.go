@@ -299,6 +299,12 @@ func TestQueueTimeout(t *testing.T) {
 	if !errors.Is(r.err, ErrQueueTimeout) {
 		t.Fatalf("got %v, want ErrQueueTimeout", r.err)
 	}
+	// No service time is known (nothing was released): the hint is the
+	// wait it just had, not zero.
+	var se *ShedError
+	if !errors.As(r.err, &se) || se.RetryAfter < 5*time.Second {
+		t.Fatalf("retry after a full queue wait: got %+v, want at least the 5 s waited", se)
+	}
 	if got := c.Snapshot().Lanes[Core].Queued; got != 0 {
 		t.Fatalf("queued after timeout: got %d, want 0", got)
 	}
