@@ -91,6 +91,8 @@ type Server struct {
 	ReadHeaderTimeout time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s" desc:"Longest a client may take to send its request headers; stops slow clients from holding connections."`
 	// IdleTimeout is how long an idle keep-alive connection stays open.
 	IdleTimeout time.Duration `env:"IDLE_TIMEOUT" envDefault:"120s" desc:"How long an idle keep-alive client connection is kept open."`
+	// MaxConns caps the client connections open at once.
+	MaxConns int `env:"MAX_CONNS" envDefault:"10000" desc:"Most client connections open at once, as HAProxy's maxconn: at the limit lanegate stops accepting and new connections wait in the kernel's backlog, so idle or slow clients cannot exhaust file descriptors or memory. Keep it under the process's file limit (ulimit -n), less what the upstream and Redis connections need."`
 	// MaxHeaderBytes caps the size of a request's headers.
 	MaxHeaderBytes int `env:"MAX_HEADER_BYTES" envDefault:"32768" desc:"Largest request head (request line and headers) accepted, in bytes; a larger one is refused with 431. Values under 4097 act as 4097, the least Go's HTTP server can enforce."`
 	// BufferBodyBytes is the largest request body read whole before

@@ -33,6 +33,7 @@ const (
 	varReadHeader       = prefix + "READ_HEADER_TIMEOUT"
 	varIdle             = prefix + "IDLE_TIMEOUT"
 	varMaxHeaderBytes   = prefix + "MAX_HEADER_BYTES"
+	varMaxConns         = prefix + "MAX_CONNS"
 	varMaxBodyBytes     = prefix + "MAX_BODY_BYTES"
 	varBufferBodyBytes  = prefix + "BUFFER_BODY_BYTES"
 	varDial             = prefix + "UPSTREAM_DIAL_TIMEOUT"

@@ -131,6 +131,9 @@ func (v *validator) server() {
 	v.positive(varReadHeader, s.ReadHeaderTimeout)
 	v.positive(varIdle, s.IdleTimeout)
 	v.positive(varShutdown, s.ShutdownTimeout)
+	if !v.skip(varMaxConns) && s.MaxConns < 1 {
+		v.fail(varMaxConns, "must be at least 1")
+	}
 	if !v.skip(varMaxHeaderBytes) && s.MaxHeaderBytes < 1 {
 		v.fail(varMaxHeaderBytes, "must be at least 1")
 	}

@@ -189,6 +189,15 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		ln.Close()
 		return fmt.Errorf("listen %s (LANEGATE_ADMIN_LISTEN): %w", cfg.Admin.Listen, err)
 	}
+	// The admin listener is not limited: an operator must reach /status
+	// when clients hold every connection.
+	limited := proxy.NewLimitListener(ln, cfg.Server.MaxConns)
+	if err := limited.Register(reg); err != nil {
+		ln.Close()
+		adminLn.Close()
+		return fmt.Errorf("listener metrics: %w", err)
+	}
+	ln = limited
 
 	errc := make(chan error, 2)
 	go func() {
@@ -318,6 +327,7 @@ func restartOnly(a, b config.Config) []string {
 		{"LANEGATE_READ_HEADER_TIMEOUT", a.Server.ReadHeaderTimeout, b.Server.ReadHeaderTimeout},
 		{"LANEGATE_IDLE_TIMEOUT", a.Server.IdleTimeout, b.Server.IdleTimeout},
 		{"LANEGATE_MAX_HEADER_BYTES", a.Server.MaxHeaderBytes, b.Server.MaxHeaderBytes},
+		{"LANEGATE_MAX_CONNS", a.Server.MaxConns, b.Server.MaxConns},
 		{"LANEGATE_MAX_BODY_BYTES", a.Server.MaxBodyBytes, b.Server.MaxBodyBytes},
 		{"LANEGATE_BUFFER_BODY_BYTES", a.Server.BufferBodyBytes, b.Server.BufferBodyBytes},
 		{"LANEGATE_SHUTDOWN_TIMEOUT", a.Server.ShutdownTimeout, b.Server.ShutdownTimeout},

@@ -990,3 +990,51 @@ func TestSlowSmallBody(t *testing.T) {
 		t.Errorf("metrics: want one login body_error decision")
 	}
 }
+
+// TestMaxConns holds LANEGATE_MAX_CONNS connections open without a
+// request: the next connection is not accepted (it waits in the kernel's
+// backlog) until one of them closes, and the admin listener still
+// answers meanwhile.
+func TestMaxConns(t *testing.T) {
+	ctx := testContext(t)
+	up := newUpstream(t)
+	in := start(ctx, t, environ(up.URL, "LANEGATE_MAX_CONNS=2", "LANEGATE_READ_HEADER_TIMEOUT=20s"))
+	c := newClient(t)
+	metric := func(name string) string {
+		t.Helper()
+		r := do(ctx, c, http.MethodGet, in.adminURL("/metrics"), "")
+		for _, line := range strings.Split(r.body, "\n") {
+			if v, ok := strings.CutPrefix(line, name+" "); ok {
+				return v
+			}
+		}
+		t.Fatalf("/metrics has no %s", name)
+		return ""
+	}
+	idle1 := dialProxy(ctx, t, in, testTimeout)
+	dialProxy(ctx, t, in, testTimeout)
+	// A third client: its connection completes in the kernel, but lanegate
+	// does not accept it while two are open.
+	third := make(chan result, 1)
+	go func() {
+		once := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		third <- do(ctx, once, http.MethodGet, in.proxyURL("/fast/third"), "")
+	}()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for metric("lanegate_client_connections_limited_total") != "1" || metric("lanegate_client_connections") != "2" {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("the listener never reached its limit: %v", ctx.Err())
+		}
+	}
+	notYet(t, third, "the third client while two connections are open")
+	if st := status(ctx, t, c, in); st.InFlight != 0 {
+		t.Errorf("/status at the connection limit: %d in flight, want 0 (idle connections take no slot)", st.InFlight)
+	}
+	idle1.Close()
+	if r := recv(ctx, t, third, "the third client"); r.err != nil || r.status != http.StatusOK || r.body != "fast /fast/third" {
+		t.Errorf("third client once a connection closed: got %d %q, error %v; want 200", r.status, r.body, r.err)
+	}
+}
