@@ -200,14 +200,6 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		Rewrite:    h.rewrite,
 		Transport:  h.transport,
 		BufferPool: newBufferPool(),
-		// Relay each read of the body at once, as ReverseProxy already
-		// does for streamed bodies. A small page costs the same one write;
-		// a slow or large body reaches the client as it comes; and when
-		// the upstream dies mid-body, the client has the headers and the
-		// bytes so far before the connection closes, instead of a bare
-		// EOF that its HTTP library may answer by sending the request
-		// again.
-		FlushInterval: -1,
 		ErrorHandler:  h.upstreamError,
 		ErrorLog:      zap.NewStdLog(log.Named("reverseproxy")),
 	}
@@ -469,6 +461,20 @@ func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *adm
 		ev.upstream = end.Sub(start)
 		h.metrics.observeUpstream(ev.class, ev.upstream)
 		h.finish(rec, r, ev, end)
+	}()
+	defer func() {
+		// Runs first. When the upstream dies mid-body, ReverseProxy aborts
+		// the handler, and net/http closes the connection without sending
+		// what the response has buffered: the client would get a bare EOF,
+		// not even the headers, and its HTTP library might send the
+		// request again. Flushing first hands it the headers and the bytes
+		// so far, so it sees a response cut short.
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler && rec.status != 0 {
+				http.NewResponseController(rec.ResponseWriter).Flush()
+			}
+			panic(v)
+		}
 	}()
 	h.rp.ServeHTTP(rec, r)
 }
