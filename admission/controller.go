@@ -89,6 +89,7 @@ type Controller struct {
 	buckets atomic.Pointer[buckets]
 	closed  atomic.Bool
 	clock   clockwork.Clock
+	epoch   time.Time // start of the milliseconds in laneStats.holds
 
 	// mu guards queues and seq, and serialises every state change made
 	// while a request is queued. queues[l] holds lane l's waiters;
@@ -113,7 +114,37 @@ type laneStats struct {
 	queued    atomic.Int64
 	service   atomic.Int64 // moving average of slot hold time, ns
 	decisions [numDecisions]atomic.Uint64
-	_         [64]byte
+	// holds packs the counted permits held now (low 12 bits, at most
+	// MaxBudget) and the sum of their start times (the rest, in
+	// milliseconds since the controller's epoch), so that one load gives
+	// both: their mean age, which the moving average, fed only by
+	// releases, cannot see while the app hangs. 51 bits of milliseconds
+	// hold 4095 starts of a controller running for 17 years.
+	holds atomic.Int64
+	_     [64]byte
+}
+
+const holdCountBits = 12
+
+// hold and unhold count a permit that takes a slot in and out; since is
+// its start, in milliseconds since the controller's epoch.
+func (s *laneStats) hold(since int64)   { s.holds.Add(since<<holdCountBits + 1) }
+func (s *laneStats) unhold(since int64) { s.holds.Add(-(since<<holdCountBits + 1)) }
+
+// serviceAt is the service time the estimates use when now is nowMs
+// milliseconds past the epoch: the moving average of completed holds, or
+// the mean age of the holds still running when that is longer. Requests
+// that run far past the average (an app hung on its database) then make
+// waits look as long as they are.
+func (s *laneStats) serviceAt(nowMs int64) time.Duration {
+	svc := time.Duration(s.service.Load())
+	h := s.holds.Load()
+	if n := h & (1<<holdCountBits - 1); n > 0 && svc > 0 {
+		if age := time.Duration(nowMs-(h>>holdCountBits)/n) * time.Millisecond; age > svc {
+			return age
+		}
+	}
+	return svc
 }
 
 // observe folds one slot hold time into the moving average. A weight of 1/8
@@ -149,6 +180,7 @@ func New(limits Limits, opts ...Option) (*Controller, error) {
 	for _, o := range opts {
 		o(c)
 	}
+	c.epoch = c.clock.Now()
 	b, err := newBuckets(limits)
 	if err != nil {
 		return nil, fmt.Errorf("admission: login buckets: %w", err)
@@ -265,6 +297,7 @@ func (p *Permit) ReleaseAt(now time.Time) {
 		c.room.completed(now)
 	}
 	if p.delta != 0 {
+		c.lanes[p.lane].unhold(c.sinceEpoch(p.start))
 		c.release(p.delta)
 	}
 }
@@ -276,6 +309,7 @@ func (p *Permit) Abandon() {
 		return
 	}
 	if p.delta != 0 {
+		p.c.lanes[p.lane].unhold(p.c.sinceEpoch(p.start))
 		p.c.release(p.delta)
 	}
 }
@@ -301,8 +335,14 @@ func (c *Controller) release(d uint64) {
 func (c *Controller) add(delta int64) uint64 { return c.state.Add(uint64(delta)) }
 
 func (c *Controller) newPermit(r *Request, start time.Time, waited time.Duration) *Permit {
-	return &Permit{c: c, lane: r.Lane, start: start, waited: waited, delta: delta(r)}
+	p := &Permit{c: c, lane: r.Lane, start: start, waited: waited, delta: delta(r)}
+	c.lanes[r.Lane].hold(c.sinceEpoch(start))
+	return p
 }
+
+// sinceEpoch is t in milliseconds since the controller started, never
+// negative.
+func (c *Controller) sinceEpoch(t time.Time) int64 { return max(t.Sub(c.epoch).Milliseconds(), 0) }
 
 func (c *Controller) count(l Lane, d Decision) { c.lanes[l].decisions[d].Add(1) }
 
@@ -393,7 +433,7 @@ func (c *Controller) loginWait(ahead int, s uint64, now time.Time) time.Duration
 	if rate := c.loginRate(now); rate > 0 {
 		return time.Duration(float64(ahead+1) / rate * float64(time.Second))
 	}
-	return c.expectedWait(Login, ahead+1, s)
+	return c.expectedWait(Login, ahead+1, s, now)
 }
 
 // loginRate is the login completion rate the estimates use, per second:
@@ -491,7 +531,7 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 				tok.refund(now)
 				return nil, se
 			}
-			retry := c.expectedWait(l, c.ahead(r)+1, s)
+			retry := c.expectedWait(l, c.ahead(r)+1, s, now)
 			c.mu.Unlock()
 			tok.refund(now)
 			return nil, c.shed(l, ErrQueueFull, retry)
@@ -505,7 +545,7 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 			// (a core request every few milliseconds, while exports run
 			// for seconds): judged by its own few slots, it would be
 			// refused while the wait was short.
-			expected = c.expectedWait(l, c.ahead(r)+1, s)
+			expected = c.expectedWait(l, c.ahead(r)+1, s, now)
 		}
 		deadline = now.Add(ll.QueueTimeout)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -579,7 +619,7 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		// released: while the app hangs, it still says milliseconds. A
 		// request that waited its whole timeout without a slot is not told
 		// to come back sooner than it waited.
-		retry := max(c.expectedWait(l, c.ahead(r)+1, s), end.Sub(now))
+		retry := max(c.expectedWait(l, c.ahead(r)+1, s, end), end.Sub(now))
 		c.mu.Unlock()
 		tok.refund(end)
 		if err := ctx.Err(); err != nil {
@@ -673,8 +713,8 @@ func (c *Controller) dispatch(lim *Limits) {
 // expectedWait estimates how long a request at position pos (1-based) of
 // lane l's queue waits: the requests ahead drain at the rate the lane's
 // running slots complete. It is zero until the lane has a service time.
-func (c *Controller) expectedWait(l Lane, pos int, s uint64) time.Duration {
-	svc := time.Duration(c.lanes[l].service.Load())
+func (c *Controller) expectedWait(l Lane, pos int, s uint64, now time.Time) time.Duration {
+	svc := c.lanes[l].serviceAt(c.sinceEpoch(now))
 	if svc <= 0 {
 		return 0
 	}
@@ -738,7 +778,7 @@ func (c *Controller) Shadow(r Request) (Decision, *Permit) {
 			switch {
 			case ahead >= ll.Queue || ll.QueueTimeout <= 0:
 				d = ShadowQueueFull
-			case inFlightOf(s, l) >= ll.Max && c.expectedWait(l, ahead+1, s) > ll.QueueTimeout:
+			case inFlightOf(s, l) >= ll.Max && c.expectedWait(l, ahead+1, s, now) > ll.QueueTimeout:
 				d = ShadowWaitTooLong
 			default:
 				d = ShadowQueued
@@ -766,6 +806,7 @@ func (c *Controller) force(r *Request) *Permit {
 		// race the mutex holders: their swaps fail and they look again.
 		if c.state.CompareAndSwap(s, s+d) {
 			p.delta = d
+			c.lanes[r.Lane].hold(c.sinceEpoch(p.start))
 			return p
 		}
 	}

@@ -728,3 +728,45 @@ func TestEarlyRejectionOnlyAtOwnCap(t *testing.T) {
 		q.Release()
 	}
 }
+
+// While the running requests hang far past the lane's average, waits are
+// judged by their age: the average, fed only by releases, still says
+// milliseconds.
+func TestHungRequestsLengthenEstimates(t *testing.T) {
+	var l Limits
+	l.Budget = 2
+	l.Lane[Core] = LaneLimits{Reserved: 2, Max: 2, Queue: 10, QueueTimeout: 5 * time.Second}
+	c, clock := newTest(t, l)
+	p := mustAcquire(t, c, Core)
+	clock.Advance(50 * time.Millisecond)
+	p.Release() // pages take 50 ms
+	a, b := mustAcquire(t, c, Core), mustAcquire(t, c, Core)
+	clock.Advance(20 * time.Second) // and then the database hangs
+
+	ch := make(chan result, 1)
+	go func() {
+		p, err := c.Acquire(context.Background(), Request{Lane: Core})
+		ch <- result{p, err}
+	}()
+	var r result
+	select {
+	case r = <-ch:
+	case <-time.After(5 * time.Second):
+		c.Close()
+		t.Fatalf("the request queued, judged by the 50 ms average; want it refused at once")
+	}
+	var se *ShedError
+	if !errors.As(r.err, &se) || !errors.Is(r.err, ErrWaitTooLong) {
+		t.Fatalf("got %v, want ErrWaitTooLong", r.err)
+	}
+	// Two slots held for 20 s: the next one frees in about 10 s.
+	if se.RetryAfter < 10*time.Second {
+		t.Errorf("retry after: got %s, want at least 10 s", se.RetryAfter)
+	}
+	a.Release()
+	b.Release()
+	// Once released, the slots' ages no longer count.
+	if n := c.lanes[Core].holds.Load(); n != 0 {
+		t.Errorf("running holds after release: got %d, want 0", n)
+	}
+}
