@@ -197,11 +197,11 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		t.bodyError = h.upstreamBodyError
 	}
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:    h.rewrite,
-		Transport:  h.transport,
-		BufferPool: newBufferPool(),
-		ErrorHandler:  h.upstreamError,
-		ErrorLog:      zap.NewStdLog(log.Named("reverseproxy")),
+		Rewrite:      h.rewrite,
+		Transport:    h.transport,
+		BufferPool:   newBufferPool(),
+		ErrorHandler: h.upstreamError,
+		ErrorLog:     zap.NewStdLog(log.Named("reverseproxy")),
 	}
 	return h, nil
 }
