@@ -408,16 +408,25 @@ func TestTransportUpgradeUsesFallback(t *testing.T) {
 	}
 }
 
-// An upstream that stops mid-body is cut after the stall timeout, the
-// failure is reported as the upstream's, and the connection is not pooled.
-func TestTransportStalledBody(t *testing.T) {
+// stallingServer answers every request with half of a 10-byte body, then
+// nothing until the test ends.
+func stallingServer(t *testing.T) *rawServer {
 	release := make(chan struct{})
 	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
 		http.ReadRequest(br)
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
 		<-release
 	})
-	defer close(release)
+	// Registered after newRawServer's cleanup, so it runs first: the
+	// handlers return before the server waits for them.
+	t.Cleanup(func() { close(release) })
+	return s
+}
+
+// An upstream that stops mid-body is cut after the stall timeout, the
+// failure is reported as the upstream's, and the connection is not pooled.
+func TestTransportStalledBody(t *testing.T) {
+	s := stallingServer(t)
 	tr := newTestTransport(s.ln.Addr().String())
 	tr.stallTimeout = 50 * time.Millisecond
 	var reported []error
@@ -443,13 +452,7 @@ func TestTransportStalledBody(t *testing.T) {
 
 // A body the client abandons is not the upstream's failure.
 func TestTransportCancelledBodyNotReported(t *testing.T) {
-	release := make(chan struct{})
-	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
-		http.ReadRequest(br)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
-		<-release
-	})
-	defer close(release)
+	s := stallingServer(t)
 	tr := newTestTransport(s.ln.Addr().String())
 	tr.stallTimeout = time.Minute
 	var reported atomic.Int64
