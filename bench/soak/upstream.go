@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -144,18 +143,6 @@ func between(lo, hi time.Duration) time.Duration {
 	return lo + rand.N(hi-lo)
 }
 
-// pause waits d, or less when the request is cancelled; it reports
-// whether the request is still wanted.
-func pause(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // reply writes a whole body of n bytes with its length.
 func (u *upstream) reply(w http.ResponseWriter, k kind, contentType string, n int) {
@@ -179,7 +166,7 @@ func (u *upstream) login(w http.ResponseWriter, r *http.Request) {
 	if rand.IntN(100) < 5 {
 		d = between(time.Second, 2*time.Second)
 	}
-	if !pause(r.Context(), d) {
+	if !sleep(r.Context(), d) {
 		return
 	}
 	u.reply(w, kindLogin, "text/html; charset=utf-8", 512+rand.IntN(1024))
@@ -192,7 +179,7 @@ func (u *upstream) core(w http.ResponseWriter, r *http.Request) {
 	if rand.IntN(100) < 3 {
 		d = between(300*time.Millisecond, 1500*time.Millisecond)
 	}
-	if !pause(r.Context(), d) {
+	if !sleep(r.Context(), d) {
 		return
 	}
 	u.reply(w, kindCore, "text/html; charset=utf-8", 2<<10+rand.IntN(30<<10))
@@ -203,7 +190,7 @@ func (u *upstream) core(w http.ResponseWriter, r *http.Request) {
 // so lanegate relays a stream.
 func (u *upstream) export(w http.ResponseWriter, r *http.Request) {
 	u.arrive(kindExport, r)
-	if !pause(r.Context(), between(100*time.Millisecond, 500*time.Millisecond)) {
+	if !sleep(r.Context(), between(100*time.Millisecond, 500*time.Millisecond)) {
 		return
 	}
 	total := 64<<10 + rand.IntN(448<<10)
@@ -228,7 +215,7 @@ func (u *upstream) export(w http.ResponseWriter, r *http.Request) {
 		if err := rc.Flush(); err != nil {
 			return
 		}
-		if i < chunks-1 && !pause(r.Context(), gap) {
+		if i < chunks-1 && !sleep(r.Context(), gap) {
 			return
 		}
 	}
@@ -237,7 +224,7 @@ func (u *upstream) export(w http.ResponseWriter, r *http.Request) {
 // static is a file: 0-5 ms, 4-128 KiB.
 func (u *upstream) static(w http.ResponseWriter, r *http.Request) {
 	u.arrive(kindStatic, r)
-	if !pause(r.Context(), rand.N(5*time.Millisecond)) {
+	if !sleep(r.Context(), rand.N(5*time.Millisecond)) {
 		return
 	}
 	u.reply(w, kindStatic, "text/javascript", 4<<10+rand.IntN(124<<10))
