@@ -143,7 +143,6 @@ func between(lo, hi time.Duration) time.Duration {
 	return lo + rand.N(hi-lo)
 }
 
-
 // reply writes a whole body of n bytes with its length.
 func (u *upstream) reply(w http.ResponseWriter, k kind, contentType string, n int) {
 	h := w.Header()
