@@ -8,40 +8,29 @@
 package config
 
 import (
-	"fmt"
 	"net/netip"
 	"net/url"
 	"time"
+
+	"github.com/lanegate/lanegate/admission"
 )
 
 // prefix starts the name of every variable lanegate reads.
 const prefix = "LANEGATE_"
 
-// Mode selects what the admission controller does with what it decides.
-type Mode string
+// Mode selects what the admission controller does with what it decides;
+// see admission.Mode.
+type Mode = admission.Mode
 
-// The admission modes.
+// The admission modes, as LANEGATE_ADMISSION names them.
 const (
-	// ModeEnforce queues and sheds requests as the limits say.
-	ModeEnforce Mode = "enforce"
-	// ModeShadow admits everything but records what enforce would have
-	// queued or shed, to size limits against real traffic before relying
-	// on them.
-	ModeShadow Mode = "shadow"
-	// ModeOff passes every request straight through, as if lanegate were a
-	// plain reverse proxy: the switch to flip when the limits themselves are
-	// suspected.
-	ModeOff Mode = "off"
+	ModeEnforce = admission.Enforce
+	ModeShadow  = admission.Shadow
+	ModeOff     = admission.Off
 )
 
 // ParseMode returns the mode named s ("enforce", "shadow" or "off").
-func ParseMode(s string) (Mode, error) {
-	switch m := Mode(s); m {
-	case ModeEnforce, ModeShadow, ModeOff:
-		return m, nil
-	}
-	return "", fmt.Errorf("unknown admission mode %q: want enforce, shadow or off", s)
-}
+func ParseMode(s string) (Mode, error) { return admission.ParseMode(s) }
 
 // Config is lanegate's whole configuration, as Load reads it.
 //

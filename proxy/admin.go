@@ -19,7 +19,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/session"
 )
 
@@ -300,7 +299,7 @@ func (a *Admin) putMode(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	m, err := config.ParseMode(strings.TrimSpace(string(body)))
+	m, err := admission.ParseMode(strings.TrimSpace(string(body)))
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 )
 
 const testAdminToken = "s3cret-admin-token"
@@ -163,17 +162,17 @@ func TestAdminPutMode(t *testing.T) {
 	steps := []struct {
 		body   string
 		status int
-		mode   config.Mode // in force afterwards
+		mode   admission.Mode // in force afterwards
 		// a core request sent afterwards, with the budget full, reaches the
 		// upstream (true) or is shed
 		forwarded bool
 	}{
-		{"shadow\n", http.StatusOK, config.ModeShadow, true},
-		{"bogus", http.StatusBadRequest, config.ModeShadow, true},
-		{"enforce", http.StatusOK, config.ModeEnforce, false},
-		{"", http.StatusBadRequest, config.ModeEnforce, false},
-		{"Off", http.StatusBadRequest, config.ModeEnforce, false},
-		{" off \n", http.StatusOK, config.ModeOff, true},
+		{"shadow\n", http.StatusOK, admission.Shadow, true},
+		{"bogus", http.StatusBadRequest, admission.Shadow, true},
+		{"enforce", http.StatusOK, admission.Enforce, false},
+		{"", http.StatusBadRequest, admission.Enforce, false},
+		{"Off", http.StatusBadRequest, admission.Enforce, false},
+		{" off \n", http.StatusOK, admission.Off, true},
 	}
 	var pending []<-chan testResult
 	for _, s := range steps {
@@ -234,7 +233,7 @@ func TestAdminToken(t *testing.T) {
 	for _, ep := range endpoints {
 		for _, a := range auths {
 			t.Run(ep.method+" "+ep.path+"/"+a.name, func(t *testing.T) {
-				p.Handler.SetMode(config.ModeEnforce)
+				p.Handler.SetMode(admission.Enforce)
 				hdr := map[string]string{}
 				if a.header != "" {
 					hdr["Authorization"] = a.header
@@ -254,9 +253,9 @@ func TestAdminToken(t *testing.T) {
 					}
 				}
 				if ep.method == http.MethodPut {
-					wantMode := config.ModeEnforce
+					wantMode := admission.Enforce
 					if want == http.StatusOK {
-						wantMode = config.ModeShadow
+						wantMode = admission.Shadow
 					}
 					if got := p.Handler.Mode(); got != wantMode {
 						t.Errorf("mode after PUT: got %s, want %s", got, wantMode)

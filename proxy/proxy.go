@@ -22,7 +22,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/session"
 )
 
@@ -88,7 +87,7 @@ type Options struct {
 	// is replaced: links whose path carries a secret.
 	RedactPaths []string
 	// Mode is the initial admission mode; SetMode changes it.
-	Mode config.Mode
+	Mode admission.Mode
 	// Sessions, when set, is the session cache: requests of a session
 	// Django granted are forwarded with a signed identity and admitted as
 	// authenticated; the others as anonymous.
@@ -123,7 +122,7 @@ type Handler struct {
 	redact     []string
 	log        *zap.Logger
 	metrics    *Metrics
-	mode       atomic.Pointer[config.Mode]
+	mode       atomic.Pointer[admission.Mode]
 	recorders  sync.Pool
 
 	sessions      Sessions
@@ -187,7 +186,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 	}
 	mode := opts.Mode
 	if mode == "" {
-		mode = config.ModeEnforce
+		mode = admission.Enforce
 	}
 	h.mode.Store(&mode)
 	h.classifier.Store(cl)
@@ -284,12 +283,12 @@ func (h *Handler) Close() {
 }
 
 // Mode returns the admission mode in force.
-func (h *Handler) Mode() config.Mode { return *h.mode.Load() }
+func (h *Handler) Mode() admission.Mode { return *h.mode.Load() }
 
 // SetMode switches the admission mode for requests that arrive from now
 // on. Requests already queued or in flight finish under the mode they
 // started with.
-func (h *Handler) SetMode(m config.Mode) { h.mode.Store(&m) }
+func (h *Handler) SetMode(m admission.Mode) { h.mode.Store(&m) }
 
 // SetRules replaces the path rules for requests that arrive from now on.
 func (h *Handler) SetRules(r Rules) error {
@@ -355,7 +354,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	enforce := *h.mode.Load() == config.ModeEnforce
+	enforce := *h.mode.Load() == admission.Enforce
 	if enforce && h.room.Room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && isNavigation(r) &&
 		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login &&
 		h.gateLoginPage(rec, r) {
@@ -403,10 +402,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	var permit *admission.Permit
 	switch *h.mode.Load() {
-	case config.ModeOff:
+	case admission.Off:
 		permit = h.ctrl.Pass(req)
 		ev.decision = admission.Passed.String()
-	case config.ModeShadow:
+	case admission.Shadow:
 		var d admission.Decision
 		d, permit = h.ctrl.Shadow(req)
 		ev.decision = d.String()

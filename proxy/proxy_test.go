@@ -25,7 +25,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 )
 
 var testLoopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
@@ -931,7 +930,7 @@ func TestModeOff(t *testing.T) {
 	gate := testNewGate()
 	defer gate.Open()
 	up := testUpstream(t, gate)
-	p := testNewProxy(t, up.URL, testTightLimits(0), Options{Mode: config.ModeOff})
+	p := testNewProxy(t, up.URL, testTightLimits(0), Options{Mode: admission.Off})
 	const n = 5
 	results := make([]<-chan testResult, n)
 	for i := range results {
@@ -958,7 +957,7 @@ func TestModeShadow(t *testing.T) {
 	gate := testNewGate()
 	defer gate.Open()
 	up := testUpstream(t, gate)
-	p := testNewProxy(t, up.URL, testTightLimits(1), Options{Mode: config.ModeShadow})
+	p := testNewProxy(t, up.URL, testTightLimits(1), Options{Mode: admission.Shadow})
 	// One at a time, so that each sees the one before in flight: the first
 	// fits, the second would have queued, the third found the queue full.
 	var results []<-chan testResult
@@ -989,13 +988,13 @@ func TestSetMode(t *testing.T) {
 	testAwait(t, gate)
 
 	steps := []struct {
-		mode config.Mode
+		mode admission.Mode
 		want int
 	}{
-		{config.ModeEnforce, http.StatusServiceUnavailable},
-		{config.ModeOff, http.StatusOK},
-		{config.ModeShadow, http.StatusOK},
-		{config.ModeEnforce, http.StatusServiceUnavailable},
+		{admission.Enforce, http.StatusServiceUnavailable},
+		{admission.Off, http.StatusOK},
+		{admission.Shadow, http.StatusOK},
+		{admission.Enforce, http.StatusServiceUnavailable},
 	}
 	var pending []<-chan testResult
 	for i, s := range steps {
@@ -1077,7 +1076,7 @@ func BenchmarkHandler(b *testing.B) {
 		b.Fatal(err)
 	}
 	u, _ := url.Parse(up.URL)
-	h, err := New(ctrl, Options{Upstream: u, Rules: testProxyRules, IdleConns: 256, Mode: config.ModeEnforce}, zap.NewNop(), nil)
+	h, err := New(ctrl, Options{Upstream: u, Rules: testProxyRules, IdleConns: 256, Mode: admission.Enforce}, zap.NewNop(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -31,7 +31,6 @@ import (
 	"time"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/session"
 )
 
@@ -807,11 +806,11 @@ func TestRoomWaitingPage(t *testing.T) {
 	// modes shadow and off.
 	roomWantForm(t, roomGetPage(t, s, roomScript))
 	roomWantForm(t, roomGetPage(t, s, map[string]string{"Accept": "text/html", "Sec-Fetch-Mode": "cors"}))
-	for _, m := range []config.Mode{config.ModeShadow, config.ModeOff} {
+	for _, m := range []admission.Mode{admission.Shadow, admission.Off} {
 		s.Handler.SetMode(m)
 		roomWantForm(t, roomGetPage(t, s, roomNav, roomByCookie(p2.Ticket)))
 	}
-	s.Handler.SetMode(config.ModeEnforce)
+	s.Handler.SetMode(admission.Enforce)
 	if n := roomStatus(t, s).Pages; n != 3 {
 		t.Errorf("waiting pages = %d, want 3", n)
 	}

@@ -29,7 +29,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/session/redistest"
 )
@@ -1627,7 +1626,7 @@ func BenchmarkHandlerSession(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			opts := Options{Upstream: u, Rules: testProxyRules, IdleConns: 256, Mode: config.ModeEnforce}
+			opts := Options{Upstream: u, Rules: testProxyRules, IdleConns: 256, Mode: admission.Enforce}
 			if withCache {
 				kr, err := session.ParseKeyring("k1:" + strings.Repeat("s", 32))
 				if err != nil {

@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
-	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/proxy"
 )
 
@@ -382,7 +381,7 @@ func stormCheckFake500s(t *testing.T, r stormReport) map[string]int {
 
 // newStormProxy puts lanegate in mode in front of upstream, serving on a
 // local test server. The caller closes the server, then the handler.
-func newStormProxy(t *testing.T, upstream string, mode config.Mode) (*admission.Controller, *proxy.Handler, *httptest.Server) {
+func newStormProxy(t *testing.T, upstream string, mode admission.Mode) (*admission.Controller, *proxy.Handler, *httptest.Server) {
 	t.Helper()
 	limits := stormLimits()
 	ctrl, err := admission.New(limits)
@@ -451,7 +450,7 @@ func TestStormDirectFailsAndLanegateProtects(t *testing.T) {
 	// 2. The same storm through lanegate.
 	fake := newFakeDjango(stormFake())
 	upstream := httptest.NewServer(fake)
-	ctrl, h, front := newStormProxy(t, upstream.URL, config.ModeEnforce)
+	ctrl, h, front := newStormProxy(t, upstream.URL, admission.Enforce)
 	client := newStormClient(conns)
 	unloaded := runStorm(ctx, t, client, "calm", front.URL, stormCalm)
 	loaded := runStorm(ctx, t, client, "lanegate", front.URL, stormLoad)
@@ -545,7 +544,7 @@ func TestStormModeOffPassesThrough(t *testing.T) {
 
 	fake := newFakeDjango(stormFake())
 	upstream := httptest.NewServer(fake)
-	ctrl, h, front := newStormProxy(t, upstream.URL, config.ModeOff)
+	ctrl, h, front := newStormProxy(t, upstream.URL, admission.Off)
 	client := newStormClient(conns)
 	off := runStorm(ctx, t, client, "off", front.URL, stormLoad)
 	client.CloseIdleConnections()
