@@ -23,6 +23,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
+	"github.com/lanegate/lanegate/upstream"
 )
 
 // Admitter is what the handler needs of the admission controller.
@@ -112,7 +113,7 @@ type Handler struct {
 	ctrl       Admitter
 	classifier atomic.Pointer[Classifier]
 	rp         *httputil.ReverseProxy
-	transport  roundTripCloser
+	transport  upstream.Transport
 	trusted    []netip.Prefix
 	upstream   *url.URL
 	maxBody    int64
@@ -191,10 +192,16 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 	h.mode.Store(&mode)
 	h.classifier.Store(cl)
 	h.recorders.New = func() any { return new(recorder) }
-	h.transport = newTransport(opts)
-	if t, ok := h.transport.(*h1Transport); ok {
-		t.bodyError = h.upstreamBodyError
-	}
+	h.transport = upstream.New(upstream.Options{
+		URL:                   opts.Upstream,
+		DialTimeout:           opts.DialTimeout,
+		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
+		StallTimeout:          opts.StallTimeout,
+		HoldAfterTimeout:      opts.HoldAfterTimeout,
+		Concurrency:           opts.IdleConns,
+		IdleTimeout:           opts.UpstreamIdleTimeout,
+		OnBodyError:           h.upstreamBodyError,
+	})
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:      h.rewrite,
 		Transport:    h.transport,
@@ -205,82 +212,9 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 	return h, nil
 }
 
-// roundTripCloser is a transport whose idle connections can be closed.
-type roundTripCloser interface {
-	http.RoundTripper
-	CloseIdleConnections()
-}
-
-// newTransport returns the synchronous HTTP/1.1 transport for a plain-HTTP
-// upstream, the usual case of gunicorn or runserver on the same host or
-// network, and net/http's transport for an HTTPS one.
-func newTransport(opts Options) roundTripCloser {
-	std := newStdTransport(opts)
-	if opts.Upstream.Scheme != "http" {
-		return std
-	}
-	host := opts.Upstream.Host
-	if opts.Upstream.Port() == "" {
-		host = net.JoinHostPort(opts.Upstream.Hostname(), "80")
-	}
-	return &h1Transport{
-		dial:                  (&net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		addr:                  host,
-		responseHeaderTimeout: opts.ResponseHeaderTimeout,
-		stallTimeout:          opts.StallTimeout,
-		holdAfterTimeout:      opts.HoldAfterTimeout,
-		idleTimeout:           opts.UpstreamIdleTimeout,
-		maxIdle:               idleConns(opts),
-		fallback:              std,
-	}
-}
-
-// idleConns is how many idle upstream connections are kept. Enforce mode
-// never has more than the budget in flight, but bypassed requests and
-// modes shadow and off do; an idle pool smaller than the concurrency closes
-// and redials connections on every burst. Idle connections cost little and
-// are closed after UpstreamIdleTimeout.
-func idleConns(opts Options) int { return max(opts.IdleConns*4, 256) }
-
-func newStdTransport(opts Options) *http.Transport {
-	dialer := &net.Dialer{Timeout: opts.DialTimeout, KeepAlive: 30 * time.Second}
-	dial := dialer.DialContext
-	if opts.StallTimeout > 0 {
-		// net/http's transport has no timeout for a response body (or a
-		// WebSocket) that stops mid-way; bounding every read and write of
-		// the connection does it. It must not cut the wait for headers
-		// short, which has its own bound.
-		d := max(opts.StallTimeout, opts.ResponseHeaderTimeout)
-		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return &stallConn{Conn: c, d: d}, nil
-		}
-	}
-	idle := max(opts.IdleConns, 2)
-	return &http.Transport{
-		Proxy:                 nil, // never route app traffic through an environment proxy
-		DialContext:           dial,
-		MaxIdleConns:          idle * 2,
-		MaxIdleConnsPerHost:   idle * 2,
-		IdleConnTimeout:       opts.UpstreamIdleTimeout,
-		ResponseHeaderTimeout: opts.ResponseHeaderTimeout,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass the app's encoding through untouched
-		ForceAttemptHTTP2:     false,
-	}
-}
-
 // Close releases idle upstream connections, and the slots held for
 // requests the app has not finished after their 504.
-func (h *Handler) Close() {
-	h.transport.CloseIdleConnections()
-	if t, ok := h.transport.(*h1Transport); ok {
-		t.CloseHeld()
-	}
-}
+func (h *Handler) Close() { h.transport.Close() }
 
 // Mode returns the admission mode in force.
 func (h *Handler) Mode() admission.Mode { return *h.mode.Load() }
@@ -681,7 +615,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		}
 		return
 	}
-	var hold *UpstreamHold
+	var hold *upstream.Hold
 	if rec, ok := w.(*recorder); ok && errors.As(err, &hold) {
 		rec.hold = hold
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/lanegate/lanegate/session"
+	"github.com/lanegate/lanegate/upstream"
 )
 
 // recorder remembers the status and size of a response for the access log
@@ -28,7 +29,7 @@ type recorder struct {
 
 	// hold is set when the upstream timed out on the request while the
 	// app may still be working on it.
-	hold *UpstreamHold
+	hold *upstream.Hold
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -510,7 +510,7 @@ func (zeroReader) Read(p []byte) (int, error) {
 // After a response-header timeout the connection is held until the app
 // answers, and only then is the hold done.
 func TestTransportHoldAfterTimeout(t *testing.T) {
-	for _, end := range []string{"late answer", "app closes", "CloseHeld"} {
+	for _, end := range []string{"late answer", "app closes", "Close"} {
 		t.Run(end, func(t *testing.T) {
 			release := make(chan struct{})
 			s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
@@ -525,7 +525,7 @@ func TestTransportHoldAfterTimeout(t *testing.T) {
 			tr.responseHeaderTimeout = 50 * time.Millisecond
 			tr.holdAfterTimeout = time.Minute
 			_, _, err := doGet(t, tr, context.Background(), s.ln.Addr().String())
-			var h *UpstreamHold
+			var h *Hold
 			var ne net.Error
 			if !errors.As(err, &h) || !errors.As(err, &ne) || !ne.Timeout() {
 				t.Fatalf("got %v, want a held timeout", err)
@@ -538,8 +538,8 @@ func TestTransportHoldAfterTimeout(t *testing.T) {
 			default:
 			}
 			switch end {
-			case "CloseHeld":
-				tr.CloseHeld()
+			case "Close":
+				tr.Close()
 				defer close(release)
 			default:
 				close(release)

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
@@ -90,7 +90,7 @@ func (w connWriter) Write(p []byte) (int, error) {
 
 // errServerClosedIdle marks a pooled connection the server closed while it
 // sat idle; a request that had sent nothing on it may be retried.
-var errServerClosedIdle = errors.New("proxy: upstream closed an idle connection")
+var errServerClosedIdle = errors.New("upstream: closed an idle connection")
 
 // aLongTimeAgo is a deadline that makes blocked reads and writes fail now.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -110,7 +110,7 @@ func (t *h1Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err == nil {
 			return resp, nil
 		}
-		var held *UpstreamHold
+		var held *Hold
 		if errors.As(err, &held) {
 			closeBody(req)
 			return nil, err // the connection is the hold's now
@@ -205,7 +205,7 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// An upgrade the request did not ask for cannot be relayed here.
 		stop()
-		return nil, errors.New("proxy: unexpected 101 Switching Protocols")
+		return nil, errors.New("upstream: unexpected 101 Switching Protocols")
 	}
 	c.SetDeadline(time.Time{})
 	if ctx.Err() != nil {
@@ -225,7 +225,7 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	return resp, nil
 }
 
-// UpstreamHold is the error of a request whose response headers timed
+// Hold is the error of a request whose response headers timed
 // out while the app may still be working on it. The app holds its
 // database connection until it is done; a proxy that freed the request's
 // slot at the 504 would admit another request into a pool the first still
@@ -234,7 +234,7 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 // reads whatever the app sends, for up to holdAfterTimeout: the app's late
 // answer, or its closing the connection (gunicorn killing the worker),
 // says it is done. Then the callbacks given to OnDone run.
-type UpstreamHold struct {
+type Hold struct {
 	err error
 
 	mu     sync.Mutex
@@ -242,12 +242,12 @@ type UpstreamHold struct {
 	onDone []func()
 }
 
-func (h *UpstreamHold) Error() string { return h.err.Error() }
-func (h *UpstreamHold) Unwrap() error { return h.err }
+func (h *Hold) Error() string { return h.err.Error() }
+func (h *Hold) Unwrap() error { return h.err }
 
 // OnDone runs f once the app is done with the request, or at once if it
 // already is.
-func (h *UpstreamHold) OnDone(f func()) {
+func (h *Hold) OnDone(f func()) {
 	h.mu.Lock()
 	if h.done {
 		h.mu.Unlock()
@@ -258,7 +258,7 @@ func (h *UpstreamHold) OnDone(f func()) {
 	h.mu.Unlock()
 }
 
-func (h *UpstreamHold) finish() {
+func (h *Hold) finish() {
 	h.mu.Lock()
 	h.done = true
 	fs := h.onDone
@@ -270,9 +270,9 @@ func (h *UpstreamHold) finish() {
 }
 
 // hold takes c over after its response headers timed out (see
-// UpstreamHold) and returns the error for the request.
-func (t *h1Transport) hold(c *h1Conn, method string, err error) *UpstreamHold {
-	h := &UpstreamHold{err: err}
+// Hold) and returns the error for the request.
+func (t *h1Transport) hold(c *h1Conn, method string, err error) *Hold {
+	h := &Hold{err: err}
 	t.mu.Lock()
 	if t.held == nil {
 		t.held = make(map[*h1Conn]struct{})
@@ -495,9 +495,14 @@ func (t *h1Transport) sweepIdle() {
 	}
 }
 
-// CloseHeld ends every hold at once: their slots are released, for a
-// shutdown that will not wait for a hung app.
-func (t *h1Transport) CloseHeld() {
+// Close closes idle connections and ends every hold at once: their slots
+// are released, for a shutdown that will not wait for a hung app.
+func (t *h1Transport) Close() {
+	t.CloseIdleConnections()
+	t.closeHeld()
+}
+
+func (t *h1Transport) closeHeld() {
 	t.mu.Lock()
 	held := make([]*h1Conn, 0, len(t.held))
 	for c := range t.held {
@@ -525,21 +530,4 @@ func (t *h1Transport) CloseIdleConnections() {
 	if f, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
 		f.CloseIdleConnections()
 	}
-}
-
-// stallConn bounds each read and write on an upstream connection that
-// net/http's transport owns.
-type stallConn struct {
-	net.Conn
-	d time.Duration
-}
-
-func (c *stallConn) Read(p []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.d))
-	return c.Conn.Read(p)
-}
-
-func (c *stallConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.d))
-	return c.Conn.Write(p)
 }
