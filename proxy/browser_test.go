@@ -34,6 +34,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/reply"
 )
 
 const roomChromium = "/usr/bin/chromium"
@@ -113,7 +114,7 @@ func (d *roomDjango) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		d.served.Add(1)
-		if wantsJSON(r) {
+		if reply.WantsJSON(r) {
 			w.Header().Set("Content-Type", "application/json")
 			fmt.Fprintf(w, `{"ok":true,"user":%q}`, user)
 			return

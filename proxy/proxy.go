@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/reply"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/upstream"
 )
@@ -264,7 +265,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > h.maxBody {
 			ev.decision = decisionTooLarge
 			h.metrics.bodyTooLarge(class)
-			writeError(rec, r, http.StatusRequestEntityTooLarge, "request body too large")
+			reply.Error(rec, r, http.StatusRequestEntityTooLarge, "request body too large")
 			h.finish(rec, r, &ev, time.Now())
 			return
 		}
@@ -429,7 +430,7 @@ func (h *Handler) bodyError(rec *recorder, r *http.Request, ev *event, err error
 	}
 	h.log.Debug("client body error", zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
 	rec.Header().Set("Connection", "close")
-	writeError(rec, r, status, msg)
+	reply.Error(rec, r, status, msg)
 	h.finish(rec, r, ev, time.Now())
 }
 
@@ -449,7 +450,7 @@ func (h *Handler) refuse(rec *recorder, r *http.Request, ev *event, lane admissi
 		h.finish(rec, r, ev, time.Now())
 		return
 	}
-	writeShed(rec, r, lane, se)
+	reply.Shed(rec, r, lane, se)
 	h.finish(rec, r, ev, time.Now())
 }
 
@@ -626,12 +627,12 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		h.metrics.clientBodyError()
 		h.log.Debug("client body error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
 		w.Header().Set("Connection", "close")
-		writeError(w, r, status, msg)
+		reply.Error(w, r, status, msg)
 		return
 	}
 	h.metrics.upstreamError(kind)
 	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
-	writeError(w, r, status, msg)
+	reply.Error(w, r, status, msg)
 }
 
 // upstreamBodyError counts a response body the upstream failed mid-way.

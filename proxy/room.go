@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/reply"
 	"github.com/lanegate/lanegate/session"
 )
 
@@ -157,7 +158,7 @@ func isNavigation(r *http.Request) bool {
 	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" {
 		return m == "navigate"
 	}
-	return !wantsJSON(r) && strings.Contains(r.Header.Get("Accept"), "text/html")
+	return !reply.WantsJSON(r) && strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
 // gateLoginPage decides whether a person opening a login page waits first.
@@ -205,11 +206,11 @@ func (h *Handler) answerLogin(w http.ResponseWriter, r *http.Request, se *admiss
 		w.WriteHeader(http.StatusTemporaryRedirect)
 		return
 	}
-	if wantsJSON(r) || !isNavigation(r) {
+	if reply.WantsJSON(r) || !isNavigation(r) {
 		hd.Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, `{"error":"overloaded","reason":%q,"lane":"login","retry_after":%d,"place":%d,"wait_seconds":%d}`+"\n",
-			shedReason(se), retry, p.Position, int(p.Wait.Seconds()+0.5))
+			reply.ShedReason(se), retry, p.Position, int(p.Wait.Seconds()+0.5))
 		return
 	}
 	writeWaitingPage(w, r, p, h.hold())

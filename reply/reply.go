@@ -1,4 +1,9 @@
-package proxy
+// Package reply is how lanegate answers a request it does not forward: a
+// shed with Retry-After, a 502 or 504 of its own, as HTML for a person or
+// JSON for a script. Every answer is small, self-contained and no-store,
+// because under a storm it is served thousands of times a second and must
+// never be cached as the page itself.
+package reply
 
 import (
 	"fmt"
@@ -13,17 +18,17 @@ import (
 	"github.com/lanegate/lanegate/admission"
 )
 
-// retryAfterSeconds turns the controller's estimate into a Retry-After
+// RetryAfterSeconds turns the controller's estimate into a Retry-After
 // value: whole seconds, at least 1, stretched by a random 0-50 % so the
 // clients shed together do not come back together.
-func retryAfterSeconds(d time.Duration, jitter float64) int {
+func RetryAfterSeconds(d time.Duration, jitter float64) int {
 	s := d.Seconds() * (1 + 0.5*jitter)
 	return max(1, int(math.Ceil(s)))
 }
 
-// wantsJSON reports whether the client is a script rather than a person
+// WantsJSON reports whether the client is a script rather than a person
 // with a browser: it asks for JSON, says it is XHR, or sent JSON.
-func wantsJSON(r *http.Request) bool {
+func WantsJSON(r *http.Request) bool {
 	if r.Header.Get("X-Requested-With") == "XMLHttpRequest" {
 		return true
 	}
@@ -40,24 +45,24 @@ func wantsJSON(r *http.Request) bool {
 	return h < 0 || strings.Index(accept, "json") < h
 }
 
-// shedReason is the error code clients see for a decision.
-func shedReason(err error) string {
+// ShedReason is the error code clients see for a decision.
+func ShedReason(err error) string {
 	return admission.DecisionOf(err).String()
 }
 
-// writeShed answers a refused request: 429 when a rate limit refused it,
+// Shed answers a refused request: 429 when a rate limit refused it,
 // 503 when the lane was full, always with Retry-After and no-store.
-func writeShed(w http.ResponseWriter, r *http.Request, lane admission.Lane, se *admission.ShedError) {
+func Shed(w http.ResponseWriter, r *http.Request, lane admission.Lane, se *admission.ShedError) {
 	status := http.StatusServiceUnavailable
 	if admission.DecisionOf(se) == admission.RateLimited {
 		status = http.StatusTooManyRequests
 	}
-	retry := retryAfterSeconds(se.RetryAfter, rand.Float64())
+	retry := RetryAfterSeconds(se.RetryAfter, rand.Float64())
 	h := w.Header()
 	h.Set("Retry-After", strconv.Itoa(retry))
 	h.Set("Cache-Control", "no-store")
-	reason := shedReason(se)
-	if wantsJSON(r) {
+	reason := ShedReason(se)
+	if WantsJSON(r) {
 		h.Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		fmt.Fprintf(w, `{"error":%q,"reason":%q,"lane":%q,"retry_after":%d}`+"\n",
@@ -88,12 +93,12 @@ const shedPage = `<!doctype html>
 </body></html>
 `
 
-// writeError answers with a short body saying what went wrong, as JSON or
+// Error answers with a short body saying what went wrong, as JSON or
 // plain text to match the client.
-func writeError(w http.ResponseWriter, r *http.Request, status int, msg string) {
+func Error(w http.ResponseWriter, r *http.Request, status int, msg string) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
-	if wantsJSON(r) {
+	if WantsJSON(r) {
 		h.Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		fmt.Fprintf(w, `{"error":%q}`+"\n", msg)
