@@ -20,6 +20,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
+	"github.com/lanegate/lanegate/waitroom"
 )
 
 // AdminOptions configure the admin listener's handler.
@@ -190,7 +191,7 @@ type Status struct {
 	Bypassed    uint64                `json:"bypassed"`
 	Lanes       map[string]LaneStatus `json:"lanes"`
 	Anonymous   AnonStatus            `json:"anonymous"`
-	WaitingRoom *RoomStatus           `json:"waiting_room,omitempty"`
+	WaitingRoom *waitroom.Status      `json:"waiting_room,omitempty"`
 	Sessions    *SessionStatus        `json:"sessions,omitempty"`
 	// LastReload is absent until the first SIGHUP.
 	LastReload *ReloadStatus `json:"last_reload,omitempty"`
@@ -223,7 +224,7 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 		InFlight:    snap.InFlight,
 		Lanes:       make(map[string]LaneStatus, len(snap.Lanes)),
 		Anonymous:   AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
-		WaitingRoom: a.h.roomStatus(snap.Room),
+		WaitingRoom: a.h.room.Status(snap.Room),
 		LastReload:  a.reload.Load(),
 	}
 	if src := a.opts.Sessions; src != nil {

@@ -35,6 +35,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/reply"
+	"github.com/lanegate/lanegate/waitroom"
 )
 
 const roomChromium = "/usr/bin/chromium"
@@ -199,7 +200,7 @@ func roomScriptLogin(ctx context.Context, c *http.Client, base, user string) (at
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Accept", "application/json")
 		if ticket != "" {
-			req.Header.Set(TicketHeader, ticket)
+			req.Header.Set(waitroom.TicketHeader, ticket)
 		}
 		resp, err := c.Do(req)
 		if err != nil {
@@ -211,7 +212,7 @@ func roomScriptLogin(ctx context.Context, c *http.Client, base, user string) (at
 		case http.StatusOK:
 			return attempts, nil
 		case http.StatusServiceUnavailable:
-			if t := resp.Header.Get(TicketHeader); t != "" {
+			if t := resp.Header.Get(waitroom.TicketHeader); t != "" {
 				ticket = t
 			}
 			secs, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
@@ -413,7 +414,7 @@ func TestBrowserWaitingRoomLogin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the login form never appeared: %v", err)
 	}
-	pages := p.Handler.room.counters.pages.Load()
+	pages := p.Handler.room.Pages()
 	t.Logf("form shown after %s on the waiting page (%d waiting pages served in all)", time.Since(waitStart).Round(time.Millisecond), pages)
 	if len(django.Posts(person)) != 0 {
 		t.Fatal("the person's login reached the app before they typed it")

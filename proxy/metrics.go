@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/waitroom"
 )
 
 // Snapshotter is what the metrics and status endpoints read from the
@@ -68,7 +69,7 @@ type Metrics struct {
 	loginRedirects atomic.Uint64
 	clientBodies   atomic.Uint64 // request bodies that failed or stalled
 	// room is the waiting room's HTTP counters; nil when it is off.
-	room *roomCounters
+	room *waitroom.Room
 	// Session store metrics; nil until RegisterSessions.
 	storeSeconds *prometheus.HistogramVec
 	storeErrors  *prometheus.CounterVec
@@ -109,6 +110,14 @@ func NewMetrics(reg prometheus.Registerer, src Snapshotter) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// SetRoom has the waiting room's counters exported; before it, or with a
+// nil room, there are none.
+func (m *Metrics) SetRoom(room *waitroom.Room) {
+	if m != nil {
+		m.room = room
+	}
 }
 
 func (m *Metrics) observeQueueWait(c Class, d time.Duration) {
@@ -201,11 +210,11 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRoomSize, prometheus.GaugeValue, float64(rs.Away), "away")
 		ch <- prometheus.MustNewConstMetric(descRoomWait, prometheus.GaugeValue, rs.Wait.Seconds())
 		ch <- prometheus.MustNewConstMetric(descRoomRate, prometheus.GaugeValue, rs.Rate)
-		for result, n := range roomTickets(rs, rc) {
+		for result, n := range rc.Tickets(rs) {
 			ch <- prometheus.MustNewConstMetric(descRoomTickets, prometheus.CounterValue, float64(n), result)
 		}
-		ch <- prometheus.MustNewConstMetric(descRoomPages, prometheus.CounterValue, float64(rc.pages.Load()))
-		ch <- prometheus.MustNewConstMetric(descRoomRedir, prometheus.CounterValue, float64(rc.redirects.Load()))
+		ch <- prometheus.MustNewConstMetric(descRoomPages, prometheus.CounterValue, float64(rc.Pages()))
+		ch <- prometheus.MustNewConstMetric(descRoomRedir, prometheus.CounterValue, float64(rc.Redirects()))
 	}
 	for _, ln := range s.Lanes {
 		name := ln.Lane.String()

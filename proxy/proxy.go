@@ -25,6 +25,7 @@ import (
 	"github.com/lanegate/lanegate/reply"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/upstream"
+	"github.com/lanegate/lanegate/waitroom"
 )
 
 // Admitter is what the handler needs of the admission controller.
@@ -132,8 +133,8 @@ type Handler struct {
 	loginRequired *Classifier // nil when no path needs a login
 	loginURL      string
 
-	room    roomState
-	tickets *session.Keyring
+	// room is the waiting room's HTTP side; nil when it is off.
+	room *waitroom.Room
 }
 
 // New returns a handler forwarding to opts.Upstream under ctrl.
@@ -177,14 +178,12 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handl
 		h.loginRequired = lr
 	}
 	if opts.WaitingRoom {
-		room, ok := ctrl.(Room)
+		line, ok := ctrl.(waitroom.Line)
 		if !ok || opts.Tickets == nil {
 			return nil, errors.New("proxy: the waiting room needs a ticket keyring and a controller with a login line")
 		}
-		h.room.Room, h.tickets = room, opts.Tickets
-		if metrics != nil {
-			metrics.room = &h.room.counters
-		}
+		h.room = waitroom.New(line, opts.Tickets, h.clientHTTPS)
+		metrics.SetRoom(h.room)
 	}
 	mode := opts.Mode
 	if mode == "" {
@@ -290,9 +289,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	enforce := *h.mode.Load() == admission.Enforce
-	if enforce && h.room.Room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && isNavigation(r) &&
+	if enforce && h.room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && waitroom.IsNavigation(r) &&
 		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login &&
-		h.gateLoginPage(rec, r) {
+		h.room.GatePage(rec, r) {
 		ev.decision = decisionWaitingPage
 		h.finish(rec, r, &ev, time.Now())
 		return
@@ -328,11 +327,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		} else {
 			req.Client = r.RemoteAddr
 		}
-		if enforce && h.room.Room != nil {
-			if t, ok := h.readTicket(r, time.Now()); ok {
-				req.Ticket, req.Arrival = t.id, t.arrival
+		if enforce && h.room != nil {
+			if t, ok := h.room.Ticket(r, time.Now()); ok {
+				req.Ticket, req.Arrival = t.ID, t.Arrival
 			}
-			req.Patient = isNavigation(r)
+			req.Patient = waitroom.IsNavigation(r)
 		}
 	}
 	var permit *admission.Permit
@@ -354,7 +353,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ev.decision = admission.Admitted.String()
 		ev.queueWait = permit.Waited()
 		if req.Ticket != 0 {
-			dropTicket(rec) // used up
+			waitroom.DropTicket(rec) // used up
 		}
 		h.metrics.observeQueueWait(class, ev.queueWait)
 	}
@@ -445,8 +444,8 @@ func (h *Handler) refuse(rec *recorder, r *http.Request, ev *event, lane admissi
 		return
 	}
 	ev.decision = admission.DecisionOf(err).String()
-	if se.Place != nil && h.room.Room != nil {
-		h.answerLogin(rec, r, se)
+	if se.Place != nil && h.room != nil {
+		h.room.Answer(rec, r, se)
 		h.finish(rec, r, ev, time.Now())
 		return
 	}
@@ -508,6 +507,16 @@ func (h *Handler) isTrusted(a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// clientHTTPS reports whether the client reached lanegate over HTTPS: its
+// own connection, or a trusted proxy's word.
+func (h *Handler) clientHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	peer, ok := peerAddr(r)
+	return ok && h.isTrusted(peer) && r.Header.Get("X-Forwarded-Proto") == "https"
 }
 
 func peerAddr(r *http.Request) (netip.Addr, bool) {

@@ -32,6 +32,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
+	"github.com/lanegate/lanegate/waitroom"
 )
 
 const (
@@ -254,16 +255,16 @@ func roomPost(t testing.TB, s *roomStack, who, uri string, hdr ...map[string]str
 }
 
 // roomByHeader and roomByCookie carry a ticket back.
-func roomByHeader(tok string) map[string]string { return map[string]string{TicketHeader: tok} }
+func roomByHeader(tok string) map[string]string { return map[string]string{waitroom.TicketHeader: tok} }
 func roomByCookie(tok string) map[string]string {
-	return map[string]string{"Cookie": TicketCookie + "=" + tok}
+	return map[string]string{"Cookie": waitroom.TicketCookie + "=" + tok}
 }
 
 // roomTicketCookie returns the response's lanegate_ticket cookie, or nil.
 func roomTicketCookie(resp *http.Response) *http.Cookie {
 	var c *http.Cookie
 	for _, k := range resp.Cookies() {
-		if k.Name == TicketCookie {
+		if k.Name == waitroom.TicketCookie {
 			c = k
 		}
 	}
@@ -287,13 +288,13 @@ func roomClaims(t testing.TB, s *roomStack, tok string) *session.Claims {
 // and the cookie, and returns its claims and token.
 func roomWantTicket(t testing.TB, s *roomStack, res testResult) (*session.Claims, string) {
 	t.Helper()
-	tok := res.Resp.Header.Get(TicketHeader)
+	tok := res.Resp.Header.Get(waitroom.TicketHeader)
 	if tok == "" {
-		t.Fatalf("no %s header in a %d answer (headers %v)", TicketHeader, res.Resp.StatusCode, res.Resp.Header)
+		t.Fatalf("no %s header in a %d answer (headers %v)", waitroom.TicketHeader, res.Resp.StatusCode, res.Resp.Header)
 	}
 	c := roomTicketCookie(res.Resp)
 	if c == nil || c.Value != tok {
-		t.Fatalf("ticket cookie %+v: want %s with the header's token", c, TicketCookie)
+		t.Fatalf("ticket cookie %+v: want %s with the header's token", c, waitroom.TicketCookie)
 	}
 	if !c.HttpOnly || c.Path != "/" || c.SameSite != http.SameSiteLaxMode || c.MaxAge <= 0 || c.Secure {
 		t.Errorf("ticket cookie %q: want HttpOnly, Path=/, SameSite=Lax, a positive Max-Age, not Secure over plain HTTP", c.Raw)
@@ -356,8 +357,8 @@ func roomWantAdmitted(t testing.TB, res testResult, ticketed bool) {
 	case !ticketed && c != nil:
 		t.Errorf("admitted login without a ticket got ticket cookie %q", c.Raw)
 	}
-	if res.Resp.Header.Get(TicketHeader) != "" {
-		t.Errorf("admitted login got a %s header", TicketHeader)
+	if res.Resp.Header.Get(waitroom.TicketHeader) != "" {
+		t.Errorf("admitted login got a %s header", waitroom.TicketHeader)
 	}
 }
 
@@ -370,7 +371,7 @@ func roomWantAbout(t testing.TB, what string, got, want, slack float64) {
 }
 
 // roomStatus reads the waiting room section of /status.
-func roomStatus(t testing.TB, s *roomStack) RoomStatus {
+func roomStatus(t testing.TB, s *roomStack) waitroom.Status {
 	t.Helper()
 	res := testFetch(t, s.Admin.Client(), http.MethodGet, s.Admin.URL+"/status", nil, nil)
 	testStatus(t, res, http.StatusOK)
@@ -508,7 +509,7 @@ func TestRoomFirstArrivalOrderAcrossRetries(t *testing.T) {
 		if sh.Reason != "wait_too_long" || sh.Place != place || sh.Wait != int(wait.Seconds()) {
 			t.Fatalf("%s: shed %+v, want wait_too_long at place %d, wait %s", who, sh, place, wait)
 		}
-		if want := comeBackIn(wait, hold); sh.RetryAfter < want-1 || sh.RetryAfter > want+1 {
+		if want := waitroom.RetryAfter(wait, hold); sh.RetryAfter < want-1 || sh.RetryAfter > want+1 {
 			t.Errorf("%s: Retry-After %d, want about %d (a little before its turn)", who, sh.RetryAfter, want)
 		}
 		shed[who] = sh
@@ -830,8 +831,8 @@ func TestRoomWaitingPage(t *testing.T) {
 	if renewed.TicketID != p1.Claims.TicketID || renewed.Arrival != p1.Claims.Arrival {
 		t.Errorf("form's ticket %+v, want P1's place %+v", renewed, p1.Claims)
 	}
-	if c := roomTicketCookie(res.Resp); c.MaxAge < 100 || c.MaxAge > int(typingTime.Seconds()) {
-		t.Errorf("form's ticket cookie Max-Age %d, want about the typing time %s", c.MaxAge, typingTime)
+	if c := roomTicketCookie(res.Resp); c.MaxAge < 100 || c.MaxAge > int(waitroom.TypingTime.Seconds()) {
+		t.Errorf("form's ticket cookie Max-Age %d, want about the typing time %s", c.MaxAge, waitroom.TypingTime)
 	}
 	// With the login slot free and nobody in line, P2 is not kept
 	// waiting behind a person who is only typing: the form, at once.
@@ -960,7 +961,7 @@ func TestRoomEstimateTracksCompletionRate(t *testing.T) {
 		}
 	}
 	// A wait is (logins in line + 1) / rate; check both agree.
-	check := func(what string, wantRate, slack float64, line int) RoomStatus {
+	check := func(what string, wantRate, slack float64, line int) waitroom.Status {
 		t.Helper()
 		st := roomStatus(t, s)
 		if st.Waiting+st.Away != line {
@@ -1015,27 +1016,6 @@ func TestRoomEstimateTracksCompletionRate(t *testing.T) {
 		t.Errorf("lanegate_waiting_room_completion_rate = %v, want the burst's rate", m["lanegate_waiting_room_completion_rate"])
 	}
 	testWaitIdle(t, s.Ctrl)
-}
-
-func TestRoomIsNavigation(t *testing.T) {
-	for _, tc := range []struct {
-		hdr  map[string]string
-		want bool
-	}{
-		{roomNav, true},
-		{map[string]string{"Sec-Fetch-Mode": "navigate"}, true},
-		{map[string]string{"Accept": "text/html,*/*"}, true}, // a browser without Fetch Metadata
-		{map[string]string{"Sec-Fetch-Mode": "cors", "Accept": "text/html"}, false},
-		{map[string]string{"Accept": "application/json"}, false},
-		{map[string]string{"Accept": "text/html", "X-Requested-With": "XMLHttpRequest"}, false},
-		{map[string]string{"Accept": "*/*"}, false},
-		{nil, false},
-	} {
-		r := testRequest(t, http.MethodPost, "http://lanegate.test"+roomLoginPath, tc.hdr, nil)
-		if got := isNavigation(r); got != tc.want {
-			t.Errorf("isNavigation(%v) = %v, want %v", tc.hdr, got, tc.want)
-		}
-	}
 }
 
 // The waiting page follows the login rules in force: routes changed at run

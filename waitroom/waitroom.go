@@ -1,4 +1,8 @@
-package proxy
+// Package waitroom is the HTTP side of the login waiting room: the
+// admission controller keeps the line (admission's room.go); here places
+// become signed tickets and back, and people opening the login page during
+// a storm get a page that shows their place and moves on by itself.
+package waitroom
 
 import (
 	"errors"
@@ -15,9 +19,6 @@ import (
 	"github.com/lanegate/lanegate/session"
 )
 
-// The login waiting room, HTTP side. The controller keeps the line (see
-// admission's room.go); here places become signed tickets and back.
-//
 // Where it gates:
 //   - The login form's GET, for people: when logins are congested, someone
 //     opening the login page gets a small waiting page with their place and
@@ -39,35 +40,39 @@ const (
 // ticketMaxAge bounds how old a ticket may be whatever its expiry says.
 const ticketMaxAge = time.Hour
 
-// typingTime is how long a place is kept for a person shown the login form
+// TypingTime is how long a place is kept for a person shown the login form
 // at their turn: long enough to type a password.
-const typingTime = 2 * time.Minute
+const TypingTime = 2 * time.Minute
 
-// Room is what the handler needs of the controller's waiting room.
-type Room interface {
+// Line is what the waiting room needs of the admission controller's login
+// line.
+type Line interface {
 	Line(id uint64, arrival time.Time) (position int, wait time.Duration)
 	Keep(id uint64, arrival, until time.Time) admission.Place
 	LoginCongested() bool
 	LoginHold() time.Duration
 }
 
-// roomState is the handler's waiting room; Room is nil when it is off.
-type roomState struct {
-	Room     Room
-	counters roomCounters
+// Room is the waiting room's HTTP side. It is safe for concurrent use.
+type Room struct {
+	line    Line
+	tickets *session.Keyring
+	secure  func(*http.Request) bool
+	counts  counters
 }
 
-// hold is the login hold in force.
-func (h *Handler) hold() time.Duration { return h.room.Room.LoginHold() }
-
-// isTrustedPeer reports whether the request's peer is a trusted proxy.
-func (h *Handler) isTrustedPeer(r *http.Request) bool {
-	a, ok := peerAddr(r)
-	return ok && h.isTrusted(a)
+// New returns the waiting room over the controller's line. tickets signs
+// and verifies tickets; secure reports whether a client reached lanegate
+// over HTTPS, so that its ticket cookie is marked Secure.
+func New(line Line, tickets *session.Keyring, secure func(*http.Request) bool) *Room {
+	return &Room{line: line, tickets: tickets, secure: secure}
 }
 
-// roomCounters count what the HTTP side of the waiting room did.
-type roomCounters struct {
+// Hold is the login hold in force: how long a login is held in line.
+func (rm *Room) Hold() time.Duration { return rm.line.LoginHold() }
+
+// counters count what the HTTP side of the waiting room did.
+type counters struct {
 	pages        atomic.Uint64 // waiting pages served
 	redirects    atomic.Uint64 // browser POSTs answered 307
 	ticketsBad   [numTicketFaults]atomic.Uint64
@@ -84,15 +89,15 @@ const (
 
 var ticketFaultNames = [numTicketFaults]string{"forged", "expired", "wrong_lane"}
 
-// ticket is a verified ticket.
-type ticket struct {
-	id      uint64
-	arrival time.Time
+// Ticket is a verified ticket: the place it keeps in the login line.
+type Ticket struct {
+	ID      uint64
+	Arrival time.Time
 }
 
-// readTicket returns the request's ticket when it is good. A bad one is
+// Ticket returns the request's ticket when it is good. A bad one is
 // counted and ignored: its holder simply joins at the back.
-func (h *Handler) readTicket(r *http.Request, now time.Time) (ticket, bool) {
+func (rm *Room) Ticket(r *http.Request, now time.Time) (Ticket, bool) {
 	tok := r.Header.Get(TicketHeader)
 	if tok == "" {
 		if c, err := r.Cookie(TicketCookie); err == nil {
@@ -100,32 +105,32 @@ func (h *Handler) readTicket(r *http.Request, now time.Time) (ticket, bool) {
 		}
 	}
 	if tok == "" {
-		return ticket{}, false
+		return Ticket{}, false
 	}
-	c, err := h.tickets.Verify(tok, session.TypeTicket, now, session.Window{MaxAge: ticketMaxAge, Skew: 5 * time.Second})
+	c, err := rm.tickets.Verify(tok, session.TypeTicket, now, session.Window{MaxAge: ticketMaxAge, Skew: 5 * time.Second})
 	switch {
 	case errors.Is(err, session.ErrStale) || err == nil && now.Unix() >= c.Expires:
-		h.room.counters.ticketsBad[ticketExpired].Add(1)
-		return ticket{}, false
+		rm.counts.ticketsBad[ticketExpired].Add(1)
+		return Ticket{}, false
 	case err != nil:
-		h.room.counters.ticketsBad[ticketForged].Add(1)
-		return ticket{}, false
+		rm.counts.ticketsBad[ticketForged].Add(1)
+		return Ticket{}, false
 	case c.Lane != admission.Login.String():
-		h.room.counters.ticketsBad[ticketWrongLane].Add(1)
-		return ticket{}, false
+		rm.counts.ticketsBad[ticketWrongLane].Add(1)
+		return Ticket{}, false
 	}
 	id, err := strconv.ParseUint(c.TicketID, 16, 64)
 	if err != nil || id == 0 || c.Arrival <= 0 {
-		h.room.counters.ticketsBad[ticketForged].Add(1)
-		return ticket{}, false
+		rm.counts.ticketsBad[ticketForged].Add(1)
+		return Ticket{}, false
 	}
-	h.room.counters.ticketsTaken.Add(1)
-	return ticket{id: id, arrival: time.Unix(0, c.Arrival)}, true
+	rm.counts.ticketsTaken.Add(1)
+	return Ticket{ID: id, Arrival: time.Unix(0, c.Arrival)}, true
 }
 
 // giveTicket signs p into a ticket and sets it as cookie and header.
-func (h *Handler) giveTicket(w http.ResponseWriter, r *http.Request, p admission.Place, now time.Time) {
-	tok := h.tickets.Sign(&session.Claims{
+func (rm *Room) giveTicket(w http.ResponseWriter, r *http.Request, p admission.Place, now time.Time) {
+	tok := rm.tickets.Sign(&session.Claims{
 		Type: session.TypeTicket, Lane: admission.Login.String(),
 		Arrival: p.Arrival.UnixNano(), TicketID: strconv.FormatUint(p.ID, 16),
 		Expires: p.Until.Unix(), IssuedAt: now.Unix(),
@@ -135,85 +140,86 @@ func (h *Handler) giveTicket(w http.ResponseWriter, r *http.Request, p admission
 	c := &http.Cookie{
 		Name: TicketCookie, Value: tok, Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode,
 		MaxAge: max(1, int(p.Until.Sub(now).Seconds())),
-		Secure: r.TLS != nil || (h.isTrustedPeer(r) && r.Header.Get("X-Forwarded-Proto") == "https"),
+		Secure: rm.secure(r),
 	}
 	hd.Add("Set-Cookie", c.String())
 }
 
-// dropTicket deletes a used ticket's cookie.
-func dropTicket(w http.ResponseWriter) {
+// DropTicket deletes a used ticket's cookie.
+func DropTicket(w http.ResponseWriter) {
 	w.Header().Add("Set-Cookie", (&http.Cookie{Name: TicketCookie, Value: "", Path: "/", MaxAge: -1}).String())
 }
 
-// comeBackIn is the Retry-After for a place: a little before its expected
+// RetryAfter is the Retry-After, in seconds, for a place: a little before its expected
 // turn, so the retry is held briefly and admitted at its turn rather than
 // arriving just after it.
-func comeBackIn(wait, hold time.Duration) int {
+func RetryAfter(wait, hold time.Duration) int {
 	return max(1, int((wait-hold/2).Seconds()+0.999))
 }
 
-// isNavigation reports whether a person's browser made the request (a page
+// IsNavigation reports whether a person's browser made the request (a page
 // load or form submission), as opposed to a script.
-func isNavigation(r *http.Request) bool {
+func IsNavigation(r *http.Request) bool {
 	if m := r.Header.Get("Sec-Fetch-Mode"); m != "" {
 		return m == "navigate"
 	}
 	return !reply.WantsJSON(r) && strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
-// gateLoginPage decides whether a person opening a login page waits first.
+// GatePage decides whether a person opening a login page waits first.
 // It answers and returns true when it served the waiting page.
-func (h *Handler) gateLoginPage(w http.ResponseWriter, r *http.Request) bool {
+func (rm *Room) GatePage(w http.ResponseWriter, r *http.Request) bool {
 	now := time.Now()
-	t, ok := h.readTicket(r, now)
-	if !ok && !h.room.Room.LoginCongested() {
+	t, ok := rm.Ticket(r, now)
+	if !ok && !rm.line.LoginCongested() {
 		return false
 	}
-	pos, wait := h.room.Room.Line(t.id, t.arrival)
-	if wait <= h.hold()/2 {
+	pos, wait := rm.line.Line(t.ID, t.Arrival)
+	if wait <= rm.Hold()/2 {
 		// Their turn is near: show the form, and keep their place while
 		// they type, so the POST ranks by their first arrival.
 		if ok {
-			p := h.room.Room.Keep(t.id, t.arrival, now.Add(typingTime))
-			h.giveTicket(w, r, p, now)
+			p := rm.line.Keep(t.ID, t.Arrival, now.Add(TypingTime))
+			rm.giveTicket(w, r, p, now)
 		}
 		return false
 	}
 	// The page comes back within refresh seconds; a place not refreshed
 	// for three of them belongs to someone who left.
-	p := h.room.Room.Keep(t.id, t.arrival, now.Add(3*time.Duration(pageRefresh(wait, h.hold()))*time.Second))
+	p := rm.line.Keep(t.ID, t.Arrival, now.Add(3*time.Duration(pageRefresh(wait, rm.Hold()))*time.Second))
 	p.Position, p.Wait = pos, wait
-	h.giveTicket(w, r, p, now)
-	h.room.counters.pages.Add(1)
-	writeWaitingPage(w, r, p, h.hold())
+	rm.giveTicket(w, r, p, now)
+	rm.counts.pages.Add(1)
+	writeWaitingPage(w, r, p, rm.Hold())
 	return true
 }
 
-// answerLogin answers a login the controller sent away with a place.
-func (h *Handler) answerLogin(w http.ResponseWriter, r *http.Request, se *admission.ShedError) {
+// Answer answers a login the controller sent away with a place: a ticket,
+// Retry-After, and a waiting page, a JSON body or a 307 to post again.
+func (rm *Room) Answer(w http.ResponseWriter, r *http.Request, se *admission.ShedError) {
 	now := time.Now()
 	p := *se.Place
-	h.giveTicket(w, r, p, now)
-	retry := comeBackIn(p.Wait, h.hold())
+	rm.giveTicket(w, r, p, now)
+	retry := RetryAfter(p.Wait, rm.Hold())
 	hd := w.Header()
 	hd.Set("Retry-After", strconv.Itoa(retry))
 	hd.Set("Cache-Control", "no-store")
-	if isNavigation(r) && errors.Is(se, admission.ErrQueueTimeout) {
+	if IsNavigation(r) && errors.Is(se, admission.ErrQueueTimeout) {
 		// Held a whole hold already: the browser re-sends its own form at
 		// once and is held again, in its place.
-		h.room.counters.redirects.Add(1)
+		rm.counts.redirects.Add(1)
 		hd.Set("Location", r.URL.RequestURI())
 		w.WriteHeader(http.StatusTemporaryRedirect)
 		return
 	}
-	if reply.WantsJSON(r) || !isNavigation(r) {
+	if reply.WantsJSON(r) || !IsNavigation(r) {
 		hd.Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintf(w, `{"error":"overloaded","reason":%q,"lane":"login","retry_after":%d,"place":%d,"wait_seconds":%d}`+"\n",
 			reply.ShedReason(se), retry, p.Position, int(p.Wait.Seconds()+0.5))
 		return
 	}
-	writeWaitingPage(w, r, p, h.hold())
+	writeWaitingPage(w, r, p, rm.Hold())
 }
 
 // writeWaitingPage serves the waiting page: the place and expected wait,
@@ -222,7 +228,7 @@ func (h *Handler) answerLogin(w http.ResponseWriter, r *http.Request, se *admiss
 func writeWaitingPage(w http.ResponseWriter, r *http.Request, p admission.Place, hold time.Duration) {
 	refresh := pageRefresh(p.Wait, hold)
 	hd := w.Header()
-	hd.Set("Retry-After", strconv.Itoa(comeBackIn(p.Wait, hold)))
+	hd.Set("Retry-After", strconv.Itoa(RetryAfter(p.Wait, hold)))
 	hd.Set("Cache-Control", "no-store")
 	hd.Set("Content-Type", "text/html; charset=utf-8")
 	hd.Set("Lanegate-Waiting", "1")
@@ -235,7 +241,7 @@ func writeWaitingPage(w http.ResponseWriter, r *http.Request, p admission.Place,
 
 // pageRefresh is how often the waiting page reloads itself, in seconds:
 // as the turn nears, but at least every 10 s so the place moves on.
-func pageRefresh(wait, hold time.Duration) int { return min(max(comeBackIn(wait, hold), 2), 10) }
+func pageRefresh(wait, hold time.Duration) int { return min(max(RetryAfter(wait, hold), 2), 10) }
 
 func waitText(d time.Duration) string {
 	switch s := int(d.Seconds() + 0.5); {
@@ -262,8 +268,10 @@ const waitingPage = `<!doctype html>
 </body></html>
 `
 
-// roomTickets is every ticket count by outcome, controller and HTTP side.
-func roomTickets(rs admission.RoomStats, rc *roomCounters) map[string]uint64 {
+// Tickets is every ticket count by outcome, the controller's (rs) and the
+// HTTP side's.
+func (rm *Room) Tickets(rs admission.RoomStats) map[string]uint64 {
+	rc := &rm.counts
 	m := map[string]uint64{
 		"issued": rs.Issued, "redeemed": rs.Redeemed, "reused": rs.Rejected,
 		"accepted": rc.ticketsTaken.Load(),
@@ -274,8 +282,15 @@ func roomTickets(rs admission.RoomStats, rc *roomCounters) map[string]uint64 {
 	return m
 }
 
-// RoomStatus is the waiting room in the /status document.
-type RoomStatus struct {
+// Pages is how many waiting pages were served.
+func (rm *Room) Pages() uint64 { return rm.counts.pages.Load() }
+
+// Redirects is how many browser login POSTs were held a whole hold and
+// answered 307 to post again in their place.
+func (rm *Room) Redirects() uint64 { return rm.counts.redirects.Load() }
+
+// Status is the waiting room in the /status document.
+type Status struct {
 	Waiting        int               `json:"waiting"`
 	Away           int               `json:"away"`
 	WaitSeconds    float64           `json:"estimated_wait_seconds"`
@@ -286,14 +301,15 @@ type RoomStatus struct {
 	Redirects      uint64            `json:"redirects"`
 }
 
-func (h *Handler) roomStatus(rs admission.RoomStats) *RoomStatus {
-	if h.room.Room == nil {
+// Status is the waiting room's state for /status; nil on a nil Room, so
+// that a waiting room switched off is absent from the document.
+func (rm *Room) Status(rs admission.RoomStats) *Status {
+	if rm == nil {
 		return nil
 	}
-	rc := &h.room.counters
-	return &RoomStatus{
+	return &Status{
 		Waiting: rs.Waiting, Away: rs.Away, WaitSeconds: rs.Wait.Seconds(), CompletionRate: rs.Rate,
-		HoldSeconds: h.hold().Seconds(), Tickets: roomTickets(rs, rc),
-		Pages: rc.pages.Load(), Redirects: rc.redirects.Load(),
+		HoldSeconds: rm.Hold().Seconds(), Tickets: rm.Tickets(rs),
+		Pages: rm.Pages(), Redirects: rm.Redirects(),
 	}
 }
