@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lanegate/lanegate/admin"
 	"github.com/lanegate/lanegate/admission"
 )
 
@@ -17,7 +18,7 @@ const testAdminToken = "s3cret-admin-token"
 func testNewAdmin(t testing.TB, p *testProxy, token string) *httptest.Server {
 	t.Helper()
 	log, _ := testLogger(t)
-	a := NewAdmin(p.Handler, p.Ctrl, AdminOptions{Token: token, Gatherer: p.Reg, ReadyTimeout: testTimeout}, log)
+	a := admin.New(p.Handler, p.Ctrl, admin.Options{Token: token, Gatherer: p.Reg, Upstream: p.Handler.upstream, ReadyTimeout: testTimeout}, log)
 	s := httptest.NewServer(a)
 	t.Cleanup(s.Close)
 	return s

@@ -6,6 +6,11 @@ import (
 	"net/http"
 	"os"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/lanegate/lanegate/metrics"
+	"github.com/lanegate/lanegate/reply"
 )
 
 // bufferBody reads r's body, of a known and small length, into memory and
@@ -96,3 +101,25 @@ type clientBodyError struct{ err error }
 func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
 func (e *clientBodyError) Unwrap() error { return e.err }
 func (e *clientBodyError) timeout() bool { return errors.Is(e.err, os.ErrDeadlineExceeded) }
+
+// bodyError answers a request whose body could not be read before
+// admission: the client's fault, and the connection is closed, since what
+// follows on it cannot be trusted to be a request.
+func (h *Handler) bodyError(rec *recorder, r *http.Request, err error) {
+	ev := &rec.ev
+	h.metrics.BodyError(ev.class.label())
+	ev.decision = metrics.DecisionBodyError
+	status, msg, kind := classifyUpstreamError(err)
+	switch kind {
+	case kindClientBody, kindClientBodyTimeout:
+		h.metrics.ClientBodyError()
+	case "body_too_large":
+	default:
+		status, msg = http.StatusBadRequest, "bad request body"
+		h.metrics.ClientBodyError()
+	}
+	h.log.Debug("client body error", zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
+	rec.Header().Set("Connection", "close")
+	reply.Error(rec, r, status, msg)
+	h.finish(rec, r, time.Now())
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/metrics"
 )
 
 // Rules are path rules from configuration, one list per outcome. A rule
@@ -188,3 +189,6 @@ func cleanPath(p string) string {
 	}
 	return np
 }
+
+// label is the class's lane label in metrics.
+func (c Class) label() metrics.Label { return metrics.LabelOf(c.Lane, c.Bypass) }

@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/metrics"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -72,7 +73,7 @@ type testProxy struct {
 	// Client talks to Server; its idle connections close with it.
 	Client  *http.Client
 	Reg     *prometheus.Registry
-	Metrics *Metrics
+	Metrics *metrics.Registry
 	// Logs holds every log entry the handler wrote.
 	Logs *observer.ObservedLogs
 }
@@ -122,7 +123,7 @@ type testParts struct {
 	Ctrl    *admission.Controller
 	Opts    Options
 	Reg     *prometheus.Registry
-	Metrics *Metrics
+	Metrics *metrics.Registry
 	Log     *zap.Logger
 	Logs    *observer.ObservedLogs
 }
@@ -145,7 +146,7 @@ func testNewParts(t testing.TB, upstream string, limits admission.Limits, opts O
 		opts.Rules = testProxyRules
 	}
 	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, ctrl)
+	m, err := metrics.New(reg, ctrl)
 	if err != nil {
 		t.Fatalf("NewMetrics: got error %v, want nil", err)
 	}

@@ -9,12 +9,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/metrics"
 	"github.com/lanegate/lanegate/reply"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/upstream"
@@ -124,7 +123,7 @@ type Handler struct {
 	accessLog  bool
 	redact     []string
 	log        *zap.Logger
-	metrics    *Metrics
+	metrics    *metrics.Registry
 	mode       atomic.Pointer[admission.Mode]
 	recorders  sync.Pool
 
@@ -138,7 +137,7 @@ type Handler struct {
 }
 
 // New returns a handler forwarding to opts.Upstream under ctrl.
-func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *Metrics) (*Handler, error) {
+func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry) (*Handler, error) {
 	if opts.Upstream == nil || opts.Upstream.Host == "" {
 		return nil, errors.New("proxy: upstream URL with a host is required")
 	}
@@ -224,6 +223,12 @@ func (h *Handler) Mode() admission.Mode { return *h.mode.Load() }
 // started with.
 func (h *Handler) SetMode(m admission.Mode) { h.mode.Store(&m) }
 
+// RoomStatus is the waiting room's part of /status, nil when it is off.
+func (h *Handler) RoomStatus(rs admission.RoomStats) *waitroom.Status { return h.room.Status(rs) }
+
+// Bypassed is how many requests skipped admission.
+func (h *Handler) Bypassed() uint64 { return h.metrics.Bypassed() }
+
 // SetRules replaces the path rules for requests that arrive from now on.
 func (h *Handler) SetRules(r Rules) error {
 	cl, err := NewClassifier(r)
@@ -234,15 +239,51 @@ func (h *Handler) SetRules(r Rules) error {
 	return nil
 }
 
-// ServeHTTP classifies, admits and forwards one request.
+// ServeHTTP runs one request through the pipeline the README draws:
+// classify, gate, buffer, identify, admit, forward, finish. Each step that
+// answers the request itself (a 413, a redirect to the login page, the
+// waiting page, a shed) ends it there.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
 	rec := h.recorders.Get().(*recorder)
 	rec.reset(w)
-	defer func() {
-		rec.reset(nil) // do not keep the connection alive from the pool
-		h.recorders.Put(rec)
-	}()
+	defer h.done(rec)
+	start := time.Now()
+	// One mode for the whole request, whatever PUT /admission does
+	// meanwhile.
+	mode := *h.mode.Load()
+	h.classify(rec, r, start)
+	if h.refuseBody(rec, r) {
+		return
+	}
+	if rec.ev.class.Bypass {
+		h.metrics.Bypass()
+		h.forward(rec, r, nil, start)
+		return
+	}
+	if h.gate(rec, r, mode) || !h.buffer(rec, r) {
+		return
+	}
+	req := h.identify(rec, r, mode)
+	permit, ok := h.admit(rec, r, req, mode)
+	if !ok {
+		return
+	}
+	h.forward(rec, r, permit, time.Now())
+}
+
+// done ends the request's part in session coalescing and returns its
+// recorder to the pool.
+func (h *Handler) done(rec *recorder) {
+	if rec.sessions != nil {
+		rec.sessions.End(rec.sess)
+	}
+	rec.reset(nil) // do not keep the connection alive from the pool
+	h.recorders.Put(rec)
+}
+
+// classify sorts the request into a lane, after taking from it whatever
+// only lanegate may say.
+func (h *Handler) classify(rec *recorder, r *http.Request, start time.Time) {
 	// Only lanegate speaks for lanegate: a client's own identity, grant
 	// request or anything else under the prefix is dropped before anyone
 	// reads it, whether or not the session cache is on.
@@ -256,63 +297,85 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// after its body is ever read.
 		rec.Header().Set("Connection", "close")
 	}
-
 	class := h.classifier.Load().Classify(r.Method, r.URL.Path)
-	ev := event{start: start, class: class, decision: decisionBypass}
+	rec.ev = event{start: start, class: class, decision: metrics.DecisionBypass}
+}
 
-	if h.maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
+// refuseBody answers 413 for a body announced larger than the limit, and
+// otherwise bounds the body's size and pauses as it is read. It reports
+// whether it answered.
+func (h *Handler) refuseBody(rec *recorder, r *http.Request) bool {
+	if r.Body == nil || r.Body == http.NoBody {
+		return false
+	}
+	if h.maxBody > 0 {
 		if r.ContentLength > h.maxBody {
-			ev.decision = decisionTooLarge
-			h.metrics.bodyTooLarge(class)
+			rec.ev.decision = metrics.DecisionTooLarge
+			h.metrics.BodyTooLarge(rec.ev.class.label())
 			reply.Error(rec, r, http.StatusRequestEntityTooLarge, "request body too large")
-			h.finish(rec, r, &ev, time.Now())
-			return
+			h.finish(rec, r, time.Now())
+			return true
 		}
 		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
 	}
-	if h.bodyRead > 0 && r.Body != nil && r.Body != http.NoBody {
+	if h.bodyRead > 0 {
 		r.Body = &clientBody{ReadCloser: r.Body, rc: http.NewResponseController(rec), timeout: h.bodyRead}
 	}
+	return false
+}
 
-	if class.Bypass {
-		h.metrics.bypass()
-		h.forward(rec, r, &ev, nil, start)
-		return
-	}
-
+// gate answers at the edge what need not reach the app or the line: a
+// login-required page without a session cookie, and during a login storm
+// a person opening the login page, who waits on the waiting page first.
+// It reports whether it answered.
+func (h *Handler) gate(rec *recorder, r *http.Request, mode admission.Mode) bool {
 	if h.loginRequired != nil && h.needsLogin(r) {
-		ev.decision = decisionLoginRedirect
-		h.metrics.loginRedirect()
+		rec.ev.decision = metrics.DecisionLoginRedirect
+		h.metrics.LoginRedirect()
 		h.redirectToLogin(rec, r)
-		h.finish(rec, r, &ev, time.Now())
-		return
+		h.finish(rec, r, time.Now())
+		return true
 	}
-
-	enforce := *h.mode.Load() == admission.Enforce
-	if enforce && h.room != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && waitroom.IsNavigation(r) &&
-		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login &&
-		h.room.GatePage(rec, r) {
-		ev.decision = decisionWaitingPage
-		h.finish(rec, r, &ev, time.Now())
-		return
+	if mode == admission.Enforce && h.room != nil && h.isLoginPage(r) && h.room.GatePage(rec, r) {
+		rec.ev.decision = metrics.DecisionWaitingPage
+		h.finish(rec, r, time.Now())
+		return true
 	}
+	return false
+}
 
-	// Before the session lookup, whose identity is good for seconds only,
-	// and before admission, so that a slow upload waits without a slot.
-	if h.bufferBody > 0 && r.ContentLength > 0 && r.ContentLength <= h.bufferBody {
-		if err := bufferBody(r); err != nil {
-			h.bodyError(rec, r, &ev, err)
-			return
-		}
+// isLoginPage reports whether r is a person's browser opening a page whose
+// form posts to the login lane.
+func (h *Handler) isLoginPage(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && waitroom.IsNavigation(r) &&
+		h.classifier.Load().Classify(http.MethodPost, r.URL.Path).Lane == admission.Login
+}
+
+// buffer reads a small body whole before admission, so that a slow upload
+// waits without a slot and a client that leaves while queued is noticed.
+// It comes before the session lookup, whose identity is good for seconds
+// only. It reports whether the request goes on.
+func (h *Handler) buffer(rec *recorder, r *http.Request) bool {
+	if h.bufferBody <= 0 || r.ContentLength <= 0 || r.ContentLength > h.bufferBody {
+		return true
 	}
+	if err := bufferBody(r); err != nil {
+		h.bodyError(rec, r, err)
+		return false
+	}
+	return true
+}
 
-	req := admission.Request{Lane: class.Lane}
+// identify says who is asking: the session cache's identity for Django,
+// whether the request is logged in, and for a login its client address and
+// its waiting-room ticket.
+func (h *Handler) identify(rec *recorder, r *http.Request, mode admission.Mode) admission.Request {
+	req := admission.Request{Lane: rec.ev.class.Lane}
 	if h.sessions != nil {
 		sess := h.sessions.Begin(r.Context(), r.Header)
-		defer h.sessions.End(sess)
 		rec.sessions, rec.sess, rec.req = h.sessions, sess, r
 		req.Anonymous = !sess.Authenticated()
-		ev.authenticated = sess.Authenticated()
+		rec.ev.authenticated = sess.Authenticated()
 		if sess.Identity != "" {
 			r.Header[session.HeaderIdentity] = []string{sess.Identity}
 		}
@@ -320,53 +383,60 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Header[session.HeaderGrantRequest] = []string{sess.GrantRequest}
 		}
 	}
-	// Only the login lane's per-client bucket needs the client's address.
-	if class.Lane == admission.Login {
-		if a, ok := h.clientAddr(r); ok {
-			req.Client = clientKey(a)
-		} else {
-			req.Client = r.RemoteAddr
-		}
-		if enforce && h.room != nil {
-			if t, ok := h.room.Ticket(r, time.Now()); ok {
-				req.Ticket, req.Arrival = t.ID, t.Arrival
-			}
-			req.Patient = waitroom.IsNavigation(r)
-		}
+	if req.Lane != admission.Login {
+		return req // only the login lane's per-client bucket needs the address
 	}
+	if a, ok := h.clientAddr(r); ok {
+		req.Client = clientKey(a)
+	} else {
+		req.Client = r.RemoteAddr
+	}
+	if mode == admission.Enforce && h.room != nil {
+		if t, ok := h.room.Ticket(r, time.Now()); ok {
+			req.Ticket, req.Arrival = t.ID, t.Arrival
+		}
+		req.Patient = waitroom.IsNavigation(r)
+	}
+	return req
+}
+
+// admit asks the controller for a slot as the mode says: wait for one
+// (enforce), take one whatever the limits (shadow, recording what enforce
+// would have done), or pass (off). A request refused, or whose client left
+// meanwhile, is answered here and admit reports false.
+func (h *Handler) admit(rec *recorder, r *http.Request, req admission.Request, mode admission.Mode) (*admission.Permit, bool) {
 	var permit *admission.Permit
-	switch *h.mode.Load() {
+	switch mode {
 	case admission.Off:
 		permit = h.ctrl.Pass(req)
-		ev.decision = admission.Passed.String()
+		rec.ev.decision = admission.Passed.String()
 	case admission.Shadow:
 		var d admission.Decision
 		d, permit = h.ctrl.Shadow(req)
-		ev.decision = d.String()
+		rec.ev.decision = d.String()
 	default:
 		var err error
-		permit, err = h.ctrl.Acquire(r.Context(), req)
-		if err != nil {
-			h.refuse(rec, r, &ev, class.Lane, err)
-			return
+		if permit, err = h.ctrl.Acquire(r.Context(), req); err != nil {
+			h.refuse(rec, r, err)
+			return nil, false
 		}
-		ev.decision = admission.Admitted.String()
-		ev.queueWait = permit.Waited()
+		rec.ev.decision = admission.Admitted.String()
+		rec.ev.queueWait = permit.Waited()
 		if req.Ticket != 0 {
 			waitroom.DropTicket(rec) // used up
 		}
-		h.metrics.observeQueueWait(class, ev.queueWait)
+		h.metrics.ObserveQueueWait(rec.ev.class.label(), rec.ev.queueWait)
 	}
 	if r.Context().Err() != nil {
 		// The client left while we decided; forwarding now would make the
 		// app do work nobody reads.
 		permit.Abandon()
-		ev.decision = decisionClientGone
-		ev.status = statusClientClosed
-		h.finish(rec, r, &ev, time.Now())
-		return
+		rec.ev.decision = metrics.DecisionClientGone
+		rec.ev.status = statusClientClosed
+		h.finish(rec, r, time.Now())
+		return nil, false
 	}
-	h.forward(rec, r, &ev, permit, time.Now())
+	return permit, true
 }
 
 // forward relays r to the upstream, then releases permit (nil for a
@@ -378,7 +448,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // upstream went away mid-body, ReverseProxy aborts the handler by panicking
 // with http.ErrAbortHandler. The release is deferred so that it runs then
 // too: a slot skipped there would be lost for good.
-func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *admission.Permit, start time.Time) {
+func (h *Handler) forward(rec *recorder, r *http.Request, permit *admission.Permit, start time.Time) {
+	ev := &rec.ev
 	defer func() {
 		// Trailers are written after the handler returns, from the header
 		// map: lanegate's headers must not leave as trailers either.
@@ -392,8 +463,8 @@ func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *adm
 			permit.ReleaseAt(end)
 		}
 		ev.upstream = end.Sub(start)
-		h.metrics.observeUpstream(ev.class, ev.upstream)
-		h.finish(rec, r, ev, end)
+		h.metrics.ObserveUpstream(ev.class.label(), ev.upstream)
+		h.finish(rec, r, end)
 	}()
 	defer func() {
 		// Runs first. When the upstream dies mid-body, ReverseProxy aborts
@@ -412,271 +483,23 @@ func (h *Handler) forward(rec *recorder, r *http.Request, ev *event, permit *adm
 	h.rp.ServeHTTP(rec, r)
 }
 
-// bodyError answers a request whose body could not be read before
-// admission: the client's fault, and the connection is closed, since what
-// follows on it cannot be trusted to be a request.
-func (h *Handler) bodyError(rec *recorder, r *http.Request, ev *event, err error) {
-	h.metrics.bodyError(ev.class)
-	ev.decision = decisionBodyError
-	status, msg, kind := classifyUpstreamError(err)
-	switch kind {
-	case kindClientBody, kindClientBodyTimeout:
-		h.metrics.clientBodyError()
-	case "body_too_large":
-	default:
-		status, msg = http.StatusBadRequest, "bad request body"
-		h.metrics.clientBodyError()
-	}
-	h.log.Debug("client body error", zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
-	rec.Header().Set("Connection", "close")
-	reply.Error(rec, r, status, msg)
-	h.finish(rec, r, ev, time.Now())
-}
-
 // refuse answers a request the controller did not admit.
-func (h *Handler) refuse(rec *recorder, r *http.Request, ev *event, lane admission.Lane, err error) {
+func (h *Handler) refuse(rec *recorder, r *http.Request, err error) {
+	ev := &rec.ev
 	var se *admission.ShedError
 	if !errors.As(err, &se) {
 		// The client went away while queued: there is nobody to answer.
-		ev.decision = decisionClientGone
+		ev.decision = metrics.DecisionClientGone
 		ev.status = statusClientClosed
-		h.finish(rec, r, ev, time.Now())
+		h.finish(rec, r, time.Now())
 		return
 	}
 	ev.decision = admission.DecisionOf(err).String()
 	if se.Place != nil && h.room != nil {
 		h.room.Answer(rec, r, se)
-		h.finish(rec, r, ev, time.Now())
+		h.finish(rec, r, time.Now())
 		return
 	}
-	reply.Shed(rec, r, lane, se)
-	h.finish(rec, r, ev, time.Now())
-}
-
-// event is what the access log says about one request.
-type event struct {
-	start     time.Time
-	class     Class
-	decision  string
-	queueWait time.Duration
-	upstream  time.Duration
-	status    int // overrides the recorded status, for 499
-	// authenticated is true when the request was forwarded with an identity.
-	authenticated bool
-}
-
-// finish writes the access log line. Request bodies and query strings are
-// never logged: allauth echoes passwords in JSON error bodies and reset
-// links carry secrets.
-func (h *Handler) finish(rec *recorder, r *http.Request, ev *event, end time.Time) {
-	if !h.accessLog {
-		return
-	}
-	h.log.Info("request",
-		zap.String("method", r.Method),
-		zap.String("path", h.logPath(r.URL.Path)),
-		zap.String("lane", laneLabel(ev.class)),
-		zap.String("decision", ev.decision),
-		zap.Bool("authenticated", ev.authenticated),
-		zap.Int("status", statusCode(rec.status, ev.status)),
-		zap.Int64("bytes", rec.bytes),
-		zap.Duration("queue_wait", ev.queueWait),
-		zap.Duration("upstream", ev.upstream),
-		zap.Duration("duration", end.Sub(ev.start)),
-		zap.String("client", h.logClient(r)),
-	)
-}
-
-// clientAddr is the address a request came from: the peer, or, when the
-// peer is a trusted proxy, the nearest untrusted address it forwarded for.
-func (h *Handler) clientAddr(r *http.Request) (netip.Addr, bool) {
-	peer, ok := peerAddr(r)
-	if !ok || !h.isTrusted(peer) {
-		return peer, ok
-	}
-	if c, _, ok := forwardedChain(r.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
-		return c, true
-	}
-	return peer, true
-}
-
-func (h *Handler) isTrusted(a netip.Addr) bool {
-	for _, p := range h.trusted {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-// clientHTTPS reports whether the client reached lanegate over HTTPS: its
-// own connection, or a trusted proxy's word.
-func (h *Handler) clientHTTPS(r *http.Request) bool {
-	if r.TLS != nil {
-		return true
-	}
-	peer, ok := peerAddr(r)
-	return ok && h.isTrusted(peer) && r.Header.Get("X-Forwarded-Proto") == "https"
-}
-
-func peerAddr(r *http.Request) (netip.Addr, bool) {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}, false
-	}
-	return ap.Addr().Unmap(), true
-}
-
-// rewrite builds the outbound request. ReverseProxy has already removed
-// hop-by-hop, X-Forwarded-* and Forwarded headers from it.
-func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetURL(h.upstream)
-	// Django's CSRF and ALLOWED_HOSTS checks need the client's Host.
-	pr.Out.Host = pr.In.Host
-	out := pr.Out.Header
-	peer, ok := peerAddr(pr.In)
-	if ok && h.isTrusted(peer) {
-		// Behind a trusted proxy the chain is kept from the client on and
-		// the peer appended; entries left of the client are its own claims
-		// and are dropped, so the first entry, which allauth keys its
-		// limits on, is the client.
-		if client, chain, ok := forwardedChain(pr.In.Header.Values("X-Forwarded-For"), h.isTrusted); ok {
-			out["X-Forwarded-For"] = []string{strings.Join(chain, ", ") + ", " + peer.String()}
-			out["X-Real-Ip"] = []string{client.String()}
-		} else {
-			out["X-Forwarded-For"] = []string{peer.String()}
-			out["X-Real-Ip"] = []string{peer.String()}
-		}
-		if v := pr.In.Header.Get("X-Forwarded-Proto"); v != "" {
-			out["X-Forwarded-Proto"] = []string{v}
-		} else {
-			out["X-Forwarded-Proto"] = []string{scheme(pr.In)}
-		}
-		if v := pr.In.Header.Get("X-Forwarded-Host"); v != "" {
-			out["X-Forwarded-Host"] = []string{v}
-		} else {
-			out["X-Forwarded-Host"] = []string{pr.In.Host}
-		}
-		return
-	}
-	// From anyone else any claim about the client is overwritten or
-	// dropped, or the client picks the address Django rate-limits by.
-	addr := pr.In.RemoteAddr
-	if ok {
-		addr = peer.String()
-	} else if host, _, err := net.SplitHostPort(addr); err == nil {
-		addr = host
-	}
-	out["X-Forwarded-For"] = []string{addr}
-	out["X-Real-Ip"] = []string{addr}
-	for _, name := range spoofableClientHeaders {
-		delete(out, name)
-	}
-	// WSGI servers turn X_Forwarded_For and X-Forwarded-For into the same
-	// HTTP_X_FORWARDED_FOR, so an underscore spelling from an untrusted
-	// client could stand in for a header just overwritten. Like nginx by
-	// default, headers with an underscore in their name are dropped.
-	for name := range out {
-		if strings.IndexByte(name, '_') >= 0 {
-			delete(out, name)
-		}
-	}
-	out["X-Forwarded-Host"] = []string{pr.In.Host}
-	out["X-Forwarded-Proto"] = []string{scheme(pr.In)}
-}
-
-// spoofableClientHeaders name the client in some CDNs' and proxies'
-// dialects; only a trusted proxy may send them on.
-var spoofableClientHeaders = []string{"True-Client-Ip", "X-Client-Ip", "Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Cluster-Client-Ip"}
-
-func scheme(r *http.Request) string {
-	if r.TLS != nil {
-		return "https"
-	}
-	return "http"
-}
-
-// logPath is the path as logged: everything after a redacted prefix is
-// replaced, because password-reset and email-confirmation links carry
-// their secret in the path.
-func (h *Handler) logPath(p string) string {
-	for _, prefix := range h.redact {
-		if strings.HasPrefix(p, prefix) && len(p) > len(prefix) {
-			return prefix + "<redacted>"
-		}
-	}
-	return p
-}
-
-// logClient is the client's address as logged: the resolved client behind
-// a trusted proxy, not the proxy.
-func (h *Handler) logClient(r *http.Request) string {
-	if a, ok := h.clientAddr(r); ok {
-		return a.String()
-	}
-	return r.RemoteAddr
-}
-
-// upstreamError answers a request the upstream failed.
-func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil {
-		if rec, ok := w.(*recorder); ok {
-			rec.status = statusClientClosed
-		}
-		return
-	}
-	var hold *upstream.Hold
-	if rec, ok := w.(*recorder); ok && errors.As(err, &hold) {
-		rec.hold = hold
-	}
-	status, msg, kind := classifyUpstreamError(err)
-	if kind == kindClientBody || kind == kindClientBodyTimeout {
-		// The client's fault, not the upstream's: no upstream error metric
-		// or warning a client could inflate at will.
-		h.metrics.clientBodyError()
-		h.log.Debug("client body error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
-		w.Header().Set("Connection", "close")
-		reply.Error(w, r, status, msg)
-		return
-	}
-	h.metrics.upstreamError(kind)
-	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
-	reply.Error(w, r, status, msg)
-}
-
-// upstreamBodyError counts a response body the upstream failed mid-way.
-// The client has had the headers and a part of the body by then, so all it
-// gets is a closed connection; ReverseProxy logs the error.
-func (h *Handler) upstreamBodyError(err error) {
-	kind := "body_failed"
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		kind = "body_timeout"
-	}
-	h.metrics.upstreamError(kind)
-}
-
-func classifyUpstreamError(err error) (status int, msg, kind string) {
-	var (
-		mbe *http.MaxBytesError
-		oe  *net.OpError
-		ne  net.Error
-	)
-	var cbe *clientBodyError
-	switch {
-	case errors.As(err, &mbe):
-		return http.StatusRequestEntityTooLarge, "request body too large", "body_too_large"
-	case errors.As(err, &cbe) && cbe.timeout():
-		return http.StatusRequestTimeout, "request body timed out", kindClientBodyTimeout
-	case errors.As(err, &cbe):
-		return http.StatusBadRequest, "bad request body", kindClientBody
-	case errors.As(err, &oe) && oe.Op == "dial":
-		// Refused, unreachable or slow to accept: the upstream is not
-		// there, which is a bad gateway, not a slow one.
-		return http.StatusBadGateway, "upstream refused the connection", "refused"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return http.StatusGatewayTimeout, "upstream timed out", "timeout"
-	default:
-		return http.StatusBadGateway, "upstream failed", "failed"
-	}
+	reply.Shed(rec, r, ev.class.Lane, se)
+	h.finish(rec, r, time.Now())
 }

@@ -23,7 +23,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/lanegate/lanegate/admin"
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/metrics"
 )
 
 var testLoopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
@@ -527,7 +529,7 @@ func testGather(t *testing.T, p *testProxy) string {
 	t.Helper()
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:9090/metrics", nil)
-	NewAdmin(p.Handler, p.Ctrl, AdminOptions{Gatherer: p.Reg}, nil).ServeHTTP(rec, req)
+	admin.New(p.Handler, p.Ctrl, admin.Options{Gatherer: p.Reg}, nil).ServeHTTP(rec, req)
 	if rec.Code != http.StatusOK {
 		t.Fatalf("metrics: got status %d, want 200", rec.Code)
 	}
@@ -755,9 +757,9 @@ func TestClientGoneWhileQueued(t *testing.T) {
 			continue
 		}
 		found = true
-		if m["decision"] != decisionClientGone || m["status"] != int64(statusClientClosed) {
+		if m["decision"] != metrics.DecisionClientGone || m["status"] != int64(statusClientClosed) {
 			t.Errorf("access log of the cancelled request: got decision %v status %v, want %s %d",
-				m["decision"], m["status"], decisionClientGone, statusClientClosed)
+				m["decision"], m["status"], metrics.DecisionClientGone, statusClientClosed)
 		}
 	}
 	if !found {
@@ -802,8 +804,8 @@ func TestClientGoneAsAdmitted(t *testing.T) {
 		return p.Logs.FilterMessage("request").Len() == 1
 	})
 	entry := p.Logs.FilterMessage("request").All()[0].ContextMap()
-	if entry["decision"] != decisionClientGone || entry["status"] != int64(statusClientClosed) {
-		t.Errorf("access log: got decision %v status %v, want %s %d", entry["decision"], entry["status"], decisionClientGone, statusClientClosed)
+	if entry["decision"] != metrics.DecisionClientGone || entry["status"] != int64(statusClientClosed) {
+		t.Errorf("access log: got decision %v status %v, want %s %d", entry["decision"], entry["status"], metrics.DecisionClientGone, statusClientClosed)
 	}
 	if n := p.Ctrl.Snapshot().InFlight; n != 0 {
 		t.Errorf("in flight after the request left: got %d, want 0", n)
@@ -1012,7 +1014,7 @@ func TestBypassIgnoresBudget(t *testing.T) {
 	if total != 2 {
 		t.Errorf("controller decisions: got %d, want 2 (the page and the POST; never the static file)", total)
 	}
-	if got := p.Metrics.bypassed.Load(); got != 1 {
+	if got := p.Metrics.Bypassed(); got != 1 {
 		t.Errorf("bypassed count: got %d, want 1", got)
 	}
 }

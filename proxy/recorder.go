@@ -27,6 +27,9 @@ type recorder struct {
 	sess     *session.Request
 	req      *http.Request
 
+	// ev is what the access log will say of the request.
+	ev event
+
 	// hold is set when the upstream timed out on the request while the
 	// app may still be working on it.
 	hold *upstream.Hold

@@ -30,6 +30,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lanegate/lanegate/admin"
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/waitroom"
@@ -375,7 +376,7 @@ func roomStatus(t testing.TB, s *roomStack) waitroom.Status {
 	t.Helper()
 	res := testFetch(t, s.Admin.Client(), http.MethodGet, s.Admin.URL+"/status", nil, nil)
 	testStatus(t, res, http.StatusOK)
-	var st Status
+	var st admin.Status
 	if err := json.Unmarshal(res.Body, &st); err != nil {
 		t.Fatalf("status %q: %v", res.Body, err)
 	}

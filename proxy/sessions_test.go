@@ -28,6 +28,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/lanegate/lanegate/admin"
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/session/redistest"
@@ -524,7 +525,7 @@ func sessNewStack(t testing.TB, upstream string, limits admission.Limits, opts O
 	t.Helper()
 	p := testNewParts(t, upstream, limits, opts)
 	ctrl, opts, reg, m, log, logs := p.Ctrl, p.Opts, p.Reg, p.Metrics, p.Log, p.Logs
-	aopts := AdminOptions{Token: testAdminToken, Gatherer: reg, ReadyTimeout: testTimeout}
+	aopts := admin.Options{Token: testAdminToken, Gatherer: reg, Upstream: opts.Upstream, ReadyTimeout: testTimeout}
 	var cache *session.Cache
 	if setup.Store != nil {
 		// Registered before the servers' cleanup, so it runs after it.
@@ -553,7 +554,7 @@ func sessNewStack(t testing.TB, upstream string, limits admission.Limits, opts O
 		t.Fatalf("New: %v", err)
 	}
 	srv := httptest.NewServer(h)
-	admin := httptest.NewServer(NewAdmin(h, ctrl, aopts, log))
+	admin := httptest.NewServer(admin.New(h, ctrl, aopts, log))
 	t.Cleanup(func() {
 		admin.Close()
 		srv.Close()
@@ -740,11 +741,11 @@ func sessAdmin(t testing.TB, s *sessStack, path string) testResult {
 }
 
 // sessStatus fetches and decodes /status.
-func sessStatus(t testing.TB, s *sessStack) (Status, string) {
+func sessStatus(t testing.TB, s *sessStack) (admin.Status, string) {
 	t.Helper()
 	res := sessAdmin(t, s, "/status")
 	testStatus(t, res, http.StatusOK)
-	var st Status
+	var st admin.Status
 	if err := json.Unmarshal(res.Body, &st); err != nil {
 		t.Fatalf("/status %q: %v", res.Body, err)
 	}
@@ -1316,7 +1317,7 @@ func TestSessionStatusAndMetrics(t *testing.T) {
 	if want.Hits != 3 || want.Misses != 1 || want.NoCookie != 2 || want.Grants != 1 || want.Revocations < 1 {
 		t.Errorf("cache stats %+v: want 3 hits, 1 miss, 2 without cookie, 1 grant, revocations", want)
 	}
-	if st.Anonymous != (AnonStatus{Max: 7}) {
+	if st.Anonymous != (admin.AnonStatus{Max: 7}) {
 		t.Errorf("anonymous: got %+v, want max 7, nothing in flight or queued", st.Anonymous)
 	}
 	for what, secret := range map[string]string{

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lanegate/lanegate/proxy"
+	"github.com/lanegate/lanegate/admin"
 )
 
 // faultUpstream is an app server written against TCP, so that a test
@@ -190,9 +190,9 @@ func faultEnv(upstream string, extra ...string) []string {
 }
 
 // waitIdle polls /status until nothing is in flight or queued.
-func waitIdle(ctx context.Context, t *testing.T, c *http.Client, in *instance) proxy.Status {
+func waitIdle(ctx context.Context, t *testing.T, c *http.Client, in *instance) admin.Status {
 	t.Helper()
-	return pollStatus(ctx, t, c, in, "nothing in flight or queued", func(st proxy.Status) bool {
+	return pollStatus(ctx, t, c, in, "nothing in flight or queued", func(st admin.Status) bool {
 		if st.InFlight != 0 {
 			return false
 		}
@@ -333,7 +333,7 @@ func TestFaultTimeoutHoldsSlot(t *testing.T) {
 		t.Fatalf("in flight after the 504: got %d, want the slot still held", st.InFlight)
 	}
 	next := goGet(ctx, c, in.proxyURL("/next"))
-	pollStatus(ctx, t, c, in, "the next request queued behind the held slot", func(st proxy.Status) bool {
+	pollStatus(ctx, t, c, in, "the next request queued behind the held slot", func(st admin.Status) bool {
 		return st.Lanes["core"].Queued == 1
 	})
 	notYet(t, next, "the request queued behind the held slot")
@@ -488,12 +488,12 @@ func TestFaultClientLeaves(t *testing.T) {
 		qctx, leave := context.WithCancel(ctx)
 		queued := make(chan result, 1)
 		go func() { queued <- do(qctx, c, http.MethodGet, in.proxyURL("/queued"), "") }()
-		pollStatus(ctx, t, c, in, "one queued request", func(st proxy.Status) bool { return st.Lanes["core"].Queued == 1 })
+		pollStatus(ctx, t, c, in, "one queued request", func(st admin.Status) bool { return st.Lanes["core"].Queued == 1 })
 		leave()
 		if r := recv(ctx, t, queued, "the queued client"); r.err == nil {
 			t.Errorf("queued client: got %d, want its own cancellation", r.status)
 		}
-		st := pollStatus(ctx, t, c, in, "the queue to empty", func(st proxy.Status) bool { return st.Lanes["core"].Queued == 0 })
+		st := pollStatus(ctx, t, c, in, "the queue to empty", func(st admin.Status) bool { return st.Lanes["core"].Queued == 0 })
 		if got := st.Lanes["core"].Decisions["cancelled"]; got != 1 {
 			t.Errorf("cancelled decisions: got %d, want 1", got)
 		}
@@ -520,7 +520,7 @@ func TestFaultClientLeaves(t *testing.T) {
 		if e := recv(ctx, t, up.ended, "the body at the upstream"); e != "/hang-before-headers-after-body: eof" {
 			t.Fatalf("upstream: %s, want the complete body", e)
 		}
-		pollStatus(ctx, t, c, in, "the request in flight", func(st proxy.Status) bool { return st.InFlight == 1 })
+		pollStatus(ctx, t, c, in, "the request in flight", func(st admin.Status) bool { return st.InFlight == 1 })
 		leave()
 		recv(ctx, t, waiting, "the client that left")
 		// lanegate closes its upstream connection: the app sees it.
@@ -539,7 +539,7 @@ func TestFaultClientLeaves(t *testing.T) {
 		if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
 			t.Fatalf("reading the stream: %v", err)
 		}
-		pollStatus(ctx, t, c, in, "the stream in flight", func(st proxy.Status) bool { return st.InFlight == 1 })
+		pollStatus(ctx, t, c, in, "the stream in flight", func(st admin.Status) bool { return st.InFlight == 1 })
 		resp.Body.Close() // an unfinished body: the client closes the connection
 		if e := recv(ctx, t, up.ended, "the upstream's write to fail"); e != "/stream: write failed" {
 			t.Errorf("upstream: %s, want its write to fail", e)
@@ -564,7 +564,7 @@ func TestFaultClientLeaves(t *testing.T) {
 			t.Fatal(err)
 		}
 		recv(ctx, t, up.arrived, "the upload at the upstream")
-		pollStatus(ctx, t, c, in, "the upload in flight", func(st proxy.Status) bool { return st.InFlight == 1 })
+		pollStatus(ctx, t, c, in, "the upload in flight", func(st admin.Status) bool { return st.InFlight == 1 })
 		leave()
 		pw.CloseWithError(context.Canceled)
 		if err := recv(ctx, t, done, "the client that left"); err == nil {
@@ -623,7 +623,7 @@ func TestFaultShutdownDuringStorm(t *testing.T) {
 			go func() { done <- answer{path, do(ctx, c, method, in.proxyURL(path), "login=x")} }()
 		}
 	}
-	st := pollStatus(ctx, t, c, in, "every request admitted or queued", func(st proxy.Status) bool {
+	st := pollStatus(ctx, t, c, in, "every request admitted or queued", func(st admin.Status) bool {
 		n := st.InFlight
 		for _, l := range st.Lanes {
 			n += l.Queued

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lanegate/lanegate/proxy"
+	"github.com/lanegate/lanegate/admin"
 )
 
 // Hostile input: what a client that does not play by HTTP's rules can
@@ -536,7 +536,7 @@ func TestSmugglingProbes(t *testing.T) {
 
 // laneSlotsFree fails the test unless no lane has a request in flight or
 // queued.
-func laneSlotsFree(t *testing.T, st proxy.Status, when string) {
+func laneSlotsFree(t *testing.T, st admin.Status, when string) {
 	t.Helper()
 	if st.InFlight != 0 {
 		t.Errorf("/status %s: %d in flight, want 0", when, st.InFlight)
@@ -687,7 +687,7 @@ func TestSlowBody(t *testing.T) {
 
 	// The only slot is taken: a normal request queues behind the upload.
 	queued := goGet(ctx, c, in.proxyURL("/fast/queued"))
-	pollStatus(ctx, t, c, in, "the normal request queued", func(st proxy.Status) bool { return st.Lanes["core"].Queued == 1 })
+	pollStatus(ctx, t, c, in, "the normal request queued", func(st admin.Status) bool { return st.Lanes["core"].Queued == 1 })
 
 	// The client leaves mid-body: the slot goes at once to the queued
 	// request, and the upstream's request ends with its body cut short.
@@ -706,7 +706,7 @@ func TestSlowBody(t *testing.T) {
 	}
 	bounded, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	pollStatus(bounded, t, c, in, "no request in flight", func(st proxy.Status) bool { return st.InFlight == 0 })
+	pollStatus(bounded, t, c, in, "no request in flight", func(st admin.Status) bool { return st.InFlight == 0 })
 	if q := up.until(ctx, t, "/fast/queued"); len(q) > 0 {
 		t.Errorf("upstream got %s %s, want only the upload and the queued request", q[0].method, q[0].path)
 	}
@@ -836,7 +836,7 @@ func TestOversizeInput(t *testing.T) {
 		}
 		bounded, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		pollStatus(bounded, t, c, in, "no request in flight", func(st proxy.Status) bool { return st.InFlight == 0 })
+		pollStatus(bounded, t, c, in, "no request in flight", func(st admin.Status) bool { return st.InFlight == 0 })
 	})
 }
 
@@ -944,7 +944,7 @@ func TestSlowBodyTimeout(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the upstream's read of the body never ended")
 	}
-	pollStatus(ctx, t, c, in, "the slot released", func(st proxy.Status) bool { return st.InFlight == 0 })
+	pollStatus(ctx, t, c, in, "the slot released", func(st admin.Status) bool { return st.InFlight == 0 })
 	m := do(ctx, c, http.MethodGet, in.adminURL("/metrics"), "")
 	if r.status == http.StatusRequestTimeout && !strings.Contains(m.body, "lanegate_client_body_errors_total 1") {
 		t.Errorf("metrics: want lanegate_client_body_errors_total 1")

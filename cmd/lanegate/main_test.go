@@ -18,7 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/lanegate/lanegate/proxy"
+	"github.com/lanegate/lanegate/admin"
 )
 
 func TestMain(m *testing.M) {
@@ -297,13 +297,13 @@ func recv[T any](ctx context.Context, t *testing.T, ch <-chan T, what string) T 
 }
 
 // status fetches the admin /status document.
-func status(ctx context.Context, t *testing.T, c *http.Client, in *instance, header ...string) proxy.Status {
+func status(ctx context.Context, t *testing.T, c *http.Client, in *instance, header ...string) admin.Status {
 	t.Helper()
 	r := do(ctx, c, http.MethodGet, in.adminURL("/status"), "", header...)
 	if r.err != nil || r.status != http.StatusOK {
 		t.Fatalf("GET /status: got %d %q, error %v; want 200", r.status, r.body, r.err)
 	}
-	var st proxy.Status
+	var st admin.Status
 	if err := json.Unmarshal([]byte(r.body), &st); err != nil {
 		t.Fatalf("GET /status: decoding %q: %v", r.body, err)
 	}
@@ -312,7 +312,7 @@ func status(ctx context.Context, t *testing.T, c *http.Client, in *instance, hea
 
 // pollStatus polls /status until cond holds. Only for states nothing else
 // signals, such as a request waiting in a queue.
-func pollStatus(ctx context.Context, t *testing.T, c *http.Client, in *instance, what string, cond func(proxy.Status) bool) proxy.Status {
+func pollStatus(ctx context.Context, t *testing.T, c *http.Client, in *instance, what string, cond func(admin.Status) bool) admin.Status {
 	t.Helper()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()

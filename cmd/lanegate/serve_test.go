@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lanegate/lanegate/proxy"
+	"github.com/lanegate/lanegate/admin"
 )
 
 // budgetOne admits one request at a time, so the next one queues.
@@ -98,7 +98,7 @@ func TestShutdownAnswersQueued(t *testing.T) {
 	slow := goGet(ctx, c, in.proxyURL("/slow/1"))
 	recv(ctx, t, up.arrived, "the slow request at the upstream")
 	queued := goGet(ctx, c, in.proxyURL("/fast/queued"))
-	pollStatus(ctx, t, c, in, "one queued core request", func(st proxy.Status) bool {
+	pollStatus(ctx, t, c, in, "one queued core request", func(st admin.Status) bool {
 		return st.Lanes["core"].Queued == 1
 	})
 

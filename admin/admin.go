@@ -1,4 +1,8 @@
-package proxy
+// Package admin is lanegate's operators' listener: health and readiness
+// probes, /status, Prometheus metrics and the run-time admission switch.
+// It reads the data plane's state and changes only its mode; it is never on
+// a request's path.
+package admin
 
 import (
 	"context"
@@ -10,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,32 +25,60 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
+	"github.com/lanegate/lanegate/upstream"
 	"github.com/lanegate/lanegate/waitroom"
 )
 
-// AdminOptions configure the admin listener's handler.
-type AdminOptions struct {
+// Plane is what the admin server needs of the data plane.
+type Plane interface {
+	// Mode is the admission mode in force; SetMode switches it.
+	Mode() admission.Mode
+	SetMode(admission.Mode)
+	// RoomStatus is the waiting room's part of /status, nil when it is
+	// off.
+	RoomStatus(admission.RoomStats) *waitroom.Status
+	// Bypassed is how many requests skipped admission.
+	Bypassed() uint64
+}
+
+// Snapshotter is what /status reads from the admission controller.
+type Snapshotter interface {
+	Snapshot() admission.Snapshot
+}
+
+// Sessions is what /status and /readyz read from the session cache.
+type Sessions interface {
+	Stats() session.Stats
+	Health() session.Health
+	Len(ctx context.Context) (int, error)
+}
+
+// Options configure the admin server.
+type Options struct {
 	// Token, when set, is required as a bearer token on every endpoint but
 	// the health probes. Configuration insists on one when the admin
 	// listener is reachable from other hosts.
 	Token string
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
+	// Upstream is the app server /readyz probes; nil probes nothing, and
+	// /readyz answers from the draining flag and the session store alone.
+	Upstream *url.URL
 	// ReadyTimeout bounds the upstream probe of /readyz.
 	ReadyTimeout time.Duration
 	// Sessions, when set, is the session cache whose store /status and
 	// /readyz report on.
-	Sessions SessionSource
+	Sessions Sessions
 	// SessionStore names the store kind for /status: memory or redis.
 	SessionStore string
 }
 
-// Admin serves lanegate's operational endpoints: metrics, health, status
+// Server serves lanegate's operational endpoints: metrics, health, status
 // and the run-time admission switch.
-type Admin struct {
-	h     *Handler
+type Server struct {
+	plane Plane
 	src   Snapshotter
-	opts  AdminOptions
+	opts  Options
 	log   *zap.Logger
 	mux   *http.ServeMux
 	ready func(ctx context.Context) error
@@ -66,22 +99,26 @@ type ReloadStatus struct {
 }
 
 // SetReload records the outcome of a configuration reload for /status.
-func (a *Admin) SetReload(r ReloadStatus) { a.reload.Store(&r) }
+func (a *Server) SetReload(r ReloadStatus) { a.reload.Store(&r) }
 
 // SetDraining makes /readyz fail from now on, for a shutdown: the load
 // balancer should stop sending before the listener closes.
-func (a *Admin) SetDraining() { a.draining.Store(true) }
+func (a *Server) SetDraining() { a.draining.Store(true) }
 
-// NewAdmin returns the admin handler for h, reading state from src.
-func NewAdmin(h *Handler, src Snapshotter, opts AdminOptions, log *zap.Logger) *Admin {
+// New returns the admin server for plane, reading the controller's state
+// from src.
+func New(plane Plane, src Snapshotter, opts Options, log *zap.Logger) *Server {
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = time.Second
 	}
 	if log == nil {
 		log = zap.NewNop()
 	}
-	a := &Admin{h: h, src: src, opts: opts, log: log, mux: http.NewServeMux()}
+	a := &Server{plane: plane, src: src, opts: opts, log: log, mux: http.NewServeMux()}
 	a.ready = a.dialUpstream
+	if opts.Upstream == nil {
+		a.ready = func(context.Context) error { return nil }
+	}
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
@@ -94,13 +131,13 @@ func NewAdmin(h *Handler, src Snapshotter, opts AdminOptions, log *zap.Logger) *
 }
 
 // ServeHTTP serves the admin endpoints.
-func (a *Admin) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+func (a *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
 // auth demands the bearer token when one is configured. Without one the
 // listener is on loopback (configuration insists), and the Host must be a
 // loopback name too: otherwise a web page could reach it through DNS
 // rebinding and switch admission off.
-func (a *Admin) auth(next http.Handler) http.Handler {
+func (a *Server) auth(next http.Handler) http.Handler {
 	if a.opts.Token == "" {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !loopbackHost(r.Host) {
@@ -127,7 +164,7 @@ func (a *Admin) auth(next http.Handler) http.Handler {
 
 // readyz reports whether the upstream accepts connections, so a load
 // balancer stops sending traffic to a lanegate whose app is down.
-func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
+func (a *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), a.opts.ReadyTimeout)
 	defer cancel()
 	if a.draining.Load() {
@@ -151,22 +188,8 @@ func (a *Admin) readyz(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "ok\n")
 }
 
-func (a *Admin) dialUpstream(ctx context.Context) error {
-	u := a.h.upstream
-	host := u.Host
-	if u.Port() == "" {
-		port := "80"
-		if u.Scheme == "https" {
-			port = "443"
-		}
-		host = net.JoinHostPort(u.Hostname(), port)
-	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", host)
-	if err != nil {
-		return err
-	}
-	return c.Close()
+func (a *Server) dialUpstream(ctx context.Context) error {
+	return upstream.Probe(ctx, a.opts.Upstream)
 }
 
 // LaneStatus is one lane in the /status document.
@@ -216,15 +239,15 @@ type SessionStatus struct {
 	Entries *int `json:"entries,omitempty"`
 }
 
-func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
+func (a *Server) status(w http.ResponseWriter, r *http.Request) {
 	snap := a.src.Snapshot()
 	st := Status{
-		Mode:        string(a.h.Mode()),
+		Mode:        string(a.plane.Mode()),
 		Budget:      snap.Budget,
 		InFlight:    snap.InFlight,
 		Lanes:       make(map[string]LaneStatus, len(snap.Lanes)),
 		Anonymous:   AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
-		WaitingRoom: a.h.room.Status(snap.Room),
+		WaitingRoom: a.plane.RoomStatus(snap.Room),
 		LastReload:  a.reload.Load(),
 	}
 	if src := a.opts.Sessions; src != nil {
@@ -240,9 +263,7 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 		cancel()
 		st.Sessions = ss
 	}
-	if a.h.metrics != nil {
-		st.Bypassed = a.h.metrics.bypassed.Load()
-	}
+	st.Bypassed = a.plane.Bypassed()
 	for _, ln := range snap.Lanes {
 		ls := LaneStatus{
 			Reserved:     ln.Reserved,
@@ -275,6 +296,10 @@ func (a *Admin) status(w http.ResponseWriter, r *http.Request) {
 	enc.Encode(st)
 }
 
+// storeLenTimeout bounds the store size lookup of /status, so a slow Redis
+// cannot stall it.
+const storeLenTimeout = 250 * time.Millisecond
+
 // loopbackHost reports whether a Host header names this machine's loopback.
 func loopbackHost(host string) bool {
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -288,13 +313,13 @@ func loopbackHost(host string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-func (a *Admin) getMode(w http.ResponseWriter, _ *http.Request) {
-	fmt.Fprintln(w, a.h.Mode())
+func (a *Server) getMode(w http.ResponseWriter, _ *http.Request) {
+	fmt.Fprintln(w, a.plane.Mode())
 }
 
 // putMode switches the admission mode at run time: body enforce, shadow
 // or off.
-func (a *Admin) putMode(w http.ResponseWriter, r *http.Request) {
+func (a *Server) putMode(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64))
 	if err != nil {
 		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
@@ -305,8 +330,8 @@ func (a *Admin) putMode(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	old := a.h.Mode()
-	a.h.SetMode(m)
+	old := a.plane.Mode()
+	a.plane.SetMode(m)
 	a.log.Warn("admission mode changed", zap.String("from", string(old)), zap.String("to", string(m)), zap.String("by", r.RemoteAddr))
 	fmt.Fprintln(w, m)
 }

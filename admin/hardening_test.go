@@ -1,24 +1,62 @@
-package proxy
+package admin
 
 import (
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/waitroom"
 )
 
-func newHardeningAdmin(t *testing.T, token string) *Admin {
-	t.Helper()
-	gate := testNewGate()
-	gate.Open()
-	up := testUpstream(t, gate)
-	p := testNewProxy(t, up.URL, testLimits(), Options{})
-	return NewAdmin(p.Handler, p.Ctrl, AdminOptions{Token: token, Gatherer: prometheus.NewRegistry()}, nil)
+// testPlane is a data plane of nothing but a mode.
+type testPlane struct {
+	mu   sync.Mutex
+	mode admission.Mode
 }
 
-func adminDo(a *Admin, method, target, auth, body string) *httptest.ResponseRecorder {
+func (p *testPlane) Mode() admission.Mode {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.mode
+}
+
+func (p *testPlane) SetMode(m admission.Mode) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.mode = m
+}
+
+func (p *testPlane) RoomStatus(admission.RoomStats) *waitroom.Status { return nil }
+func (p *testPlane) Bypassed() uint64                                { return 0 }
+
+// newHardeningAdmin is an admin server in front of an upstream that
+// accepts connections, over a real controller.
+func newHardeningAdmin(t *testing.T, token string) (*Server, *testPlane) {
+	t.Helper()
+	up := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(up.Close)
+	u, err := url.Parse(up.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lim admission.Limits
+	lim.Budget = 1
+	lim.Lane[admission.Core] = admission.LaneLimits{Max: 1}
+	ctrl, err := admission.New(lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plane := &testPlane{mode: admission.Enforce}
+	return New(plane, ctrl, Options{Token: token, Gatherer: prometheus.NewRegistry(), Upstream: u}, nil), plane
+}
+
+func adminDo(a *Server, method, target, auth, body string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
@@ -31,7 +69,7 @@ func adminDo(a *Admin, method, target, auth, body string) *httptest.ResponseReco
 // Without a token the admin port trusts loopback, so a page in a browser
 // must not reach it by DNS rebinding (a Host of its own domain).
 func TestAdminRefusesForeignHostWithoutToken(t *testing.T) {
-	a := newHardeningAdmin(t, "")
+	a, plane := newHardeningAdmin(t, "")
 	tests := []struct {
 		target string
 		want   int
@@ -46,13 +84,13 @@ func TestAdminRefusesForeignHostWithoutToken(t *testing.T) {
 			t.Errorf("PUT %s: got %d, want %d", tt.target, got, tt.want)
 		}
 	}
-	if got := a.h.Mode(); got != "off" {
+	if got := plane.Mode(); got != admission.Off {
 		t.Fatalf("mode: got %s, want off", got)
 	}
 }
 
 func TestAdminBearerScheme(t *testing.T) {
-	a := newHardeningAdmin(t, "s3cret")
+	a, _ := newHardeningAdmin(t, "s3cret")
 	tests := []struct {
 		auth string
 		want int
@@ -71,7 +109,7 @@ func TestAdminBearerScheme(t *testing.T) {
 }
 
 func TestAdminReadyzDraining(t *testing.T) {
-	a := newHardeningAdmin(t, "")
+	a, _ := newHardeningAdmin(t, "")
 	if got := adminDo(a, http.MethodGet, "http://127.0.0.1/readyz", "", "").Code; got != http.StatusOK {
 		t.Fatalf("before draining: got %d, want 200", got)
 	}
