@@ -29,6 +29,9 @@ type Variable struct {
 	Description string
 	// Secret values are never printed.
 	Secret bool
+	// Live variables are applied by a reload (SIGHUP); a change to any
+	// other needs a restart. See RestartOnly.
+	Live bool
 }
 
 // field locates one variable in Config.
@@ -37,6 +40,9 @@ type field struct {
 	index []int
 	tag   reflect.StructTag
 }
+
+// live reports whether a reload applies the variable; see Config.
+func (f field) live() bool { return f.tag.Get("reload") == "live" }
 
 // fields lists Config's variables in declaration order. It follows the
 // env library's naming: a field's env tag, after the envPrefix tags of the
@@ -74,6 +80,7 @@ func Variables() []Variable {
 			Name:        f.name,
 			Description: f.tag.Get("desc"),
 			Secret:      f.tag.Get("secret") == "true",
+			Live:        f.live(),
 		}
 		if d, ok := f.tag.Lookup("envDefault"); ok {
 			v.Default = d
