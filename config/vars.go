@@ -94,10 +94,12 @@ func Variables() []Variable {
 
 // MarkdownTable renders Variables as the README's configuration table, so
 // the documentation cannot drift from the code: a test compares the two.
+// Its "On reload" column says live when a reload (SIGHUP) applies the
+// variable and restart when a change needs a restart.
 func MarkdownTable() string {
 	var b strings.Builder
-	b.WriteString("| Variable | Default | Meaning |\n")
-	b.WriteString("| --- | --- | --- |\n")
+	b.WriteString("| Variable | Default | On reload | Meaning |\n")
+	b.WriteString("| --- | --- | --- | --- |\n")
 	for _, v := range Variables() {
 		def := "(unset)"
 		switch {
@@ -110,7 +112,11 @@ func MarkdownTable() string {
 		if v.Secret {
 			desc += " Secret: never printed."
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, cell(desc))
+		reload := "restart"
+		if v.Live {
+			reload = "live"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", v.Name, def, reload, cell(desc))
 	}
 	return b.String()
 }
