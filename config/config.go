@@ -39,6 +39,15 @@ func ParseMode(s string) (Mode, error) { return admission.ParseMode(s) }
 // depends on other variables; Variables and the README table are generated
 // from these tags, so they are the one place to document a variable.
 //
+// The tag reload:"live" marks a variable whose change a reload (SIGHUP)
+// applies to the running process: it acts through Limits, which the
+// admission controller's Reconfigure replaces whole, through the admission
+// mode, or through the lane path rules. Every other variable is fixed at
+// start, and RestartOnly names it when a reload finds it changed. Untagged
+// means restart-only, so a new variable is never claimed to be live by
+// accident: tag it only once a changed value really takes effect without a
+// restart.
+//
 // Pointer fields are nil when their variable is unset, meaning "derive it":
 // read admission sizes through Limits, which fills them in.
 type Config struct {
@@ -128,17 +137,17 @@ type Admin struct {
 // are derived: use Config.Limits for the values in force.
 type Admission struct {
 	// Mode says whether limits are enforced, only measured, or ignored.
-	Mode Mode `env:"ADMISSION" envDefault:"enforce" desc:"enforce queues and sheds requests; shadow admits everything but records what enforce would have shed; off is a plain reverse proxy."`
+	Mode Mode `env:"ADMISSION" envDefault:"enforce" reload:"live" desc:"enforce queues and sheds requests; shadow admits everything but records what enforce would have shed; off is a plain reverse proxy."`
 	// DBPoolSize is PgBouncer's server-connection pool for the app.
-	DBPoolSize int `env:"DB_POOL_SIZE" envDefault:"20" desc:"Server connections PgBouncer keeps for the app's database and user (its default_pool_size). The budget and lane sizes are derived from it."`
+	DBPoolSize int `env:"DB_POOL_SIZE" envDefault:"20" reload:"live" desc:"Server connections PgBouncer keeps for the app's database and user (its default_pool_size). The budget and lane sizes are derived from it."`
 	// PoolHeadroom is the percentage of the pool kept for clients that do
 	// not pass through lanegate.
-	PoolHeadroom int `env:"POOL_HEADROOM" envDefault:"20" desc:"Percent of the pool (0 to 99) left for its other clients, which do not pass through lanegate: workers, cron, migrations, admin shells."`
+	PoolHeadroom int `env:"POOL_HEADROOM" envDefault:"20" reload:"live" desc:"Percent of the pool (0 to 99) left for its other clients, which do not pass through lanegate: workers, cron, migrations, admin shells."`
 	// Budget is the number of requests in flight to the upstream across
 	// all lanes; nil derives it from the pool.
-	Budget *int `env:"BUDGET" derived:"pool - ceil(pool * headroom / 100), at least 1 (16 for a pool of 20)" desc:"Requests in flight to the app at once, across all lanes. Each may hold a pooled connection, so by default it is the pool less the headroom; past it, requests queue in lanegate instead of in PgBouncer."`
+	Budget *int `env:"BUDGET" derived:"pool - ceil(pool * headroom / 100), at least 1 (16 for a pool of 20)" reload:"live" desc:"Requests in flight to the app at once, across all lanes. Each may hold a pooled connection, so by default it is the pool less the headroom; past it, requests queue in lanegate instead of in PgBouncer."`
 	// UpstreamCPUs is the app server's core count; nil means this host's.
-	UpstreamCPUs *int `env:"UPSTREAM_CPUS" derived:"CPUs of the machine lanegate runs on" desc:"CPU cores serving the app. The login lane's max follows it: a login is CPU-bound password hashing, so more logins than cores only queue inside the app while holding connections. Set it when lanegate does not share the app's machine."`
+	UpstreamCPUs *int `env:"UPSTREAM_CPUS" derived:"CPUs of the machine lanegate runs on" reload:"live" desc:"CPU cores serving the app. The login lane's max follows it: a login is CPU-bound password hashing, so more logins than cores only queue inside the app while holding connections. Set it when lanegate does not share the app's machine."`
 
 	// Login is the login lane.
 	Login LoginLane `envPrefix:"LOGIN_"`
@@ -148,18 +157,18 @@ type Admission struct {
 	Export ExportLane `envPrefix:"EXPORT_"`
 
 	// LoginRate paces logins from all clients together, per second.
-	LoginRate float64 `env:"LOGIN_RATE" envDefault:"10" desc:"Logins per second admitted from all clients together (a token bucket); 0 disables it."`
+	LoginRate float64 `env:"LOGIN_RATE" envDefault:"10" reload:"live" desc:"Logins per second admitted from all clients together (a token bucket); 0 disables it."`
 	// LoginBurst is the global login bucket's size.
-	LoginBurst int `env:"LOGIN_BURST" envDefault:"20" desc:"Logins admitted at once after a quiet spell, under LANEGATE_LOGIN_RATE."`
+	LoginBurst int `env:"LOGIN_BURST" envDefault:"20" reload:"live" desc:"Logins admitted at once after a quiet spell, under LANEGATE_LOGIN_RATE."`
 	// LoginPerClientRate paces the logins of each client address.
-	LoginPerClientRate float64 `env:"LOGIN_PER_CLIENT_RATE" envDefault:"0" desc:"Logins per second from one client address; 0, the default, disables it because load tests and office NATs send many logins from one address."`
+	LoginPerClientRate float64 `env:"LOGIN_PER_CLIENT_RATE" envDefault:"0" reload:"live" desc:"Logins per second from one client address; 0, the default, disables it because load tests and office NATs send many logins from one address."`
 	// LoginPerClientBurst is each client's login bucket size.
-	LoginPerClientBurst int `env:"LOGIN_PER_CLIENT_BURST" envDefault:"5" desc:"Logins one client may make at once after a quiet spell, under LANEGATE_LOGIN_PER_CLIENT_RATE."`
+	LoginPerClientBurst int `env:"LOGIN_PER_CLIENT_BURST" envDefault:"5" reload:"live" desc:"Logins one client may make at once after a quiet spell, under LANEGATE_LOGIN_PER_CLIENT_RATE."`
 	// LoginClientsMax bounds the per-client buckets remembered.
-	LoginClientsMax int `env:"LOGIN_CLIENTS_MAX" envDefault:"10000" desc:"Client addresses whose login buckets are remembered; the least recently seen is forgotten first."`
+	LoginClientsMax int `env:"LOGIN_CLIENTS_MAX" envDefault:"10000" reload:"live" desc:"Client addresses whose login buckets are remembered; the least recently seen is forgotten first."`
 
 	// AnonMax caps anonymous core requests in flight; nil derives it.
-	AnonMax *int `env:"ANON_MAX" derived:"core max / 2, at least 1, when LANEGATE_SESSION_STORE is not off; else 0 (no cap)" desc:"Most core requests without a validated session in flight at once, so an anonymous flood leaves slots for logged-in users; waiting logged-in requests are also admitted before anonymous ones. 0 means no cap. Needs the session cache: without it no request is known to be logged in."`
+	AnonMax *int `env:"ANON_MAX" derived:"core max / 2, at least 1, when LANEGATE_SESSION_STORE is not off; else 0 (no cap)" reload:"live" desc:"Most core requests without a validated session in flight at once, so an anonymous flood leaves slots for logged-in users; waiting logged-in requests are also admitted before anonymous ones. 0 means no cap. Needs the session cache: without it no request is known to be logged in."`
 
 	// WaitingRoom turns on tickets and the waiting page for logins.
 	WaitingRoom bool `env:"WAITING_ROOM" envDefault:"true" desc:"Keep logins' places in line across retries: a login sent away gets a signed ticket (cookie and Lanegate-Ticket header) that ranks its retry by its first arrival, and a person opening the login page during a storm sees a waiting page with their place that moves on by itself. false: logins sent away retry at the back."`
@@ -180,49 +189,49 @@ type Admission struct {
 // password on the app's CPU while holding a database connection.
 type LoginLane struct {
 	// Reserved slots are for logins only; nil derives them.
-	Reserved *int `env:"RESERVED" derived:"budget/8, at least 1 and at most the lane's max; 0 when the budget is 1" desc:"Slots only logins may use, so users can still sign in while pages fill the budget."`
+	Reserved *int `env:"RESERVED" derived:"budget/8, at least 1 and at most the lane's max; 0 when the budget is 1" reload:"live" desc:"Slots only logins may use, so users can still sign in while pages fill the budget."`
 	// Max caps logins in flight; nil derives it.
-	Max *int `env:"MAX" derived:"min(LANEGATE_UPSTREAM_CPUS, budget/2), at least 1" desc:"Most logins in flight. Hashing is CPU-bound: beyond one login per core they only queue inside the app holding a connection, and half the budget keeps logins from crowding out pages."`
+	Max *int `env:"MAX" derived:"min(LANEGATE_UPSTREAM_CPUS, budget/2), at least 1" reload:"live" desc:"Most logins in flight. Hashing is CPU-bound: beyond one login per core they only queue inside the app holding a connection, and half the budget keeps logins from crowding out pages."`
 	// Queue is how many logins may wait; nil derives it.
-	Queue *int `env:"QUEUE" derived:"8 * budget" desc:"Logins that may wait for a slot; more are refused with 503."`
+	Queue *int `env:"QUEUE" derived:"8 * budget" reload:"live" desc:"Logins that may wait for a slot; more are refused with 503."`
 	// QueueTimeout is the longest a login is held in line: its
 	// variable is LANEGATE_LOGIN_MAX_HOLD.
-	QueueTimeout time.Duration `env:"MAX_HOLD" envDefault:"30s" desc:"Longest a login is held open in lanegate's line waiting for its turn, which holds no database connection: set it to what your clients tolerate. A login whose turn is further away is answered with Retry-After and, with LANEGATE_WAITING_ROOM, a ticket that keeps its place."`
+	QueueTimeout time.Duration `env:"MAX_HOLD" envDefault:"30s" reload:"live" desc:"Longest a login is held open in lanegate's line waiting for its turn, which holds no database connection: set it to what your clients tolerate. A login whose turn is further away is answered with Retry-After and, with LANEGATE_WAITING_ROOM, a ticket that keeps its place."`
 }
 
 // CoreLane is the lane of ordinary pages and API calls.
 type CoreLane struct {
 	// Reserved slots are for ordinary requests only; nil derives them.
-	Reserved *int `env:"RESERVED" derived:"min(budget/2, budget - login reserved - export reserved), at most the lane's max" desc:"Slots only ordinary pages and API calls may use, so logins and exports can never take the whole budget."`
+	Reserved *int `env:"RESERVED" derived:"min(budget/2, budget - login reserved - export reserved), at most the lane's max" reload:"live" desc:"Slots only ordinary pages and API calls may use, so logins and exports can never take the whole budget."`
 	// Max caps ordinary requests in flight; nil derives it.
-	Max *int `env:"MAX" derived:"budget" desc:"Most ordinary requests in flight; by default they may use every slot not reserved for another lane."`
+	Max *int `env:"MAX" derived:"budget" reload:"live" desc:"Most ordinary requests in flight; by default they may use every slot not reserved for another lane."`
 	// Queue is how many ordinary requests may wait; nil derives it.
-	Queue *int `env:"QUEUE" derived:"8 * budget" desc:"Ordinary requests that may wait for a slot; more are refused with 503."`
+	Queue *int `env:"QUEUE" derived:"8 * budget" reload:"live" desc:"Ordinary requests that may wait for a slot; more are refused with 503."`
 	// QueueTimeout is the longest an ordinary request waits for a slot.
-	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"5s" desc:"Longest an ordinary request waits for a slot before it is refused; short, because a page that slow is abandoned or retried anyway."`
+	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"5s" reload:"live" desc:"Longest an ordinary request waits for a slot before it is refused; short, because a page that slow is abandoned or retried anyway."`
 }
 
 // ExportLane is the lane of slow, heavy work such as reports and exports.
 type ExportLane struct {
 	// Reserved slots are for exports only; nil means none.
-	Reserved *int `env:"RESERVED" derived:"0" desc:"Slots only exports may use. None by default: exports borrow idle slots and wait when there are none."`
+	Reserved *int `env:"RESERVED" derived:"0" reload:"live" desc:"Slots only exports may use. None by default: exports borrow idle slots and wait when there are none."`
 	// Max caps exports in flight; nil derives it.
-	Max *int `env:"MAX" derived:"budget/4, at least 1" desc:"Most exports in flight, so slow reports can never hold most of the pool."`
+	Max *int `env:"MAX" derived:"budget/4, at least 1" reload:"live" desc:"Most exports in flight, so slow reports can never hold most of the pool."`
 	// Queue is how many exports may wait; nil derives it.
-	Queue *int `env:"QUEUE" derived:"budget/2, at least 1" desc:"Exports that may wait for a slot; more are refused with 503."`
+	Queue *int `env:"QUEUE" derived:"budget/2, at least 1" reload:"live" desc:"Exports that may wait for a slot; more are refused with 503."`
 	// QueueTimeout is the longest an export waits for a slot.
-	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"30s" desc:"Longest an export waits for a slot before it is refused."`
+	QueueTimeout time.Duration `env:"QUEUE_TIMEOUT" envDefault:"30s" reload:"live" desc:"Longest an export waits for a slot before it is refused."`
 }
 
 // Routes sorts requests into lanes by URL path. Each rule is a clean,
 // decoded path; one ending in "/" covers everything below it.
 type Routes struct {
 	// LoginPaths are the login lane's path rules.
-	LoginPaths []string `env:"LOGIN_PATHS" envDefault:"/accounts/login/,/accounts/signup/,/accounts/password/reset/" desc:"Comma-separated paths whose POSTs (any method but GET, HEAD, OPTIONS and TRACE) take the login lane: the views that hash passwords. A path ending in / covers everything below it; any other path matches exactly."`
+	LoginPaths []string `env:"LOGIN_PATHS" envDefault:"/accounts/login/,/accounts/signup/,/accounts/password/reset/" reload:"live" desc:"Comma-separated paths whose POSTs (any method but GET, HEAD, OPTIONS and TRACE) take the login lane: the views that hash passwords. A path ending in / covers everything below it; any other path matches exactly."`
 	// ExportPaths are the export lane's path rules.
-	ExportPaths []string `env:"EXPORT_PATHS" desc:"Comma-separated paths that take the export lane whatever the method, written like LANEGATE_LOGIN_PATHS. Empty: nothing is treated as an export."`
+	ExportPaths []string `env:"EXPORT_PATHS" reload:"live" desc:"Comma-separated paths that take the export lane whatever the method, written like LANEGATE_LOGIN_PATHS. Empty: nothing is treated as an export."`
 	// BypassPaths are served without admission for GET and HEAD.
-	BypassPaths []string `env:"BYPASS_PATHS" envDefault:"/static/,/media/,/favicon.ico" desc:"Comma-separated paths whose GETs and HEADs skip admission because they never touch the database, such as static files; written like LANEGATE_LOGIN_PATHS."`
+	BypassPaths []string `env:"BYPASS_PATHS" envDefault:"/static/,/media/,/favicon.ico" reload:"live" desc:"Comma-separated paths whose GETs and HEADs skip admission because they never touch the database, such as static files; written like LANEGATE_LOGIN_PATHS."`
 	// LoginRequiredPaths are redirected to LoginURL at the edge when the
 	// request carries no session cookie at all.
 	LoginRequiredPaths []string `env:"LOGIN_REQUIRED_PATHS" desc:"Comma-separated paths, written like LANEGATE_LOGIN_PATHS, that need a logged-in user: a GET or HEAD to them without any session cookie is redirected to LANEGATE_LOGIN_URL?next=<path> by lanegate without reaching Django. Requests with a cookie, valid or not, go to Django, which decides. Empty: none."`

@@ -165,7 +165,7 @@ func TestQuote(t *testing.T) {
 
 func TestMarkdownTable(t *testing.T) {
 	table := MarkdownTable()
-	if !strings.HasPrefix(table, "| Variable | Default | Meaning |\n| --- | --- | --- |\n") {
+	if !strings.HasPrefix(table, "| Variable | Default | On reload | Meaning |\n| --- | --- | --- | --- |\n") {
 		t.Errorf("got table starting %q, want the header first", table[:min(len(table), 60)])
 	}
 	rows := strings.Split(strings.TrimSpace(table), "\n")
@@ -173,9 +173,9 @@ func TestMarkdownTable(t *testing.T) {
 		t.Errorf("got %d rows, want %d", got, want)
 	}
 	tests := []struct{ name, row string }{
-		{"LANEGATE_LISTEN", "| `LANEGATE_LISTEN` | `:8080` | "},
-		{"LANEGATE_BUDGET", "| `LANEGATE_BUDGET` | pool - ceil(pool * headroom / 100), at least 1 (16 for a pool of 20) | "},
-		{"LANEGATE_ADMIN_TOKEN", "| `LANEGATE_ADMIN_TOKEN` | (unset) | "},
+		{"LANEGATE_LISTEN", "| `LANEGATE_LISTEN` | `:8080` | restart | "},
+		{"LANEGATE_BUDGET", "| `LANEGATE_BUDGET` | pool - ceil(pool * headroom / 100), at least 1 (16 for a pool of 20) | live | "},
+		{"LANEGATE_ADMIN_TOKEN", "| `LANEGATE_ADMIN_TOKEN` | (unset) | restart | "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -29,6 +29,9 @@ type Variable struct {
 	Description string
 	// Secret values are never printed.
 	Secret bool
+	// Live variables are applied by a reload (SIGHUP); a change to any
+	// other needs a restart. See RestartOnly.
+	Live bool
 }
 
 // field locates one variable in Config.
@@ -37,6 +40,9 @@ type field struct {
 	index []int
 	tag   reflect.StructTag
 }
+
+// live reports whether a reload applies the variable; see Config.
+func (f field) live() bool { return f.tag.Get("reload") == "live" }
 
 // fields lists Config's variables in declaration order. It follows the
 // env library's naming: a field's env tag, after the envPrefix tags of the
@@ -74,6 +80,7 @@ func Variables() []Variable {
 			Name:        f.name,
 			Description: f.tag.Get("desc"),
 			Secret:      f.tag.Get("secret") == "true",
+			Live:        f.live(),
 		}
 		if d, ok := f.tag.Lookup("envDefault"); ok {
 			v.Default = d
@@ -87,10 +94,12 @@ func Variables() []Variable {
 
 // MarkdownTable renders Variables as the README's configuration table, so
 // the documentation cannot drift from the code: a test compares the two.
+// Its "On reload" column says live when a reload (SIGHUP) applies the
+// variable and restart when a change needs a restart.
 func MarkdownTable() string {
 	var b strings.Builder
-	b.WriteString("| Variable | Default | Meaning |\n")
-	b.WriteString("| --- | --- | --- |\n")
+	b.WriteString("| Variable | Default | On reload | Meaning |\n")
+	b.WriteString("| --- | --- | --- | --- |\n")
 	for _, v := range Variables() {
 		def := "(unset)"
 		switch {
@@ -103,7 +112,11 @@ func MarkdownTable() string {
 		if v.Secret {
 			desc += " Secret: never printed."
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", v.Name, def, cell(desc))
+		reload := "restart"
+		if v.Live {
+			reload = "live"
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", v.Name, def, reload, cell(desc))
 	}
 	return b.String()
 }

@@ -37,49 +37,9 @@ func (a app) reloadConfig(started, applied config.Config, envFile string, ctrl *
 	if cfg.Admission.Mode != applied.Admission.Mode {
 		h.SetMode(cfg.Admission.Mode)
 	}
-	if changed := restartOnly(started, cfg); len(changed) > 0 {
+	if changed := config.RestartOnly(started, cfg); len(changed) > 0 {
 		log.Warn("these settings change only on restart; the running values stay", zap.Strings("variables", changed))
 	}
 	log.Info("configuration reloaded", zap.String("mode", string(h.Mode())), zap.Int("budget", cfg.Limits().Budget))
 	return cfg, nil
-}
-
-// restartOnly names the variables that differ between a and b but are
-// fixed once lanegate runs.
-func restartOnly(a, b config.Config) []string {
-	fields := []struct {
-		name string
-		a, b any
-	}{
-		{"LANEGATE_LISTEN", a.Server.Listen, b.Server.Listen},
-		{"LANEGATE_TLS_CERT_FILE", a.Server.TLSCertFile, b.Server.TLSCertFile},
-		{"LANEGATE_TLS_KEY_FILE", a.Server.TLSKeyFile, b.Server.TLSKeyFile},
-		{"LANEGATE_TRUSTED_PROXIES", fmt.Sprint(a.Server.TrustedProxies), fmt.Sprint(b.Server.TrustedProxies)},
-		{"LANEGATE_READ_HEADER_TIMEOUT", a.Server.ReadHeaderTimeout, b.Server.ReadHeaderTimeout},
-		{"LANEGATE_IDLE_TIMEOUT", a.Server.IdleTimeout, b.Server.IdleTimeout},
-		{"LANEGATE_MAX_HEADER_BYTES", a.Server.MaxHeaderBytes, b.Server.MaxHeaderBytes},
-		{"LANEGATE_MAX_CONNS", a.Server.MaxConns, b.Server.MaxConns},
-		{"LANEGATE_MAX_BODY_BYTES", a.Server.MaxBodyBytes, b.Server.MaxBodyBytes},
-		{"LANEGATE_BUFFER_BODY_BYTES", a.Server.BufferBodyBytes, b.Server.BufferBodyBytes},
-		{"LANEGATE_SHUTDOWN_TIMEOUT", a.Server.ShutdownTimeout, b.Server.ShutdownTimeout},
-		{"LANEGATE_UPSTREAM", a.Upstream.URL.String(), b.Upstream.URL.String()},
-		{"LANEGATE_UPSTREAM_DIAL_TIMEOUT", a.Upstream.DialTimeout, b.Upstream.DialTimeout},
-		{"LANEGATE_UPSTREAM_RESPONSE_HEADER_TIMEOUT", a.Upstream.ResponseHeaderTimeout, b.Upstream.ResponseHeaderTimeout},
-		{"LANEGATE_UPSTREAM_IDLE_TIMEOUT", a.Upstream.IdleTimeout, b.Upstream.IdleTimeout},
-		{"LANEGATE_UPSTREAM_STALL_TIMEOUT", a.Upstream.StallTimeout, b.Upstream.StallTimeout},
-		{"LANEGATE_UPSTREAM_TIMEOUT_HOLD", a.Upstream.TimeoutHold, b.Upstream.TimeoutHold},
-		{"LANEGATE_ADMIN_LISTEN", a.Admin.Listen, b.Admin.Listen},
-		{"LANEGATE_ADMIN_TOKEN", a.Admin.Token, b.Admin.Token},
-		{"LANEGATE_LOG_FORMAT", a.Log.Format, b.Log.Format},
-		{"LANEGATE_LOG_LEVEL", a.Log.Level, b.Log.Level},
-		{"LANEGATE_ACCESS_LOG", a.Log.Access, b.Log.Access},
-		{"LANEGATE_LOG_REDACT_PATHS", fmt.Sprint(a.Log.RedactPaths), fmt.Sprint(b.Log.RedactPaths)},
-	}
-	var changed []string
-	for _, f := range fields {
-		if f.a != f.b {
-			changed = append(changed, f.name)
-		}
-	}
-	return changed
 }
