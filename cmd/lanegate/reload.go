@@ -40,6 +40,11 @@ func (a app) reloadConfig(started, applied config.Config, envFile string, ctrl *
 	if changed := config.RestartOnly(started, cfg); len(changed) > 0 {
 		log.Warn("these settings change only on restart; the running values stay", zap.Strings("variables", changed))
 	}
+	for _, w := range cfg.Warnings() {
+		// A reload can make a doubtful combination as a start can (a hold
+		// raised past query_wait_timeout); it is said the same way.
+		log.Warn("configuration: " + w)
+	}
 	log.Info("configuration reloaded", zap.String("mode", string(h.Mode())), zap.Int("budget", cfg.Limits().Budget))
 	return cfg, nil
 }
