@@ -123,6 +123,19 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		}
 	})
 
+	t.Run("a reload's warnings are logged", func(t *testing.T) {
+		// A budget past the pool with a queue timeout not under PgBouncer's
+		// query_wait_timeout is doubtful, not wrong: applied, and said.
+		writeFile(t, file, "LANEGATE_UPSTREAM="+up.URL+"\nLANEGATE_BUDGET=5\nLANEGATE_DB_POOL_SIZE=4\n"+
+			"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=3s\nLANEGATE_CORE_QUEUE_TIMEOUT=5s\n")
+		mark := in.stderr.Len()
+		in.sighup(ctx, t)
+		in.stderr.waitFor(ctx, t, mark, "configuration reloaded")
+		if log := in.stderr.since(mark); !strings.Contains(log, "LANEGATE_CORE_QUEUE_TIMEOUT") || !strings.Contains(log, "is not shorter than") {
+			t.Errorf("reload does not log the new configuration's warning about LANEGATE_CORE_QUEUE_TIMEOUT:\n%s", log)
+		}
+	})
+
 	c.Transport.(*http.Transport).CloseIdleConnections()
 	in.cancel()
 	if err := in.wait(ctx, t); err != nil {
