@@ -225,10 +225,13 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		c.add(-int64(oneQueued))
 		s := c.state.Load()
 		end := c.clock.Now()
+		// Read once: a caller leaving just after the timeout is then
+		// either timed out or cancelled, never counted as both.
+		cancelled := ctx.Err() != nil
 		if l == Login {
 			var se *ShedError
 			switch {
-			case ctx.Err() == nil:
+			case !cancelled:
 				// Timed out: the place is kept for the retry.
 				se = c.shedLogin(r, ErrQueueTimeout, s, end)
 			case r.Ticket != 0:
@@ -238,7 +241,7 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 			}
 			c.mu.Unlock()
 			tok.refund(end)
-			if err := ctx.Err(); err != nil {
+			if cancelled {
 				c.count(l, Cancelled)
 				return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
 			}
@@ -251,7 +254,7 @@ func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time,
 		retry := max(c.expectedWait(l, c.ahead(r)+1, s, end), end.Sub(now))
 		c.mu.Unlock()
 		tok.refund(end)
-		if err := ctx.Err(); err != nil {
+		if cancelled {
 			c.count(l, Cancelled)
 			return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
 		}
