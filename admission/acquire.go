@@ -106,13 +106,6 @@ func (c *Controller) awayAhead(r *Request) int {
 	return c.room.awayAhead(r.Arrival, r.Ticket)
 }
 
-// shedLogin refuses a login, keeping its place in line.
-func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) *ShedError {
-	p := c.keepPlace(r, s, now)
-	c.count(Login, DecisionOf(err))
-	return &ShedError{Lane: Login, Err: err, RetryAfter: p.Wait, Place: p}
-}
-
 // keepPlace keeps a login's place in line for its return, counting no
 // decision: the caller counts the one that happened.
 func (c *Controller) keepPlace(r *Request, s uint64, now time.Time) *Place {
@@ -122,165 +115,215 @@ func (c *Controller) keepPlace(r *Request, s uint64, now time.Time) *Place {
 	return c.place(r, s, now)
 }
 
+// outcome is how a request leaves acquireSlow: admitted, shed or
+// cancelled. finish acts on it.
+type outcome struct {
+	// at is when the request left. A signalled request, granted a slot by
+	// dispatch or rejected by Close while it waited, reads the clock
+	// instead once mu is released.
+	at        time.Time
+	signalled bool
+	// err is why the request was shed, and retry its Retry-After; err is
+	// nil when the request was admitted or cancelled.
+	err   error
+	retry time.Duration
+	// place is the place in line kept for a login that was sent away or
+	// that left holding a ticket.
+	place     *Place
+	cancelled bool // the caller left the queue
+}
+
+func (o *outcome) admitted() bool { return o.err == nil && !o.cancelled }
+
+// acquireSlow is Acquire once the lock-free attempt has failed: under mu,
+// r is admitted or refused at once, or queued until dispatch hands it a
+// slot, its deadline passes or its caller leaves. Every outcome leaves
+// through finish, which releases mu.
 func (c *Controller) acquireSlow(ctx context.Context, r *Request, now time.Time, tok tokens) (*Permit, error) {
-	l := r.Lane
 	c.mu.Lock()
+	o, w, deadline := c.admitOrQueue(ctx, r, now)
+	if w != nil {
+		c.mu.Unlock()
+		timer := c.clock.NewTimer(deadline.Sub(now))
+		defer timer.Stop()
+		select {
+		case <-w.ready:
+		case <-timer.Chan():
+		case <-ctx.Done():
+		}
+		c.mu.Lock()
+		o = c.leaveQueue(ctx, r, w, now)
+	}
+	return c.finish(ctx, r, tok, now, o)
+}
+
+// admitOrQueue decides, with mu held, what becomes of r on arrival: it
+// returns the outcome of a request admitted or refused at once, or the
+// waiter that queues r and when its wait ends.
+func (c *Controller) admitOrQueue(ctx context.Context, r *Request, now time.Time) (outcome, *waiter, time.Time) {
 	if c.closed.Load() {
 		// Close ran between the check in Acquire and here; it has already
 		// emptied the queues and would not see this request.
-		c.mu.Unlock()
-		tok.refund(now)
-		if r.Ticket != 0 {
-			c.room.leave(r.Ticket, false, time.Time{})
-		}
-		return nil, c.shed(l, ErrClosed, time.Second)
+		return outcome{at: now, err: ErrClosed, retry: time.Second}, nil, time.Time{}
 	}
 	lim := c.limits.Load()
-	ll := lim.Lane[l]
-	q := &c.queues[r.queue()]
+	deadline := now.Add(lim.Lane[r.Lane].QueueTimeout)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(deadline) {
+		deadline = cd
+	}
 	d := delta(r)
-	var deadline time.Time
 	for {
 		s := c.state.Load()
 		if c.ahead(r) == 0 && canAdmitReq(s, lim, r) {
 			if c.state.CompareAndSwap(s, s+d) {
-				c.mu.Unlock()
-				c.count(l, Admitted)
-				c.redeem(r, now)
-				return c.newPermit(r, now, 0), nil
+				return outcome{at: now}, nil, time.Time{}
 			}
 			continue
 		}
-		// The queued count has 16 bits; queues kept from before a
-		// Reconfigure could otherwise push it past them.
-		if q.len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued {
-			if l == Login {
-				se := c.shedLogin(r, ErrQueueFull, s, now)
-				c.mu.Unlock()
-				tok.refund(now)
-				return nil, se
-			}
-			retry := c.expectedWait(l, c.ahead(r)+1, s, now)
-			c.mu.Unlock()
-			tok.refund(now)
-			return nil, c.shed(l, ErrQueueFull, retry)
-		}
-		var expected time.Duration
-		if l == Login {
-			expected = c.loginWait(c.ahead(r)+c.awayAhead(r), s, now)
-		} else if inFlightOf(s, l) >= ll.Max {
-			// Only a lane at its own cap drains at the pace of its own
-			// slots. Below it, the lane waits for a slot any lane frees
-			// (a core request every few milliseconds, while exports run
-			// for seconds): judged by its own few slots, it would be
-			// refused while the wait was short.
-			expected = c.expectedWait(l, c.ahead(r)+1, s, now)
-		}
-		deadline = now.Add(ll.QueueTimeout)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
-		}
-		if now.Add(expected).After(deadline) && !(l == Login && r.Patient) {
-			if l == Login {
-				se := c.shedLogin(r, ErrWaitTooLong, s, now)
-				c.mu.Unlock()
-				tok.refund(now)
-				return nil, se
-			}
-			c.mu.Unlock()
-			tok.refund(now)
-			return nil, c.shed(l, ErrWaitTooLong, expected)
+		if o, refused := c.refuseEarly(r, s, lim, now, deadline); refused {
+			return o, nil, time.Time{}
 		}
 		// Counting the waiter in the same word a lock-free release changes
 		// means a release racing with this decision makes the swap fail, so
 		// the decision to wait is never taken on a stale state.
 		if c.state.CompareAndSwap(s, s+oneQueued) {
-			break
+			return outcome{}, c.enqueue(r, lim), deadline
 		}
 	}
+}
+
+// refuseEarly decides, with mu held, whether r is refused rather than
+// queued in state s: its queue is full, or the wait it expects ends after
+// its deadline.
+func (c *Controller) refuseEarly(r *Request, s uint64, lim *Limits, now, deadline time.Time) (outcome, bool) {
+	l, ll := r.Lane, lim.Lane[r.Lane]
+	// The queued count has 16 bits; queues kept from before a
+	// Reconfigure could otherwise push it past them.
+	if c.queues[r.queue()].len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued {
+		if l == Login {
+			return c.shedLogin(r, ErrQueueFull, s, now), true
+		}
+		return outcome{at: now, err: ErrQueueFull, retry: c.expectedWait(l, c.ahead(r)+1, s, now)}, true
+	}
+	expected := c.queueWait(r, s, ll, now)
+	if now.Add(expected).After(deadline) && !(l == Login && r.Patient) {
+		if l == Login {
+			return c.shedLogin(r, ErrWaitTooLong, s, now), true
+		}
+		return outcome{at: now, err: ErrWaitTooLong, retry: expected}, true
+	}
+	return outcome{}, false
+}
+
+// queueWait is the wait r expects if it queues in state s. Callers hold
+// mu.
+func (c *Controller) queueWait(r *Request, s uint64, ll LaneLimits, now time.Time) time.Duration {
+	switch {
+	case r.Lane == Login:
+		return c.loginWait(c.ahead(r)+c.awayAhead(r), s, now)
+	case inFlightOf(s, r.Lane) >= ll.Max:
+		// Only a lane at its own cap drains at the pace of its own
+		// slots. Below it, the lane waits for a slot any lane frees
+		// (a core request every few milliseconds, while exports run
+		// for seconds): judged by its own few slots, it would be
+		// refused while the wait was short.
+		return c.expectedWait(r.Lane, c.ahead(r)+1, s, now)
+	}
+	return 0
+}
+
+// enqueue queues r, already counted in the state word, and dispatches.
+// Callers hold mu.
+func (c *Controller) enqueue(r *Request, lim *Limits) *waiter {
 	c.seq++
 	w := &waiter{req: *r, seq: c.seq, arrival: r.Arrival, ready: make(chan struct{}, 1)}
-	if l == Login {
+	if q := &c.queues[r.queue()]; r.Lane == Login {
 		q.insertByArrival(w)
 	} else {
 		q.push(w)
 	}
 	c.queuedGauge(r).Add(1)
 	c.dispatch(lim)
-	c.mu.Unlock()
+	return w
+}
 
-	timer := c.clock.NewTimer(deadline.Sub(now))
-	defer timer.Stop()
-	select {
-	case <-w.ready:
-	case <-timer.Chan():
-	case <-ctx.Done():
+// leaveQueue decides, with mu held, the outcome of r, queued since since,
+// once its waiter w stops waiting: granted a slot or rejected, both
+// signalled and out of the queue already; or timed out or cancelled, when
+// w leaves the queue here.
+func (c *Controller) leaveQueue(ctx context.Context, r *Request, w *waiter, since time.Time) outcome {
+	switch w.state {
+	case granted:
+		return outcome{signalled: true}
+	case rejected:
+		return outcome{signalled: true, err: ErrClosed, retry: time.Second}
 	}
-
-	c.mu.Lock()
-	st := w.state
-	if st == waiting {
-		q.remove(w)
-		c.queuedGauge(r).Add(-1)
-		c.add(-int64(oneQueued))
-		s := c.state.Load()
-		end := c.clock.Now()
-		// Read once: a caller leaving just after the timeout is then
-		// either timed out or cancelled, never counted as both.
-		cancelled := ctx.Err() != nil
-		if l == Login {
-			var se *ShedError
-			switch {
-			case !cancelled:
-				// Timed out: the place is kept for the retry.
-				se = c.shedLogin(r, ErrQueueTimeout, s, end)
-			case r.Ticket != 0:
-				// A ticket holder who left keeps the place too, but the
-				// one decision counted is that it left.
-				c.keepPlace(r, s, end)
-			}
-			c.mu.Unlock()
-			tok.refund(end)
-			if cancelled {
-				c.count(l, Cancelled)
-				return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
-			}
-			return nil, se
-		}
-		// The estimate learns a lane's service time only as slots are
-		// released: while the app hangs, it still says milliseconds. A
-		// request that waited its whole timeout without a slot is not told
-		// to come back sooner than it waited.
-		retry := max(c.expectedWait(l, c.ahead(r)+1, s, end), end.Sub(now))
-		c.mu.Unlock()
-		tok.refund(end)
-		if cancelled {
-			c.count(l, Cancelled)
-			return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
-		}
-		return nil, c.shed(l, ErrQueueTimeout, retry)
-	}
-	c.mu.Unlock()
+	c.queues[r.queue()].remove(w)
+	c.queuedGauge(r).Add(-1)
+	c.add(-int64(oneQueued))
+	s := c.state.Load()
 	end := c.clock.Now()
-	if st == rejected {
-		tok.refund(end)
-		if r.Ticket != 0 {
-			c.room.leave(r.Ticket, false, time.Time{})
-		}
-		return nil, c.shed(l, ErrClosed, time.Second)
+	// Read once: a caller leaving just after the timeout is then
+	// either timed out or cancelled, never counted as both.
+	switch cancelled := ctx.Err() != nil; {
+	case cancelled && r.Ticket != 0:
+		// A ticket holder (a login) who left keeps the place too, but
+		// the one decision counted is that it left.
+		return outcome{at: end, cancelled: true, place: c.keepPlace(r, s, end)}
+	case cancelled:
+		return outcome{at: end, cancelled: true}
+	case r.Lane == Login:
+		// Timed out: the place is kept for the retry.
+		return c.shedLogin(r, ErrQueueTimeout, s, end)
 	}
-	p := c.newPermit(r, end, end.Sub(now))
-	if err := ctx.Err(); err != nil {
+	// The estimate learns a lane's service time only as slots are
+	// released: while the app hangs, it still says milliseconds. A
+	// request that waited its whole timeout without a slot is not told
+	// to come back sooner than it waited.
+	retry := max(c.expectedWait(r.Lane, c.ahead(r)+1, s, end), end.Sub(since))
+	return outcome{at: end, err: ErrQueueTimeout, retry: retry}
+}
+
+// shedLogin refuses a login at now, keeping its place in line: the wait
+// the place expects is its Retry-After. Callers hold mu.
+func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) outcome {
+	p := c.keepPlace(r, s, now)
+	return outcome{at: now, err: err, retry: p.Wait, place: p}
+}
+
+// finish is the one way out of acquireSlow. Called with mu held, it
+// releases mu and then acts on o for r, which arrived at since: an
+// admitted request takes its permit and uses up its ticket; any other
+// gets its login tokens back, unless a granted slot was handed on, and
+// its ticket, unless kept with its place, leaves the line. Either way one
+// decision is counted.
+func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since time.Time, o outcome) (*Permit, error) {
+	c.mu.Unlock()
+	l, at := r.Lane, o.at
+	if o.signalled {
+		at = c.clock.Now()
+	}
+	if o.admitted() {
+		p := c.newPermit(r, at, at.Sub(since))
+		if !o.signalled || ctx.Err() == nil {
+			c.count(l, Admitted)
+			c.redeem(r, at)
+			return p, nil
+		}
 		// The slot arrived as the caller left; hand it on rather than
 		// forward a request nobody waits for.
 		p.Abandon()
-		if r.Ticket != 0 {
-			c.room.leave(r.Ticket, false, time.Time{})
-		}
+		o.cancelled = true
+	} else {
+		tok.refund(at)
+	}
+	if o.place == nil && r.Ticket != 0 {
+		c.room.leave(r.Ticket, false, time.Time{})
+	}
+	if o.cancelled {
 		c.count(l, Cancelled)
 		return nil, fmt.Errorf("admission: %s lane: left the queue: %w", l, context.Cause(ctx))
 	}
-	c.count(l, Admitted)
-	c.redeem(r, end)
-	return p, nil
+	c.count(l, DecisionOf(o.err))
+	return nil, &ShedError{Lane: l, Err: o.err, RetryAfter: o.retry, Place: o.place}
 }
