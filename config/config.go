@@ -100,6 +100,9 @@ type Server struct {
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"67108864" desc:"Largest request body accepted, in bytes (larger ones are refused with 413); 0 means unlimited."`
 	// BodyReadTimeout bounds each pause while a client sends its body.
 	BodyReadTimeout time.Duration `env:"BODY_READ_TIMEOUT" envDefault:"30s" desc:"Longest a client may pause while sending a request body. Past it the request is answered 408 and its slot, held since it was admitted, is freed; without it a client that stalls mid-upload holds a slot until it disconnects. 0 disables it."`
+	// ClientSendTimeout bounds how long a client may accept no bytes of
+	// its response.
+	ClientSendTimeout time.Duration `env:"CLIENT_SEND_TIMEOUT" envDefault:"60s" desc:"Longest a client may accept no bytes of its response, as nginx's send_timeout and HAProxy's timeout client: past it the connection is cut, and a response still relayed from the app frees its slot. Counted in lanegate_client_send_timeouts_total. 0 disables it."`
 	// ShutdownTimeout is how long in-flight requests may finish on SIGTERM.
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"30s" desc:"On SIGTERM, how long in-flight requests may run to completion before connections are closed."`
 }
@@ -120,6 +123,10 @@ type Upstream struct {
 	// TimeoutHold keeps a timed-out request's slot while the app still
 	// works on it.
 	TimeoutHold time.Duration `env:"UPSTREAM_TIMEOUT_HOLD" envDefault:"60s" desc:"After a 504 for want of response headers, the request's slot stays taken until the app is done with it (its late answer arrives, or it closes the connection, as gunicorn does when it kills a worker), up to this long. The app holds its database connection meanwhile: freeing the slot at the 504 would admit another request to wait in PgBouncer's queue instead of lanegate's. 0 frees it with the 504. Plain-HTTP upstreams only."`
+	// ResponseBufferBytes is the largest response buffered whole.
+	ResponseBufferBytes int64 `env:"RESPONSE_BUFFER_BYTES" envDefault:"1048576" desc:"Largest response body read from the app into memory as fast as the app sends it, as nginx's proxy_buffering does: the request's slot is freed as soon as the app is done, and the client is fed at its own pace. Django holds its database connection until gunicorn has written the last byte, so without it a slow client's pace is the pool's. Larger responses, text/event-stream, responses with X-Accel-Buffering: no, and protocol upgrades are relayed as they come and hold their slot to the end. 0 turns buffering off; at most 67108864 (64 MiB)."`
+	// ResponseBufferTotalBytes bounds all buffered responses together.
+	ResponseBufferTotalBytes int64 `env:"RESPONSE_BUFFER_TOTAL_BYTES" envDefault:"134217728" desc:"Memory all buffered responses may hold together (128 MiB by default: 4096 responses of up to 32 KiB, the unit memory is taken in, or 128 of 1 MiB, on their way to slow clients). Past it, responses are relayed unbuffered (lanegate_response_buffer_overflows_total{reason=\"full\"}). At least LANEGATE_RESPONSE_BUFFER_BYTES."`
 	// IdleTimeout closes idle keep-alive connections to the upstream.
 	IdleTimeout time.Duration `env:"UPSTREAM_IDLE_TIMEOUT" envDefault:"1s" desc:"How long an idle keep-alive connection to the upstream is kept. Keep it below the app server's own keep-alive (gunicorn: 2s), or a POST may be sent on a connection the server is closing and fail with 502."`
 }

@@ -53,6 +53,7 @@ func (c Config) validate(failed map[string]bool) ([]error, []string) {
 	maps.Copy(v.bad, failed)
 	v.server()
 	v.upstream()
+	v.responseBuffers()
 	v.admin()
 	v.admission()
 	v.routes()
@@ -145,6 +146,28 @@ func (v *validator) server() {
 	}
 	if !v.skip(varMaxBodyBytes) && s.MaxBodyBytes < 0 {
 		v.fail(varMaxBodyBytes, "must not be negative (0 means unlimited)")
+	}
+	if !v.skip(varClientSend) && s.ClientSendTimeout < 0 {
+		v.fail(varClientSend, "must not be negative (0 disables it)")
+	}
+}
+
+// maxResponseBuffer bounds LANEGATE_RESPONSE_BUFFER_BYTES: past it a
+// response is a download, better streamed than held in memory.
+const maxResponseBuffer = 64 << 20
+
+// responseBuffers checks the response buffer's sizes.
+func (v *validator) responseBuffers() {
+	u := v.c.Upstream
+	if !v.skip(varRespBuffer) && (u.ResponseBufferBytes < 0 || u.ResponseBufferBytes > maxResponseBuffer) {
+		v.fail(varRespBuffer, "must be between 0 (off) and %d (64 MiB)", maxResponseBuffer)
+		return
+	}
+	if v.skip(varRespBufferTotal) || v.skip(varRespBuffer) || u.ResponseBufferBytes == 0 {
+		return
+	}
+	if u.ResponseBufferTotalBytes < u.ResponseBufferBytes {
+		v.fail(varRespBufferTotal, "must be at least %s (%d), or no response of that size could ever be buffered", varRespBuffer, u.ResponseBufferBytes)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
+	"github.com/lanegate/lanegate/upstream"
 	"github.com/lanegate/lanegate/waitroom"
 )
 
@@ -86,6 +87,9 @@ type Registry struct {
 
 	loginRedirects atomic.Uint64
 	clientBodies   atomic.Uint64 // request bodies that failed or stalled
+	// buffers are the response buffers; nil when responses are not
+	// buffered.
+	buffers *upstream.Buffers
 	// room is the waiting room's HTTP counters; nil when it is off.
 	room *waitroom.Room
 	// Session store metrics; nil until RegisterSessions.
@@ -104,7 +108,7 @@ func New(reg prometheus.Registerer, src Snapshotter) (*Registry, error) {
 	}, []string{"lane"})
 	up := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "lanegate_upstream_seconds",
-		Help:    "Time from forwarding a request to relaying the last byte of its response, by lane.",
+		Help:    "Time from forwarding a request until the app was done with it, by lane: the last byte read from it for a buffered response, else the last byte relayed to the client.",
 		Buckets: buckets,
 	}, []string{"lane"})
 	m := &Registry{
@@ -136,6 +140,13 @@ func (m *Registry) Bypassed() uint64 {
 		return 0
 	}
 	return m.bypassed.Load()
+}
+
+// SetBuffers has the response buffers' use exported.
+func (m *Registry) SetBuffers(b *upstream.Buffers) {
+	if m != nil {
+		m.buffers = b
+	}
 }
 
 // SetRoom has the waiting room's counters exported; before it, or with a
@@ -209,6 +220,9 @@ var (
 	descClientBody = prometheus.NewDesc("lanegate_client_body_errors_total", "Requests whose body the client broke off, malformed or stalled past LANEGATE_BODY_READ_TIMEOUT (answered 400 or 408).", nil, nil)
 	descAnon       = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
 
+	descBufferBytes = prometheus.NewDesc("lanegate_response_buffer_bytes", "Memory held by buffered responses (LANEGATE_RESPONSE_BUFFER_BYTES each, LANEGATE_RESPONSE_BUFFER_TOTAL_BYTES together), in bytes.", nil, nil)
+	descBufferOver  = prometheus.NewDesc("lanegate_response_buffer_overflows_total", "Responses relayed unbuffered, holding their slot until the client has read them, by reason: too_large (past LANEGATE_RESPONSE_BUFFER_BYTES) or full (past LANEGATE_RESPONSE_BUFFER_TOTAL_BYTES).", []string{"reason"}, nil)
+
 	descRoomSize    = prometheus.NewDesc("lanegate_waiting_room_logins", "Logins in the waiting room: waiting (held open in line) or away (sent off with a ticket that keeps their place).", []string{"state"}, nil)
 	descRoomWait    = prometheus.NewDesc("lanegate_waiting_room_wait_seconds", "Expected wait of a login arriving now, from the line ahead and the login completion rate.", nil, nil)
 	descRoomRate    = prometheus.NewDesc("lanegate_waiting_room_completion_rate", "Measured login completions per second (0 until measured).", nil, nil)
@@ -227,7 +241,7 @@ type snapshotCollector struct {
 // Describe sends every descriptor the collector may export.
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody,
-		descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
+		descBufferBytes, descBufferOver, descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
 		ch <- d
 	}
 }
@@ -241,6 +255,12 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonInFlight), "in_flight")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonQueued), "queued")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonMax), "max")
+	if b := c.m.buffers; b != nil {
+		ch <- prometheus.MustNewConstMetric(descBufferBytes, prometheus.GaugeValue, float64(b.InUse()))
+		large, full := b.Overflows()
+		ch <- prometheus.MustNewConstMetric(descBufferOver, prometheus.CounterValue, float64(large), "too_large")
+		ch <- prometheus.MustNewConstMetric(descBufferOver, prometheus.CounterValue, float64(full), "full")
+	}
 	if rc := c.m.room; rc != nil {
 		rs := s.Room
 		ch <- prometheus.MustNewConstMetric(descRoomSize, prometheus.GaugeValue, float64(rs.Waiting), "waiting")

@@ -83,6 +83,14 @@ type Options struct {
 	// the app server's own keep-alive timeout (gunicorn: 2 s), or a POST
 	// may be sent on a connection the server is closing and fail.
 	UpstreamIdleTimeout time.Duration
+	// ResponseBufferBytes is the largest response body read whole from the
+	// app before it is relayed, so that the request's slot is freed when
+	// the app is done rather than when a slow client has read the last
+	// byte; 0 relays every response as it comes.
+	ResponseBufferBytes int64
+	// ResponseBufferTotalBytes bounds the memory of all buffered responses
+	// together; past it, responses are relayed unbuffered.
+	ResponseBufferTotalBytes int64
 	// AccessLog writes one line per request.
 	AccessLog bool
 	// RedactPaths are path prefixes after which the rest of a logged path
@@ -125,6 +133,7 @@ type Handler struct {
 	log        *zap.Logger
 	metrics    *metrics.Registry
 	mode       atomic.Pointer[admission.Mode]
+	buffers    *upstream.Buffers // nil: no response is buffered
 	recorders  sync.Pool
 
 	sessions      Sessions
@@ -191,6 +200,10 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 	h.mode.Store(&mode)
 	h.classifier.Store(cl)
 	h.recorders.New = func() any { return new(recorder) }
+	if opts.ResponseBufferBytes > 0 {
+		h.buffers = upstream.NewBuffers(opts.ResponseBufferBytes, opts.ResponseBufferTotalBytes)
+		metrics.SetBuffers(h.buffers)
+	}
 	h.transport = upstream.New(upstream.Options{
 		URL:                   opts.Upstream,
 		DialTimeout:           opts.DialTimeout,
@@ -202,11 +215,12 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 		OnBodyError:           h.upstreamBodyError,
 	})
 	h.rp = &httputil.ReverseProxy{
-		Rewrite:      h.rewrite,
-		Transport:    h.transport,
-		BufferPool:   newBufferPool(),
-		ErrorHandler: h.upstreamError,
-		ErrorLog:     zap.NewStdLog(log.Named("reverseproxy")),
+		Rewrite:        h.rewrite,
+		Transport:      h.transport,
+		BufferPool:     newBufferPool(),
+		ModifyResponse: h.modifyResponse,
+		ErrorHandler:   h.upstreamError,
+		ErrorLog:       zap.NewStdLog(log.Named("reverseproxy")),
 	}
 	return h, nil
 }
@@ -440,30 +454,31 @@ func (h *Handler) admit(rec *recorder, r *http.Request, req admission.Request, m
 }
 
 // forward relays r to the upstream, then releases permit (nil for a
-// bypassed request). The slot is held until the response body is fully
-// relayed: the app keeps its database connection until it has written the
-// last byte.
+// bypassed request). The app keeps its database connection until it has
+// written the last byte, so the slot is held until then: for a response
+// that fits the response buffer, until the app is done, after which the
+// client is fed from memory at its own pace; for any other, until the last
+// byte is relayed to the client.
 //
 // When the body cannot be relayed to its end, because the client or the
 // upstream went away mid-body, ReverseProxy aborts the handler by panicking
 // with http.ErrAbortHandler. The release is deferred so that it runs then
 // too: a slot skipped there would be lost for good.
 func (h *Handler) forward(rec *recorder, r *http.Request, permit *admission.Permit, start time.Time) {
-	ev := &rec.ev
+	if permit != nil {
+		rec.bufs = h.buffers
+	}
+	if r.Header["Upgrade"] != nil {
+		// A 101's headers are written by ReverseProxy itself, past the
+		// recorder; modifyResponse finds it through the request.
+		r = r.WithContext(context.WithValue(r.Context(), recorderKey{}, rec))
+	}
 	defer func() {
 		// Trailers are written after the handler returns, from the header
 		// map: lanegate's headers must not leave as trailers either.
 		stripLanegateTrailers(rec.Header())
 		end := time.Now()
-		if hold := rec.hold; hold != nil && permit != nil {
-			// The app still works on the request it timed out on, and
-			// holds its database connection: so does the slot.
-			hold.OnDone(permit.Release)
-		} else {
-			permit.ReleaseAt(end)
-		}
-		ev.upstream = end.Sub(start)
-		h.metrics.ObserveUpstream(ev.class.label(), ev.upstream)
+		h.upstreamDone(rec, permit, start, end)
 		h.finish(rec, r, end)
 	}()
 	defer func() {
@@ -475,12 +490,70 @@ func (h *Handler) forward(rec *recorder, r *http.Request, permit *admission.Perm
 		// so far, so it sees a response cut short.
 		if v := recover(); v != nil {
 			if v == http.ErrAbortHandler && rec.status != 0 {
+				h.upstreamDone(rec, permit, start, time.Now())
+				if rec.buffering {
+					rec.buffering = false
+					rec.drain()
+				}
 				http.NewResponseController(rec.ResponseWriter).Flush()
 			}
 			panic(v)
 		}
 	}()
 	h.rp.ServeHTTP(rec, r)
+	if !rec.buffering {
+		return
+	}
+	// The app is done and the whole body is here: free the slot first,
+	// then feed the client, for as long as it takes (each write bounded by
+	// the listener's send timeout).
+	h.upstreamDone(rec, permit, start, time.Now())
+	rec.buffering = false
+	if err := rec.drain(); err != nil {
+		// The client left or was cut: what it got is a response cut short.
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// upstreamDone releases the request's slot, once, when the app is done with
+// it: at end, or, after a 504 while the app still works on the request,
+// when it is done.
+func (h *Handler) upstreamDone(rec *recorder, permit *admission.Permit, start, end time.Time) {
+	if rec.upstreamDone {
+		return
+	}
+	rec.upstreamDone = true
+	if hold := rec.hold; hold != nil && permit != nil {
+		// The app still works on the request it timed out on, and holds
+		// its database connection: so does the slot.
+		hold.OnDone(permit.Release)
+	} else {
+		permit.ReleaseAt(end)
+	}
+	rec.ev.upstream = end.Sub(start)
+	h.metrics.ObserveUpstream(rec.ev.class.label(), rec.ev.upstream)
+}
+
+// recorderKey carries a protocol upgrade's recorder in its request's
+// context, for modifyResponse.
+type recorderKey struct{}
+
+// modifyResponse filters a 101 Switching Protocols response's headers as
+// the recorder filters every other's: ReverseProxy writes a 101 to the
+// hijacked connection itself, so without this the app's X-Lanegate-Grant
+// and X-Lanegate-Revoke would reach the client and a revocation sent with
+// a protocol switch would not be applied.
+func (h *Handler) modifyResponse(res *http.Response) error {
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		return nil
+	}
+	if rec, ok := res.Request.Context().Value(recorderKey{}).(*recorder); ok {
+		rec.learn(res.Header, res.StatusCode)
+		return nil
+	}
+	delete(res.Header, session.HeaderGrant)
+	delete(res.Header, session.HeaderRevoke)
+	return nil
 }
 
 // refuse answers a request the controller did not admit.

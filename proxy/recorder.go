@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/upstream"
@@ -33,12 +35,25 @@ type recorder struct {
 	// hold is set when the upstream timed out on the request while the
 	// app may still be working on it.
 	hold *upstream.Hold
+
+	// bufs, when set, allows the response body to be buffered (see
+	// upstream.Buffers); buffering says it is being, into buf.
+	bufs      *upstream.Buffers
+	buffering bool
+	buf       upstream.Buffer
+
+	// upstreamDone is set once the request's slot is released.
+	upstreamDone bool
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
 	r.hold = nil
+	if r.bufs != nil {
+		r.buf.Release(r.bufs) // nothing is left unless the request failed
+	}
+	r.bufs, r.buffering, r.upstreamDone = nil, false, false
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -60,6 +75,16 @@ func (r *recorder) WriteHeader(code int) {
 // headers runs once, on the final response headers.
 func (r *recorder) headers(code int) {
 	h := r.ResponseWriter.Header()
+	r.learn(h, code)
+	r.buffering = r.bufs != nil && bufferable(h, r.bufs)
+	// Like nginx, which reads it too, lanegate keeps X-Accel-Buffering
+	// between the app and itself.
+	delete(h, "X-Accel-Buffering")
+}
+
+// learn has the session cache learn from response headers h, and removes
+// Django's headers for lanegate from them.
+func (r *recorder) learn(h http.Header, code int) {
 	if r.sess != nil {
 		r.sessions.Response(r.req.Context(), r.sess, h, code)
 		return
@@ -70,14 +95,65 @@ func (r *recorder) headers(code int) {
 	delete(h, session.HeaderRevoke)
 }
 
+// bufferable reports whether a response with headers h may be buffered:
+// not an event stream, which must never be delayed, nor one the app asked
+// not to buffer (X-Accel-Buffering: no, as for nginx), nor one announced
+// larger than the buffer.
+func bufferable(h http.Header, bufs *upstream.Buffers) bool {
+	if bufs.PerResponse() <= 0 {
+		return false
+	}
+	if v := h["X-Accel-Buffering"]; len(v) > 0 && strings.EqualFold(v[0], "no") {
+		return false
+	}
+	if v := h["Content-Type"]; len(v) > 0 && strings.HasPrefix(strings.ToLower(strings.TrimSpace(v[0])), "text/event-stream") {
+		return false
+	}
+	if v := h["Content-Length"]; len(v) > 0 {
+		n, err := strconv.ParseInt(v[0], 10, 64)
+		return err == nil && bufs.Fits(n)
+	}
+	return true
+}
+
+// Write buffers b while the response is being buffered and fits; past
+// that it relays what was buffered, then b and the rest, unbuffered.
 func (r *recorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.headers(http.StatusOK)
 		r.status = http.StatusOK
 	}
+	if r.buffering {
+		if r.buf.Append(r.bufs, b) {
+			return len(b), nil
+		}
+		r.buffering = false
+		if err := r.drain(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := r.ResponseWriter.Write(b)
 	r.bytes += int64(n)
 	return n, err
+}
+
+// drain writes what is buffered to the client, at the client's pace.
+func (r *recorder) drain() error {
+	n, err := r.buf.Drain(r.ResponseWriter, r.bufs)
+	r.bytes += n
+	return err
+}
+
+// FlushError flushes to the client, except while the response is
+// buffered: then there is nothing of it to send yet.
+func (r *recorder) FlushError() error {
+	if r.buffering {
+		return nil
+	}
+	if f, ok := r.ResponseWriter.(interface{ FlushError() error }); ok {
+		return f.FlushError()
+	}
+	return http.NewResponseController(r.ResponseWriter).Flush()
 }
 
 // Unwrap lets http.ResponseController reach the connection's Flush, which

@@ -7,10 +7,13 @@ package proxy
 // "TestSession" (tests) so that other test files cannot clash with them.
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -1671,4 +1674,54 @@ func mustLen(t *testing.T, c *session.Cache) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestSessionSwitchingProtocolsFiltered has the app answer a WebSocket
+// upgrade with 101 and lanegate's headers on it. ReverseProxy writes a 101
+// to the hijacked connection itself, past the recorder: the headers must
+// still not reach the client, and a revocation on it must be applied.
+func TestSessionSwitchingProtocolsFiltered(t *testing.T) {
+	kr := sessKeyring(t, sessKeyID+":"+sessSecret)
+	up := testUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		now := time.Now()
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n%s: %s\r\n%s: %s\r\n\r\n",
+			session.HeaderGrant, kr.Sign(&session.Claims{Type: session.TypeGrant, SID: "x", UserID: "1", IssuedAt: now.Unix()}),
+			session.HeaderRevoke, kr.Sign(&session.Claims{Type: session.TypeRevoke, SIDs: []string{session.SessionHash(sessNewKey())}, IssuedAt: now.Unix()}))
+		brw.Flush()
+		io.Copy(io.Discard, c) // until the client closes the tunnel
+	}))
+	for _, on := range []bool{false, true} {
+		t.Run(map[bool]string{false: "cache off", true: "cache on"}[on], func(t *testing.T) {
+			s := sessNewStack(t, up.URL, testLimits(), Options{}, sessMemory(t, kr, on))
+			c, err := net.Dial("tcp", s.Server.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET /ws/ HTTP/1.1\r\nHost: lanegate.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(testTimeout))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("reading the 101: %v", err)
+			}
+			if resp.StatusCode != http.StatusSwitchingProtocols {
+				t.Fatalf("status: got %d, want 101", resp.StatusCode)
+			}
+			if k := sessLanegateKeys(resp.Header); len(k) > 0 {
+				t.Errorf("the client got %v on the 101", k)
+			}
+			if on {
+				if got := s.Cache.Stats().Revocations; got != 1 {
+					t.Errorf("revocations applied: got %d, want the 101's one", got)
+				}
+			}
+			c.Close()
+			sessWaitIdle(t, s.Ctrl)
+		})
+	}
 }

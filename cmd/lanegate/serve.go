@@ -136,14 +136,15 @@ func (s *server) servers(cfg config.Config) error {
 }
 
 // listen binds both listeners. The client listener is limited to
-// LANEGATE_MAX_CONNS; the admin listener is not, so that an operator
-// reaches /status when clients hold every connection.
+// LANEGATE_MAX_CONNS and LANEGATE_CLIENT_SEND_TIMEOUT; the admin listener
+// is not, so that an operator reaches /status when clients hold every
+// connection.
 func (s *server) listen(cfg config.Config) error {
 	ln, err := net.Listen("tcp", cfg.Server.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s (LANEGATE_LISTEN): %w", cfg.Server.Listen, err)
 	}
-	limited := proxy.NewLimitListener(ln, cfg.Server.MaxConns)
+	limited := proxy.NewListener(ln, proxy.ListenerOptions{MaxConns: cfg.Server.MaxConns, SendTimeout: cfg.Server.ClientSendTimeout})
 	s.ln = limited
 	if err := limited.Register(s.reg); err != nil {
 		return fmt.Errorf("listener metrics: %w", err)
