@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -66,33 +67,59 @@ const (
 // mid-upload frees its slot after timeout instead of holding it until it
 // disconnects. Its errors are clientBodyErrors, so a broken or stalled body
 // is answered as the client's fault (400, 408), not as an upstream failure.
+//
+// net/http's transport may go on reading a body in a goroutine of its own
+// after the round trip, even after the handler returned and its pooled
+// recorder went to the next request: end, called by the handler as it
+// finishes, stops the body from touching the connection through rc from
+// then on.
 type clientBody struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
-	done    bool
+
+	mu    sync.Mutex
+	done  bool // the whole body is in
+	ended bool // the handler has returned
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
-	if !b.done {
-		// A connection that cannot take deadlines (a test recorder) is
-		// read without one.
-		_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
-	}
+	b.deadline(time.Now().Add(b.timeout), false)
 	n, err := b.ReadCloser.Read(p)
 	switch {
-	case err == io.EOF && !b.done:
+	case err == io.EOF:
 		// The whole body is in: the connection's own timeouts apply again
 		// while the upstream answers.
-		b.done = true
-		_ = b.rc.SetReadDeadline(time.Time{})
-	case err != nil && err != io.EOF:
+		b.deadline(time.Time{}, true)
+	case err != nil:
 		var mbe *http.MaxBytesError
 		if !errors.As(err, &mbe) {
 			err = &clientBodyError{err: err}
 		}
 	}
 	return n, err
+}
+
+// deadline sets the connection's read deadline to t while the body is
+// still being read and the handler has not returned; last marks the body
+// done.
+func (b *clientBody) deadline(t time.Time, last bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done || b.ended {
+		return
+	}
+	// A connection that cannot take deadlines (a test recorder) is read
+	// without one.
+	_ = b.rc.SetReadDeadline(t)
+	b.done = last
+}
+
+// end is called as the handler returns.
+func (b *clientBody) end() {
+	b.mu.Lock()
+	b.ended = true
+	b.mu.Unlock()
 }
 
 // clientBodyError is a failure reading the client's request body.

@@ -291,6 +291,9 @@ func (h *Handler) done(rec *recorder) {
 	if rec.sessions != nil {
 		rec.sessions.End(rec.sess)
 	}
+	if rec.body != nil {
+		rec.body.end()
+	}
 	rec.reset(nil) // do not keep the connection alive from the pool
 	h.recorders.Put(rec)
 }
@@ -333,7 +336,8 @@ func (h *Handler) refuseBody(rec *recorder, r *http.Request) bool {
 		r.Body = http.MaxBytesReader(rec, r.Body, h.maxBody)
 	}
 	if h.bodyRead > 0 {
-		r.Body = &clientBody{ReadCloser: r.Body, rc: http.NewResponseController(rec), timeout: h.bodyRead}
+		rec.body = &clientBody{ReadCloser: r.Body, rc: http.NewResponseController(rec), timeout: h.bodyRead}
+		r.Body = rec.body
 	}
 	return false
 }

@@ -29,6 +29,10 @@ type recorder struct {
 	sess     *session.Request
 	req      *http.Request
 
+	// body is the request's body when its pauses are bounded; it may
+	// outlive the request (see clientBody).
+	body *clientBody
+
 	// ev is what the access log will say of the request.
 	ev event
 
@@ -49,7 +53,7 @@ type recorder struct {
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
-	r.hold = nil
+	r.hold, r.body = nil, nil
 	if r.bufs != nil {
 		r.buf.Release(r.bufs) // nothing is left unless the request failed
 	}
