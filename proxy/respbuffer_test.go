@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,7 +62,7 @@ func testNewProxyListener(t testing.TB, upstream string, limits admission.Limits
 	if lopts.MaxConns == 0 {
 		lopts.MaxConns = 1000
 	}
-	pl := NewListener(ln, lopts)
+	pl := NewListener(smallSendBuffers{ln}, lopts)
 	srv := httptest.NewUnstartedServer(h)
 	srv.Listener.Close()
 	srv.Listener = pl
@@ -75,11 +77,33 @@ func testNewProxyListener(t testing.TB, upstream string, limits admission.Limits
 	return &testProxy{Ctrl: p.Ctrl, Handler: h, Server: srv, Client: c, Reg: p.Reg, Metrics: p.Metrics, Logs: p.Logs}, pl
 }
 
+// smallSendBuffers pins each accepted connection's send buffer at 32 KiB:
+// on loopback, with its 64 KiB segments, the kernel would otherwise let it
+// grow to megabytes, where a real network's MSS keeps it to tens of KB.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(32 << 10)
+	}
+	return c, err
+}
+
 // testStalledGet sends GET path on a connection of its own and reads
-// nothing back. The connection closes when the test ends.
+// nothing back. Its receive buffer is pinned at 8 KiB, as a phone on a bad
+// network absorbs little. The connection closes when the test ends.
 func testStalledGet(t testing.TB, addr, path string) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,4 +237,49 @@ func BenchmarkHandlerBuffered(b *testing.B) {
 	}
 	defer h.Close()
 	testBenchServe(b, h)
+}
+
+// BenchmarkResponseBufferWorstCase measures the heap that buffered
+// responses hold at the default limits (1 MiB each, 128 MiB together) when
+// clients that read nothing ask for more than the total: 160 responses of
+// 1 MiB. The bound is the total; past it responses are relayed unbuffered
+// and hold their slots instead. Run with -benchtime=1x.
+func BenchmarkResponseBufferWorstCase(b *testing.B) {
+	body := strings.Repeat("x", 1<<20)
+	up := testUpstream(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		io.WriteString(w, body)
+	}))
+	const clients = 160
+	for b.Loop() {
+		lim := testLimits()
+		lim.Budget = clients
+		for _, l := range admission.Lanes() {
+			lim.Lane[l].Max = clients
+		}
+		p, _ := testNewProxyListener(b, up.URL, lim, Options{ResponseBufferBytes: 1 << 20, ResponseBufferTotalBytes: 128 << 20}, ListenerOptions{})
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		var conns []net.Conn
+		for range clients {
+			conns = append(conns, testStalledGet(b, p.Server.Listener.Addr().String(), "/"))
+		}
+		testWaitFor(b, "every response buffered or relaying", func() bool {
+			s := p.Ctrl.Snapshot()
+			return s.Lanes[admission.Core].Decisions[admission.Admitted] == clients
+		})
+		testWaitFor(b, "the buffers full", func() bool {
+			_, full := p.Handler.buffers.Overflows()
+			return p.Handler.buffers.InUse() > 120<<20 && full > 0
+		})
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(p.Handler.buffers.InUse())/(1<<20), "buffered-MiB")
+		b.ReportMetric(float64(after.HeapInuse-before.HeapInuse)/(1<<20), "heap-MiB")
+		b.ReportMetric(float64(p.Ctrl.Snapshot().InFlight), "slots-held")
+		for _, c := range conns {
+			c.Close()
+		}
+	}
 }
