@@ -88,6 +88,9 @@ type Registry struct {
 	clientBodies   atomic.Uint64 // request bodies that failed or stalled
 	// room is the waiting room's HTTP counters; nil when it is off.
 	room *waitroom.Room
+	// bufferedBodies reads the bytes held by request bodies read before
+	// admission; nil until SetBufferedBodies.
+	bufferedBodies func() int64
 	// Session store metrics; nil until RegisterSessions.
 	storeSeconds *prometheus.HistogramVec
 	storeErrors  *prometheus.CounterVec
@@ -143,6 +146,16 @@ func (m *Registry) Bypassed() uint64 {
 func (m *Registry) SetRoom(room *waitroom.Room) {
 	if m != nil {
 		m.room = room
+	}
+}
+
+// SetBufferedBodies has the memory of request bodies read before
+// admission exported as a gauge, read from src at scrape time so the
+// request path pays nothing for it; before it, or with a nil src, there
+// is none.
+func (m *Registry) SetBufferedBodies(src func() int64) {
+	if m != nil {
+		m.bufferedBodies = src
 	}
 }
 
@@ -208,6 +221,7 @@ var (
 	descTotal      = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
 	descClientBody = prometheus.NewDesc("lanegate_client_body_errors_total", "Requests whose body the client broke off, malformed or stalled past LANEGATE_BODY_READ_TIMEOUT (answered 400 or 408).", nil, nil)
 	descAnon       = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
+	descBuffered   = prometheus.NewDesc("lanegate_buffered_body_bytes", "Bytes of memory held by request bodies read before admission, which LANEGATE_BUFFER_BODY_TOTAL_BYTES bounds; at the bound, further bodies stream.", nil, nil)
 
 	descRoomSize    = prometheus.NewDesc("lanegate_waiting_room_logins", "Logins in the waiting room: waiting (held open in line) or away (sent off with a ticket that keeps their place).", []string{"state"}, nil)
 	descRoomWait    = prometheus.NewDesc("lanegate_waiting_room_wait_seconds", "Expected wait of a login arriving now, from the line ahead and the login completion rate.", nil, nil)
@@ -226,7 +240,7 @@ type snapshotCollector struct {
 
 // Describe sends every descriptor the collector may export.
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody,
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody, descBuffered,
 		descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
 		ch <- d
 	}
@@ -241,6 +255,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonInFlight), "in_flight")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonQueued), "queued")
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonMax), "max")
+	if src := c.m.bufferedBodies; src != nil {
+		ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(src()))
+	}
 	if rc := c.m.room; rc != nil {
 		rs := s.Room
 		ch <- prometheus.MustNewConstMetric(descRoomSize, prometheus.GaugeValue, float64(rs.Waiting), "waiting")
