@@ -13,27 +13,48 @@ import (
 	"github.com/lanegate/lanegate/reply"
 )
 
+// bodyBufferStart is the first buffer a request body is read into before
+// admission. Most bodies buffered are login forms of a few hundred bytes,
+// which fit; a larger body doubles it as its bytes arrive.
+const bodyBufferStart = 512
+
 // bufferBody reads r's body, of a known and small length, into memory and
 // replaces it with the copy. Reading it to its end is what makes Go's
 // server watch the connection, so a client that leaves while queued
 // cancels its request at once; and the body's pace is the client's alone
 // before any slot is taken.
+//
+// The buffer grows with the bytes that arrive, never ahead of them from
+// the announced length: a client that announces a large body and sends
+// nothing would otherwise pin that much memory for the price of a
+// connection.
 func bufferBody(r *http.Request) error {
 	// One byte more than announced: the read that comes up short ends at
 	// the body's EOF, which is when the server starts watching.
-	buf := make([]byte, r.ContentLength+1)
-	n, err := io.ReadFull(r.Body, buf)
-	switch {
-	case int64(n) == r.ContentLength && err == io.ErrUnexpectedEOF:
-	case err == nil:
-		return &clientBodyError{err: errors.New("body longer than its Content-Length")}
-	case err == io.ErrUnexpectedEOF || err == io.EOF:
-		return &clientBodyError{err: io.ErrUnexpectedEOF}
-	default:
-		return err
+	want := r.ContentLength + 1
+	buf := make([]byte, 0, min(want, bodyBufferStart))
+	for {
+		if len(buf) == cap(buf) {
+			if int64(cap(buf)) == want {
+				return &clientBodyError{err: errors.New("body longer than its Content-Length")}
+			}
+			buf = append(make([]byte, 0, min(want, 2*int64(cap(buf)))), buf...)
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == nil {
+			continue
+		}
+		if err != io.EOF && err != io.ErrUnexpectedEOF {
+			return err
+		}
+		if int64(len(buf)) != r.ContentLength {
+			return &clientBodyError{err: io.ErrUnexpectedEOF}
+		}
+		break
 	}
 	r.Body.Close()
-	r.Body = &memBody{b: buf[:n]}
+	r.Body = &memBody{b: buf}
 	return nil
 }
 
