@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -8,8 +9,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/lanegate/lanegate/admission"
 )
 
 // The defaults of LANEGATE_BUFFER_BODY_BYTES, LANEGATE_MAX_BODY_BYTES and
@@ -160,5 +164,244 @@ func TestBufferedBodyGrowsIntact(t *testing.T) {
 		if got := testAwait(t, gate).Body; !bytes.Equal(got, body) {
 			t.Errorf("%d-byte body: upstream got %d bytes, want it whole", size, len(got))
 		}
+	}
+}
+
+// testBuffered is lanegate_buffered_body_bytes as scraped now.
+func testBuffered(t *testing.T, p *testProxy) float64 {
+	t.Helper()
+	v, ok := testParseMetrics(t, testGather(t, p))["lanegate_buffered_body_bytes"]
+	if !ok {
+		t.Fatal("metrics: got no lanegate_buffered_body_bytes, want the memory of buffered bodies")
+	}
+	return v
+}
+
+// testWaitBuffered waits until bodies read before admission hold want
+// bytes.
+func testWaitBuffered(t *testing.T, p *testProxy, want float64) {
+	t.Helper()
+	testWaitFor(t, fmt.Sprintf("buffered bodies to hold %.0f bytes", want), func() bool { return testBuffered(t, p) == want })
+}
+
+// testBody is a body of n bytes a test can tell from any other of its
+// length.
+func testBody(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte('a' + i%26)
+	}
+	return b
+}
+
+// Requests that announce a large body and send none of it hold no more
+// than LANEGATE_BUFFER_BODY_TOTAL_BYTES between them, however many they
+// are. Those finding no room stream, as larger bodies do: they are
+// admitted, and every body, buffered in part or streamed, reaches the
+// upstream whole.
+func TestBufferedBodyTotalBound(t *testing.T) {
+	const (
+		n        = 30
+		fit      = 10 // start buffers the bound has room for
+		bound    = fit*bodyBufferStart + bodyBufferStart/2
+		announce = testDefaultBufferBody
+	)
+	gate := testNewGate()
+	gate.Open()
+	up := testUpstream(t, gate)
+	opts := testDefaultBodyOptions()
+	opts.BufferBodyTotalBytes = bound
+	p := testNewProxy(t, up.URL, testLimits(), opts)
+
+	// The bound holds at every moment, not only when the test looks.
+	stop, most := make(chan struct{}), make(chan int64)
+	go func() {
+		var m int64
+		for {
+			select {
+			case <-stop:
+				most <- m
+				return
+			default:
+			}
+			m = max(m, p.Handler.bodies.inUse())
+			runtime.Gosched()
+		}
+	}()
+
+	writers := make([]*io.PipeWriter, n)
+	results := make([]<-chan testResult, n)
+	for i := range n {
+		pr, pw := io.Pipe()
+		writers[i] = pw
+		req := testRequest(t, http.MethodPost, p.Server.URL+fmt.Sprintf("/form/%d", i), nil, pr)
+		req.ContentLength = announce
+		results[i] = testGo(p.Client, req)
+	}
+	testWaitFor(t, fmt.Sprintf("%d requests to stream into slots", n-fit), func() bool {
+		return p.Ctrl.Snapshot().InFlight == n-fit
+	})
+	if got := testBuffered(t, p); got != fit*bodyBufferStart {
+		t.Errorf("buffered while no body has arrived: got %.0f bytes, want %d, the start buffers of the %d that fit", got, fit*bodyBufferStart, fit)
+	}
+
+	body := testBody(announce)
+	for _, pw := range writers {
+		go func() {
+			pw.Write(body)
+			pw.Close()
+		}()
+	}
+	for i := range n {
+		testStatus(t, testReceive(t, results[i]), http.StatusOK)
+	}
+	for range n {
+		if a := testAwait(t, gate); !bytes.Equal(a.Body, body) {
+			t.Errorf("%s: upstream got %d bytes, want the whole body", a.Path, len(a.Body))
+		}
+	}
+	testWaitBuffered(t, p, 0)
+	close(stop)
+	if m := <-most; m > bound {
+		t.Errorf("most bytes held by buffered bodies: got %d, want at most the bound, %d", m, bound)
+	}
+	testWaitIdle(t, p.Ctrl)
+}
+
+// A body that finds the bound reached midway goes upstream as what was
+// buffered of it followed by the rest, streamed; a small body arriving
+// meanwhile streams whole. Neither is refused.
+func TestBufferedBodyOverBoundStreamsRest(t *testing.T) {
+	const bound, first = 4096, 3000 // 3000 bytes grow the buffer to 4096
+	gate := testNewGate()
+	gate.Open()
+	up := testUpstream(t, gate)
+	opts := testDefaultBodyOptions()
+	opts.BufferBodyTotalBytes = bound
+	p := testNewProxy(t, up.URL, testLimits(), opts)
+
+	body := testBody(testDefaultBufferBody)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req := testRequest(t, http.MethodPost, p.Server.URL+"/big", nil, pr)
+	req.ContentLength = int64(len(body))
+	big := testGo(p.Client, req)
+	pw.Write(body[:first])
+	testWaitBuffered(t, p, bound)
+
+	res := testFetch(t, p.Client, http.MethodPost, p.Server.URL+"/small", nil, strings.NewReader("a=1&b=2"))
+	testStatus(t, res, http.StatusOK)
+	if a := testAwait(t, gate); a.Path != "/small" || string(a.Body) != "a=1&b=2" {
+		t.Errorf("upstream got %s with %q, want /small with the whole form", a.Path, a.Body)
+	}
+	if got := testBuffered(t, p); got != bound {
+		t.Errorf("buffered after the small body streamed: got %.0f, want the big body's %d", got, bound)
+	}
+
+	pw.Write(body[first:])
+	pw.Close()
+	testStatus(t, testReceive(t, big), http.StatusOK)
+	if a := testAwait(t, gate); !bytes.Equal(a.Body, body) {
+		t.Errorf("upstream got %d bytes of the big body, want all %d in order", len(a.Body), len(body))
+	}
+	testWaitBuffered(t, p, 0)
+	testWaitIdle(t, p.Ctrl)
+}
+
+// Whichever way a request with a buffered body ends, the memory it held
+// is given back.
+func TestBufferedBodyReleased(t *testing.T) {
+	const announce = 1000
+	head := fmt.Sprintf("POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", announce)
+	dial := func(t *testing.T, p *testProxy) net.Conn {
+		c, err := net.Dial("tcp", p.Server.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	answer := func(t *testing.T, c net.Conn) int {
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("reading the answer: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	t.Run("forwarded", func(t *testing.T) {
+		gate := testNewGate()
+		gate.Open()
+		p := testNewProxy(t, testUpstream(t, gate).URL, testLimits(), testDefaultBodyOptions())
+		res := testFetch(t, p.Client, http.MethodPost, p.Server.URL+"/form", nil, bytes.NewReader(testBody(announce)))
+		testStatus(t, res, http.StatusOK)
+		testWaitBuffered(t, p, 0)
+	})
+
+	t.Run("client gone mid-body", func(t *testing.T) {
+		gate := testNewGate()
+		gate.Open()
+		p := testNewProxy(t, testUpstream(t, gate).URL, testLimits(), testDefaultBodyOptions())
+		c := dial(t, p)
+		io.WriteString(c, head+string(testBody(300)))
+		testWaitBuffered(t, p, bodyBufferStart)
+		c.Close()
+		testWaitBuffered(t, p, 0)
+		if h := gate.Hits(); h != 0 {
+			t.Errorf("upstream hits: got %d, want 0", h)
+		}
+	})
+
+	t.Run("body timeout", func(t *testing.T) {
+		gate := testNewGate()
+		gate.Open()
+		opts := testDefaultBodyOptions()
+		opts.BodyReadTimeout = 50 * time.Millisecond
+		p := testNewProxy(t, testUpstream(t, gate).URL, testLimits(), opts)
+		c := dial(t, p)
+		io.WriteString(c, head+string(testBody(600))) // past the start buffer
+		if got := answer(t, c); got != http.StatusRequestTimeout {
+			t.Errorf("stalled body: got status %d, want 408", got)
+		}
+		testWaitBuffered(t, p, 0)
+	})
+
+	for _, tc := range []struct {
+		name  string
+		leave bool // the client leaves rather than the queue timing out
+		want  int
+	}{
+		{"shed while queued", false, http.StatusServiceUnavailable},
+		{"client gone while queued", true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gate := testNewGate()
+			defer gate.Open()
+			limits := testTightLimits(4)
+			limits.Lane[admission.Core].QueueTimeout = 100 * time.Millisecond
+			p := testNewProxy(t, testUpstream(t, gate).URL, limits, testDefaultBodyOptions())
+			first := testGo(p.Client, testRequest(t, http.MethodGet, p.Server.URL+"/first", nil, nil))
+			testAwait(t, gate)
+
+			ctx, cancel := testCtx(t)
+			req := testRequest(t, http.MethodPost, p.Server.URL+"/form", nil, bytes.NewReader(testBody(announce))).WithContext(ctx)
+			queued := testGo(p.Client, req)
+			testWaitFor(t, "the POST to queue", func() bool { return testLane(p.Ctrl, admission.Core).Queued == 1 })
+			// The buffer grew from 512 bytes to the body's length.
+			if got := testBuffered(t, p); got != announce {
+				t.Errorf("buffered while queued: got %.0f, want the body's %d bytes", got, announce)
+			}
+			if tc.leave {
+				cancel()
+				testReceive(t, queued)
+			} else {
+				testStatus(t, testReceive(t, queued), tc.want)
+			}
+			testWaitBuffered(t, p, 0)
+			gate.Open()
+			testStatus(t, testReceive(t, first), http.StatusOK)
+			testWaitIdle(t, p.Ctrl)
+		})
 	}
 }

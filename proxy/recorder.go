@@ -33,12 +33,17 @@ type recorder struct {
 	// hold is set when the upstream timed out on the request while the
 	// app may still be working on it.
 	hold *upstream.Hold
+
+	// body is the request's body read before admission, whose memory is
+	// given back when the request ends at the latest; nil when none was.
+	body *memBody
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
 	r.hold = nil
+	r.body = nil
 }
 
 func (r *recorder) WriteHeader(code int) {
