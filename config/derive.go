@@ -36,6 +36,7 @@ const (
 	varMaxConns         = prefix + "MAX_CONNS"
 	varMaxBodyBytes     = prefix + "MAX_BODY_BYTES"
 	varBufferBodyBytes  = prefix + "BUFFER_BODY_BYTES"
+	varBufferBodyTotal  = prefix + "BUFFER_BODY_TOTAL_BYTES"
 	varDial             = prefix + "UPSTREAM_DIAL_TIMEOUT"
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"
