@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -270,7 +269,8 @@ func TestBufferedBodyTotalBound(t *testing.T) {
 
 // A body that finds the bound reached midway goes upstream as what was
 // buffered of it followed by the rest, streamed; a small body arriving
-// meanwhile streams whole. Neither is refused.
+// meanwhile streams whole. Neither is refused, and each is admitted
+// before it is all in, as a streamed body is.
 func TestBufferedBodyOverBoundStreamsRest(t *testing.T) {
 	const bound, first = 4096, 3000 // 3000 bytes grow the buffer to 4096
 	gate := testNewGate()
@@ -279,27 +279,39 @@ func TestBufferedBodyOverBoundStreamsRest(t *testing.T) {
 	opts := testDefaultBodyOptions()
 	opts.BufferBodyTotalBytes = bound
 	p := testNewProxy(t, up.URL, testLimits(), opts)
+	post := func(path string, length int) (*io.PipeWriter, <-chan testResult) {
+		pr, pw := io.Pipe()
+		t.Cleanup(func() { pw.Close() })
+		req := testRequest(t, http.MethodPost, p.Server.URL+path, nil, pr)
+		req.ContentLength = int64(length)
+		return pw, testGo(p.Client, req)
+	}
 
 	body := testBody(testDefaultBufferBody)
-	pr, pw := io.Pipe()
-	defer pw.Close()
-	req := testRequest(t, http.MethodPost, p.Server.URL+"/big", nil, pr)
-	req.ContentLength = int64(len(body))
-	big := testGo(p.Client, req)
-	pw.Write(body[:first])
+	bigW, big := post("/big", len(body))
+	bigW.Write(body[:first])
 	testWaitBuffered(t, p, bound)
 
-	res := testFetch(t, p.Client, http.MethodPost, p.Server.URL+"/small", nil, strings.NewReader("a=1&b=2"))
-	testStatus(t, res, http.StatusOK)
-	if a := testAwait(t, gate); a.Path != "/small" || string(a.Body) != "a=1&b=2" {
+	const form = "a=1&b=2"
+	smallW, small := post("/small", len(form))
+	smallW.Write([]byte(form[:4]))
+	testWaitFor(t, "the small body to stream into a slot", func() bool { return p.Ctrl.Snapshot().InFlight == 1 })
+	if got := testBuffered(t, p); got != bound {
+		t.Errorf("buffered while the small body streams: got %.0f, want the big body's %d", got, bound)
+	}
+	smallW.Write([]byte(form[4:]))
+	smallW.Close()
+	testStatus(t, testReceive(t, small), http.StatusOK)
+	if a := testAwait(t, gate); a.Path != "/small" || string(a.Body) != form {
 		t.Errorf("upstream got %s with %q, want /small with the whole form", a.Path, a.Body)
 	}
-	if got := testBuffered(t, p); got != bound {
-		t.Errorf("buffered after the small body streamed: got %.0f, want the big body's %d", got, bound)
-	}
+	testWaitIdle(t, p.Ctrl)
 
-	pw.Write(body[first:])
-	pw.Close()
+	// Past what the bound let it buffer, the big body streams on.
+	bigW.Write(body[first : 2*bound])
+	testWaitFor(t, "the big body to stream into a slot", func() bool { return p.Ctrl.Snapshot().InFlight == 1 })
+	bigW.Write(body[2*bound:])
+	bigW.Close()
 	testStatus(t, testReceive(t, big), http.StatusOK)
 	if a := testAwait(t, gate); !bytes.Equal(a.Body, body) {
 		t.Errorf("upstream got %d bytes of the big body, want all %d in order", len(a.Body), len(body))
