@@ -96,6 +96,9 @@ type Server struct {
 	// BufferBodyBytes is the largest request body read whole before
 	// admission.
 	BufferBodyBytes int64 `env:"BUFFER_BODY_BYTES" envDefault:"65536" desc:"Request bodies with a Content-Length up to this many bytes (login forms, most POSTs) are read whole before the request is queued or forwarded, as nginx's proxy_request_buffering and HAProxy's http-buffer-request do: a slow upload then holds no slot, and a client that leaves while queued is noticed at once (Go's server notices a disconnect only once the body is read). Larger and chunked bodies stream. 0 turns it off."`
+	// BufferBodyTotalBytes bounds the memory of all request bodies read
+	// before admission at once.
+	BufferBodyTotalBytes int64 `env:"BUFFER_BODY_TOTAL_BYTES" envDefault:"67108864" desc:"Most memory, in bytes, all the request bodies being read before admission (see LANEGATE_BUFFER_BODY_BYTES) may hold together. Each buffer grows as its bytes arrive, so a client that announces a body and sends nothing holds 512 bytes, not its Content-Length. Past the bound, further bodies stream as larger ones do, rather than being refused: they are admitted before their body is in, so a slow upload then holds a slot. The default is a thousand 64 KiB bodies at once; 0 means no bound."`
 	// MaxBodyBytes caps a request body; 0 means no limit.
 	MaxBodyBytes int64 `env:"MAX_BODY_BYTES" envDefault:"67108864" desc:"Largest request body accepted, in bytes (larger ones are refused with 413); 0 means unlimited."`
 	// BodyReadTimeout bounds each pause while a client sends its body.

@@ -63,6 +63,8 @@ func TestLoadDefaults(t *testing.T) {
 		{"Server.IdleTimeout", cfg.Server.IdleTimeout, 120 * time.Second},
 		{"Server.MaxHeaderBytes", cfg.Server.MaxHeaderBytes, 32768},
 		{"Server.MaxBodyBytes", cfg.Server.MaxBodyBytes, int64(64 << 20)},
+		{"Server.BufferBodyBytes", cfg.Server.BufferBodyBytes, int64(64 << 10)},
+		{"Server.BufferBodyTotalBytes", cfg.Server.BufferBodyTotalBytes, int64(64 << 20)},
 		{"Server.ShutdownTimeout", cfg.Server.ShutdownTimeout, 30 * time.Second},
 		{"Upstream.URL", cfg.Upstream.URL.String(), "http://127.0.0.1:8000"},
 		{"Upstream.DialTimeout", cfg.Upstream.DialTimeout, 2 * time.Second},
@@ -359,10 +361,15 @@ func TestLoadErrors(t *testing.T) {
 		},
 		{
 			name: "byte limits",
-			env:  map[string]string{"LANEGATE_MAX_HEADER_BYTES": "0", "LANEGATE_MAX_BODY_BYTES": "-1"},
+			env: map[string]string{
+				"LANEGATE_MAX_HEADER_BYTES":        "0",
+				"LANEGATE_MAX_BODY_BYTES":          "-1",
+				"LANEGATE_BUFFER_BODY_TOTAL_BYTES": "-1",
+			},
 			want: []string{
 				"LANEGATE_MAX_HEADER_BYTES=0: must be at least 1",
 				"LANEGATE_MAX_BODY_BYTES=-1: must not be negative",
+				"LANEGATE_BUFFER_BODY_TOTAL_BYTES=-1: must not be negative (0 means no bound)",
 			},
 		},
 		{
@@ -688,7 +695,7 @@ func TestVariablesMatchParser(t *testing.T) {
 		varListen, varUpstream, varAdminListen, varAdminToken, varTLSCert, varTLSKey, varPoolSize,
 		varHeadroom, varBudget, varCPUs, varLoginRate, varLoginBurst, varClientRate, varClientBurst,
 		varClientsMax, varQueryWait, varLoginPaths, varExportPaths, varBypassPaths, varReadHeader,
-		varIdle, varMaxHeaderBytes, varMaxBodyBytes, varDial, varResponseHeader, varUpstreamIdle, varShutdown,
+		varIdle, varMaxHeaderBytes, varMaxBodyBytes, varBufferBodyBytes, varBufferBodyTotal, varDial, varResponseHeader, varUpstreamIdle, varShutdown,
 		varLogFormat, varLogLevel, varMode,
 	} {
 		if !slices.Contains(names, name) {
@@ -751,6 +758,31 @@ func TestQueryWaitWarnsOnlyBeyondThePool(t *testing.T) {
 	}
 	if strings.Contains(w, "LANEGATE_CORE_QUEUE_TIMEOUT") {
 		t.Errorf("warnings %q name the core lane, whose 5s is shorter", w)
+	}
+}
+
+// A bound on all buffered bodies below the largest body buffered is
+// allowed, since such a body still streams, but said: it is more likely a
+// per-body size written in the wrong variable.
+func TestBufferBodyTotalBelowOneBodyWarns(t *testing.T) {
+	for _, tt := range []struct {
+		env  []string
+		warn bool
+	}{
+		{[]string{"LANEGATE_BUFFER_BODY_TOTAL_BYTES=65535"}, true},
+		{[]string{"LANEGATE_BUFFER_BODY_TOTAL_BYTES=65536"}, false},
+		{[]string{"LANEGATE_BUFFER_BODY_TOTAL_BYTES=0"}, false},
+		{[]string{"LANEGATE_BUFFER_BODY_TOTAL_BYTES=100", "LANEGATE_BUFFER_BODY_BYTES=0"}, false},
+	} {
+		cfg, err := Load(LoadOptions{Environ: tt.env})
+		if err != nil {
+			t.Fatalf("%v: got error %v, want none", tt.env, err)
+		}
+		w := strings.Join(cfg.Warnings(), "\n")
+		want := "LANEGATE_BUFFER_BODY_TOTAL_BYTES=65535 is less than LANEGATE_BUFFER_BODY_BYTES=65536 (default)"
+		if got := strings.Contains(w, "LANEGATE_BUFFER_BODY_TOTAL_BYTES"); got != tt.warn || tt.warn && !strings.Contains(w, want) {
+			t.Errorf("%v: warnings %q; want a warning %v (%q)", tt.env, w, tt.warn, want)
+		}
 	}
 }
 

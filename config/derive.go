@@ -39,6 +39,7 @@ const (
 	varClientSend       = prefix + "CLIENT_SEND_TIMEOUT"
 	varRespBuffer       = prefix + "RESPONSE_BUFFER_BYTES"
 	varRespBufferTotal  = prefix + "RESPONSE_BUFFER_TOTAL_BYTES"
+	varBufferBodyTotal  = prefix + "BUFFER_BODY_TOTAL_BYTES"
 	varDial             = prefix + "UPSTREAM_DIAL_TIMEOUT"
 	varResponseHeader   = prefix + "UPSTREAM_RESPONSE_HEADER_TIMEOUT"
 	varUpstreamIdle     = prefix + "UPSTREAM_IDLE_TIMEOUT"

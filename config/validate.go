@@ -144,6 +144,15 @@ func (v *validator) server() {
 	if !v.skip(varBufferBodyBytes) && (s.BufferBodyBytes < 0 || s.BufferBodyBytes > maxBufferBody) {
 		v.fail(varBufferBodyBytes, "must be between 0 (off) and %d: every request being buffered may hold this much memory", maxBufferBody)
 	}
+	if !v.skip(varBufferBodyTotal) && s.BufferBodyTotalBytes < 0 {
+		v.fail(varBufferBodyTotal, "must not be negative (0 means no bound)")
+	}
+	if !v.skip(varBufferBodyTotal) && !v.skip(varBufferBodyBytes) &&
+		s.BufferBodyTotalBytes > 0 && s.BufferBodyTotalBytes < s.BufferBodyBytes {
+		v.warnings = append(v.warnings, fmt.Sprintf(
+			"%s is less than %s: a body that large is never read whole before admission, and streams",
+			v.r.describe(varBufferBodyTotal, false), v.r.describe(varBufferBodyBytes, false)))
+	}
 	if !v.skip(varMaxBodyBytes) && s.MaxBodyBytes < 0 {
 		v.fail(varMaxBodyBytes, "must not be negative (0 means unlimited)")
 	}

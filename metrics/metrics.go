@@ -92,6 +92,9 @@ type Registry struct {
 	buffers *upstream.Buffers
 	// room is the waiting room's HTTP counters; nil when it is off.
 	room *waitroom.Room
+	// bufferedBodies reads the bytes held by request bodies read before
+	// admission; nil until SetBufferedBodies.
+	bufferedBodies func() int64
 	// Session store metrics; nil until RegisterSessions.
 	storeSeconds *prometheus.HistogramVec
 	storeErrors  *prometheus.CounterVec
@@ -157,6 +160,16 @@ func (m *Registry) SetRoom(room *waitroom.Room) {
 	}
 }
 
+// SetBufferedBodies has the memory of request bodies read before
+// admission exported as a gauge, read from src at scrape time so the
+// request path pays nothing for it; before it, or with a nil src, there
+// is none.
+func (m *Registry) SetBufferedBodies(src func() int64) {
+	if m != nil {
+		m.bufferedBodies = src
+	}
+}
+
 // ObserveQueueWait records how long an admitted request queued.
 func (m *Registry) ObserveQueueWait(l Label, d time.Duration) {
 	if m != nil {
@@ -219,6 +232,7 @@ var (
 	descTotal      = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
 	descClientBody = prometheus.NewDesc("lanegate_client_body_errors_total", "Requests whose body the client broke off, malformed or stalled past LANEGATE_BODY_READ_TIMEOUT (answered 400 or 408).", nil, nil)
 	descAnon       = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
+	descBuffered   = prometheus.NewDesc("lanegate_buffered_body_bytes", "Bytes of memory held by request bodies read before admission, which LANEGATE_BUFFER_BODY_TOTAL_BYTES bounds; at the bound, further bodies stream.", nil, nil)
 
 	descBufferBytes = prometheus.NewDesc("lanegate_response_buffer_bytes", "Memory held by buffered responses (LANEGATE_RESPONSE_BUFFER_BYTES each, LANEGATE_RESPONSE_BUFFER_TOTAL_BYTES together), in bytes.", nil, nil)
 	descBufferOver  = prometheus.NewDesc("lanegate_response_buffer_overflows_total", "Responses relayed unbuffered, holding their slot until the client has read them, by reason: too_large (past LANEGATE_RESPONSE_BUFFER_BYTES) or full (past LANEGATE_RESPONSE_BUFFER_TOTAL_BYTES).", []string{"reason"}, nil)
@@ -240,7 +254,7 @@ type snapshotCollector struct {
 
 // Describe sends every descriptor the collector may export.
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody,
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody, descBuffered,
 		descBufferBytes, descBufferOver, descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
 		ch <- d
 	}
@@ -260,6 +274,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		large, full := b.Overflows()
 		ch <- prometheus.MustNewConstMetric(descBufferOver, prometheus.CounterValue, float64(large), "too_large")
 		ch <- prometheus.MustNewConstMetric(descBufferOver, prometheus.CounterValue, float64(full), "full")
+	}
+	if src := c.m.bufferedBodies; src != nil {
+		ch <- prometheus.MustNewConstMetric(descBuffered, prometheus.GaugeValue, float64(src()))
 	}
 	if rc := c.m.room; rc != nil {
 		rs := s.Room

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,46 +15,160 @@ import (
 	"github.com/lanegate/lanegate/reply"
 )
 
-// bufferBody reads r's body, of a known and small length, into memory and
-// replaces it with the copy. Reading it to its end is what makes Go's
-// server watch the connection, so a client that leaves while queued
-// cancels its request at once; and the body's pace is the client's alone
-// before any slot is taken.
-func bufferBody(r *http.Request) error {
-	// One byte more than announced: the read that comes up short ends at
-	// the body's EOF, which is when the server starts watching.
-	buf := make([]byte, r.ContentLength+1)
-	n, err := io.ReadFull(r.Body, buf)
-	switch {
-	case int64(n) == r.ContentLength && err == io.ErrUnexpectedEOF:
-	case err == nil:
-		return &clientBodyError{err: errors.New("body longer than its Content-Length")}
-	case err == io.ErrUnexpectedEOF || err == io.EOF:
-		return &clientBodyError{err: io.ErrUnexpectedEOF}
-	default:
-		return err
-	}
-	r.Body.Close()
-	r.Body = &memBody{b: buf[:n]}
-	return nil
+// bodyBufferStart is the first buffer a request body is read into before
+// admission. Most bodies buffered are login forms of a few hundred bytes,
+// which fit; a larger body doubles it as its bytes arrive.
+const bodyBufferStart = 512
+
+// bodyBuffers accounts for the memory of the request bodies read before
+// admission, and bounds it. A body reserves each buffer before it
+// allocates it, as its bytes arrive, and gives it back once its bytes are
+// forwarded, its body closed, or its request over, whichever comes first.
+// At the bound a body streams instead, as a larger one always does: the
+// request loses the slot-free wait buffering gives it, never its answer.
+type bodyBuffers struct {
+	// limit bounds the bytes held at once; 0 means no bound.
+	limit int64
+	held  atomic.Int64
 }
 
-// memBody is a request body already in memory.
+// reserve takes n bytes under the bound and reports whether it could;
+// when it could not, it took nothing.
+func (bb *bodyBuffers) reserve(n int64) bool {
+	if bb.limit <= 0 {
+		bb.held.Add(n)
+		return true
+	}
+	for {
+		cur := bb.held.Load()
+		if cur+n > bb.limit {
+			return false
+		}
+		if bb.held.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
+}
+
+// release gives back n bytes reserve took.
+func (bb *bodyBuffers) release(n int64) { bb.held.Add(-n) }
+
+// inUse is how many bytes bodies hold now.
+func (bb *bodyBuffers) inUse() int64 { return bb.held.Load() }
+
+// read reads r's body, of a known and small length, into memory and
+// replaces it with the copy, which it returns. Reading it to its end is
+// what makes Go's server watch the connection, so a client that leaves
+// while queued cancels its request at once; and the body's pace is the
+// client's alone before any slot is taken.
+//
+// The buffer grows with the bytes that arrive, never ahead of them from
+// the announced length: a client that announces a large body and sends
+// nothing would otherwise pin that much memory for the price of a
+// connection. When the bound leaves no room for the buffer to grow, the
+// body is left to stream from where the reading stopped, and read returns
+// what it holds of it, or nil and no error when it holds nothing.
+func (bb *bodyBuffers) read(r *http.Request) (*memBody, error) {
+	size := min(r.ContentLength, bodyBufferStart)
+	if !bb.reserve(size) {
+		return nil, nil
+	}
+	buf := make([]byte, 0, size)
+	fail := func(err error) (*memBody, error) {
+		bb.release(int64(cap(buf)))
+		return nil, err
+	}
+	eof := false
+	for !eof && int64(len(buf)) < r.ContentLength {
+		if len(buf) == cap(buf) {
+			grow := min(r.ContentLength, 2*int64(cap(buf)))
+			if !bb.reserve(grow - int64(cap(buf))) {
+				// What has arrived goes first; the rest streams.
+				m := &memBody{b: buf, rest: r.Body, bufs: bb, held: int64(cap(buf))}
+				r.Body = m
+				return m, nil
+			}
+			buf = append(make([]byte, 0, grow), buf...)
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case err == nil:
+		case err == io.EOF && int64(len(buf)) == r.ContentLength:
+			eof = true
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			return fail(&clientBodyError{err: io.ErrUnexpectedEOF})
+		default:
+			return fail(err)
+		}
+	}
+	if !eof {
+		// Every announced byte is in, but not the body's EOF, which is
+		// when the server starts watching: a read past the end finds it.
+		var probe [1]byte
+		switch n, err := io.ReadFull(r.Body, probe[:]); {
+		case n > 0:
+			return fail(&clientBodyError{err: errors.New("body longer than its Content-Length")})
+		case err != io.EOF:
+			return fail(err)
+		}
+	}
+	r.Body.Close()
+	m := &memBody{b: buf, bufs: bb, held: int64(cap(buf))}
+	r.Body = m
+	return m, nil
+}
+
+// memBody is a request body read into memory before admission, followed,
+// when the bound on buffered bodies cut the reading short, by the rest of
+// the body still to be read. Its buffer stays reserved until the last of
+// its bytes is read, the body is closed, or the request ends.
+//
+// Read and Close may be called from different goroutines (the upstream
+// transport's and the handler's): Close touches only the reservation.
 type memBody struct {
-	b   []byte
-	off int
+	b    []byte
+	off  int
+	rest io.ReadCloser // nil when b is the whole body
+
+	bufs  *bodyBuffers
+	held  int64 // bytes reserved for b
+	freed atomic.Bool
 }
 
 func (m *memBody) Read(p []byte) (int, error) {
-	if m.off >= len(m.b) {
-		return 0, io.EOF
+	if m.off < len(m.b) {
+		n := copy(p, m.b[m.off:])
+		m.off += n
+		return n, nil
 	}
-	n := copy(p, m.b[m.off:])
-	m.off += n
-	return n, nil
+	if m.b != nil {
+		// Every byte is on its way upstream: the buffer is garbage now,
+		// though the request may go on for long.
+		m.b = nil
+		m.free()
+	}
+	if m.rest != nil {
+		return m.rest.Read(p)
+	}
+	return 0, io.EOF
 }
 
-func (m *memBody) Close() error { return nil }
+func (m *memBody) Close() error {
+	m.free()
+	if m.rest != nil {
+		return m.rest.Close()
+	}
+	return nil
+}
+
+// free gives the buffer's reservation back, once however often it is
+// called.
+func (m *memBody) free() {
+	if m.freed.CompareAndSwap(false, true) {
+		m.bufs.release(m.held)
+	}
+}
 
 // Kinds of request-body failures, which are the client's, not the
 // upstream's.

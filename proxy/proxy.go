@@ -62,6 +62,11 @@ type Options struct {
 	// BufferBodyBytes is the largest request body, by Content-Length,
 	// read whole before admission; 0 streams every body.
 	BufferBodyBytes int64
+	// BufferBodyTotalBytes bounds the memory of all the bodies being read
+	// before admission at once, so that slow or silent clients cannot
+	// exhaust it however many connect; a body finding no room streams, as
+	// a larger one does. 0 means no bound.
+	BufferBodyTotalBytes int64
 	// DialTimeout bounds connecting to the upstream; a refused or
 	// unreachable upstream answers 502.
 	DialTimeout time.Duration
@@ -128,6 +133,7 @@ type Handler struct {
 	maxBody    int64
 	bodyRead   time.Duration
 	bufferBody int64
+	bodies     bodyBuffers
 	accessLog  bool
 	redact     []string
 	log        *zap.Logger
@@ -164,6 +170,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 		maxBody:    opts.MaxBodyBytes,
 		bodyRead:   opts.BodyReadTimeout,
 		bufferBody: opts.BufferBodyBytes,
+		bodies:     bodyBuffers{limit: opts.BufferBodyTotalBytes},
 		accessLog:  opts.AccessLog,
 		redact:     opts.RedactPaths,
 		log:        log,
@@ -173,6 +180,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 		sessionCookie: opts.SessionCookie,
 		loginURL:      opts.LoginURL,
 	}
+	metrics.SetBufferedBodies(h.bodies.inUse)
 	if h.sessionCookie == "" {
 		h.sessionCookie = "sessionid"
 	}
@@ -294,6 +302,11 @@ func (h *Handler) done(rec *recorder) {
 	if rec.body != nil {
 		rec.body.end()
 	}
+	if rec.buffered != nil {
+		// The body may never have been read to its end or closed: shed,
+		// refused, or its client gone while queued.
+		rec.buffered.free()
+	}
 	rec.reset(nil) // do not keep the connection alive from the pool
 	h.recorders.Put(rec)
 }
@@ -370,17 +383,20 @@ func (h *Handler) isLoginPage(r *http.Request) bool {
 }
 
 // buffer reads a small body whole before admission, so that a slow upload
-// waits without a slot and a client that leaves while queued is noticed.
+// waits without a slot and a client that leaves while queued is noticed;
+// when the bodies being read already hold the memory they may, it streams.
 // It comes before the session lookup, whose identity is good for seconds
 // only. It reports whether the request goes on.
 func (h *Handler) buffer(rec *recorder, r *http.Request) bool {
 	if h.bufferBody <= 0 || r.ContentLength <= 0 || r.ContentLength > h.bufferBody {
 		return true
 	}
-	if err := bufferBody(r); err != nil {
+	body, err := h.bodies.read(r)
+	if err != nil {
 		h.bodyError(rec, r, err)
 		return false
 	}
+	rec.buffered = body
 	return true
 }
 

@@ -48,12 +48,16 @@ type recorder struct {
 
 	// upstreamDone is set once the request's slot is released.
 	upstreamDone bool
+
+	// body is the request's body read before admission, whose memory is
+	// given back when the request ends at the latest; nil when none was.
+	buffered *memBody
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
-	r.hold, r.body = nil, nil
+	r.hold, r.body, r.buffered = nil, nil, nil
 	if r.bufs != nil {
 		r.buf.Release(r.bufs) // nothing is left unless the request failed
 	}

@@ -26,6 +26,7 @@ func handlerOptions(cfg config.Config) proxy.Options {
 		MaxBodyBytes:             cfg.Server.MaxBodyBytes,
 		BodyReadTimeout:          cfg.Server.BodyReadTimeout,
 		BufferBodyBytes:          cfg.Server.BufferBodyBytes,
+		BufferBodyTotalBytes:     cfg.Server.BufferBodyTotalBytes,
 		DialTimeout:              cfg.Upstream.DialTimeout,
 		ResponseHeaderTimeout:    cfg.Upstream.ResponseHeaderTimeout,
 		IdleConns:                cfg.Limits().Budget,
