@@ -184,22 +184,8 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 	if h.sessionCookie == "" {
 		h.sessionCookie = "sessionid"
 	}
-	if len(opts.LoginRequired) > 0 {
-		// The login-required rules reuse the classifier's matching: they
-		// are the "bypass" rules of a classifier of their own.
-		lr, err := NewClassifier(Rules{Bypass: opts.LoginRequired})
-		if err != nil {
-			return nil, fmt.Errorf("proxy: login-required paths: %w", err)
-		}
-		h.loginRequired = lr
-	}
-	if opts.WaitingRoom {
-		line, ok := ctrl.(waitroom.Line)
-		if !ok || opts.Tickets == nil {
-			return nil, errors.New("proxy: the waiting room needs a ticket keyring and a controller with a login line")
-		}
-		h.room = waitroom.New(line, opts.Tickets, h.clientHTTPS)
-		metrics.SetRoom(h.room)
+	if err := h.gates(ctrl, opts); err != nil {
+		return nil, err
 	}
 	mode := opts.Mode
 	if mode == "" {
@@ -208,9 +194,39 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 	h.mode.Store(&mode)
 	h.classifier.Store(cl)
 	h.recorders.New = func() any { return new(recorder) }
+	h.forwarder(opts)
+	return h, nil
+}
+
+// gates sets up the edge's own answers: the login-required redirect and
+// the waiting room.
+func (h *Handler) gates(ctrl Admitter, opts Options) error {
+	if len(opts.LoginRequired) > 0 {
+		// The login-required rules reuse the classifier's matching: they
+		// are the "bypass" rules of a classifier of their own.
+		lr, err := NewClassifier(Rules{Bypass: opts.LoginRequired})
+		if err != nil {
+			return fmt.Errorf("proxy: login-required paths: %w", err)
+		}
+		h.loginRequired = lr
+	}
+	if opts.WaitingRoom {
+		line, ok := ctrl.(waitroom.Line)
+		if !ok || opts.Tickets == nil {
+			return errors.New("proxy: the waiting room needs a ticket keyring and a controller with a login line")
+		}
+		h.room = waitroom.New(line, opts.Tickets, h.clientHTTPS)
+		h.metrics.SetRoom(h.room)
+	}
+	return nil
+}
+
+// forwarder sets up what forwards to the upstream: the response buffers,
+// the transport, and the ReverseProxy over them.
+func (h *Handler) forwarder(opts Options) {
 	if opts.ResponseBufferBytes > 0 {
 		h.buffers = upstream.NewBuffers(opts.ResponseBufferBytes, opts.ResponseBufferTotalBytes)
-		metrics.SetBuffers(h.buffers)
+		h.metrics.SetBuffers(h.buffers)
 	}
 	h.transport = upstream.New(upstream.Options{
 		URL:                   opts.Upstream,
@@ -228,9 +244,8 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 		BufferPool:     newBufferPool(),
 		ModifyResponse: h.modifyResponse,
 		ErrorHandler:   h.upstreamError,
-		ErrorLog:       zap.NewStdLog(log.Named("reverseproxy")),
+		ErrorLog:       zap.NewStdLog(h.log.Named("reverseproxy")),
 	}
-	return h, nil
 }
 
 // Close releases idle upstream connections, and the slots held for
