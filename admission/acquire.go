@@ -298,6 +298,15 @@ func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) o
 // its ticket, unless kept with its place, leaves the line. Either way one
 // decision is counted.
 func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since time.Time, o outcome) (*Permit, error) {
+	// A refund is dated by a clock read here, under mu, never by the
+	// arrival's reading from before the lock: logins that took tokens
+	// while this one waited for mu have moved the buckets' clocks on, and
+	// a refund dated earlier would set them back, so the tokens of the
+	// time between would be made twice.
+	var refundAt time.Time
+	if !o.admitted() && !tok.none() {
+		refundAt = c.clock.Now()
+	}
 	c.mu.Unlock()
 	l, at := r.Lane, o.at
 	if o.signalled {
@@ -315,7 +324,7 @@ func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since t
 		p.Abandon()
 		o.cancelled = true
 	} else {
-		tok.refund(at)
+		tok.refund(refundAt)
 	}
 	if o.place == nil && r.Ticket != 0 {
 		c.room.leave(r.Ticket, false, time.Time{})

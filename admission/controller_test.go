@@ -641,6 +641,53 @@ func TestQueuedLoginRefundsTokenAfterTimeout(t *testing.T) {
 	}
 }
 
+// A login refused after it took its token gives the token back at a clock
+// read under the controller's lock, not at its arrival: logins that took
+// tokens while it waited for the lock moved the bucket's clock on, and a
+// refund dated before them would rewind it and make the tokens of the
+// time between a second time.
+func TestRefundDoesNotRewindBucket(t *testing.T) {
+	var l Limits
+	l.Budget = 1
+	l.Lane[Login] = LaneLimits{Reserved: 1, Max: 1, Queue: 0, QueueTimeout: time.Second}
+	l.LoginRate = RateLimit{Rate: 1, Burst: 5}
+	c, clock := newTest(t, l)
+	busy := mustAcquire(t, c, Login)
+	defer busy.Release()
+	b := c.buckets.Load()
+	take := func() bool {
+		_, wait := b.take(clock.Now(), "")
+		return wait == 0
+	}
+	for range 3 {
+		if !take() {
+			t.Fatal("the bucket ran dry early")
+		}
+	}
+	// One token left, which the login below takes. Before it reaches the
+	// lock, 2 s pass and two other logins take the two tokens made
+	// meanwhile.
+	c.beforeSlow = func() {
+		clock.Advance(2 * time.Second)
+		for range 2 {
+			if !take() {
+				t.Error("no token for a login while the refused one waits for the lock")
+			}
+		}
+	}
+	if _, err := c.Acquire(context.Background(), Request{Lane: Login}); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("got %v, want ErrQueueFull", err)
+	}
+	c.beforeSlow = nil
+	n := 0
+	for n <= l.LoginRate.Burst && take() {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("tokens after the refund: %d, want 1 (the refunded one)", n)
+	}
+}
+
 // A request that passed Acquire's closed check just before Close ran is
 // refused when it reaches the queue, not left waiting in a queue that Close
 // already emptied.
