@@ -22,7 +22,7 @@ type Controller struct {
 	buckets atomic.Pointer[buckets]
 	closed  atomic.Bool
 	clock   clockwork.Clock
-	epoch   time.Time // start of the milliseconds in laneStats.holds
+	epoch   time.Time // start of the milliseconds in laneStats.progress
 
 	// mu guards queues and seq, and serialises every state change made
 	// while a request is queued. queues[l] holds lane l's waiters;
