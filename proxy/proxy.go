@@ -480,6 +480,7 @@ func (h *Handler) forward(rec *recorder, r *http.Request, permit *admission.Perm
 			panic(v)
 		}
 	}()
+	rec.permit = permit
 	h.rp.ServeHTTP(rec, r)
 }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/upstream"
 )
@@ -33,12 +34,16 @@ type recorder struct {
 	// hold is set when the upstream timed out on the request while the
 	// app may still be working on it.
 	hold *upstream.Hold
+
+	// permit is the forwarded request's slot, told when the response
+	// turns the connection into an upgrade.
+	permit *admission.Permit
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
-	r.hold = nil
+	r.hold, r.permit = nil, nil
 }
 
 func (r *recorder) WriteHeader(code int) {
@@ -53,6 +58,9 @@ func (r *recorder) WriteHeader(code int) {
 			r.headers(code)
 		}
 		r.status = code
+	}
+	if code == http.StatusSwitchingProtocols {
+		r.permit.Upgraded()
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -92,6 +100,11 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
 	if err == nil && r.status == 0 {
 		r.status = http.StatusSwitchingProtocols
+	}
+	if err == nil {
+		// From here the slot carries a connection, not a request the app
+		// works on: it must not make the lane's waits look long.
+		r.permit.Upgraded()
 	}
 	return c, brw, err
 }
