@@ -44,7 +44,7 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 		}
 		if c.state.CompareAndSwap(s, s+d) {
 			c.count(l, Admitted)
-			c.redeem(&r, now)
+			c.redeem(&r)
 			return c.newPermit(&r, now, 0), nil
 		}
 	}
@@ -71,7 +71,7 @@ func (c *Controller) ahead(r *Request) int {
 // the ticket's first arrival; otherwise now. A ticket refused here
 // (already in line, already used) is dropped from r.
 func (c *Controller) arrival(r *Request, now time.Time) time.Time {
-	if r.Lane != Login || r.Ticket == 0 || r.Arrival.IsZero() || r.Arrival.After(now) {
+	if r.Lane != Login || r.Ticket == 0 || !placeUsable(r.Arrival, now) {
 		r.Ticket = 0
 		return now
 	}
@@ -80,10 +80,13 @@ func (c *Controller) arrival(r *Request, now time.Time) time.Time {
 	return arrival
 }
 
-// redeem marks an admitted login's ticket used.
-func (c *Controller) redeem(r *Request, now time.Time) {
+// redeem marks an admitted login's ticket used. The record lasts as long
+// as any ticket for the place could be shown: a ticket's expiry is one
+// place's Until, but the place may have been renewed with later ones, and
+// no ticket ranks anyone once its first arrival is MaxPlaceAge old.
+func (c *Controller) redeem(r *Request) {
 	if r.Ticket != 0 {
-		c.room.leave(r.Ticket, true, now.Add(placeGrace(c.limits.Load().Lane[Login].QueueTimeout)))
+		c.room.leave(r.Ticket, true, r.Arrival.Add(MaxPlaceAge))
 	}
 }
 
@@ -316,7 +319,7 @@ func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since t
 		p := c.newPermit(r, at, at.Sub(since))
 		if !o.signalled || ctx.Err() == nil {
 			c.count(l, Admitted)
-			c.redeem(r, at)
+			c.redeem(r)
 			return p, nil
 		}
 		// The slot arrived as the caller left; hand it on rather than

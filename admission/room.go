@@ -67,7 +67,7 @@ type room struct {
 	n        int
 	away     []Place // sorted by Arrival
 	present  map[uint64]bool
-	redeemed map[uint64]time.Time // ID -> when the record may go
+	redeemed map[uint64]time.Time // ID -> when no ticket for it can be used any more
 
 	issued, redeemedN, rejected uint64
 }
@@ -161,8 +161,8 @@ func (r *room) arrive(id uint64, arrival, now time.Time) (time.Time, uint64) {
 	return arrival, id
 }
 
-// leave ends a ticketed login's presence: admitted (the ticket is used up
-// until its place would have lapsed) or not.
+// leave ends a ticketed login's presence: admitted (the ticket is used up,
+// and refused until until) or not.
 func (r *room) leave(id uint64, admitted bool, until time.Time) {
 	if id == 0 {
 		return
@@ -216,6 +216,21 @@ func (r *room) stats() (away int, issued, redeemed, rejected uint64) {
 	return len(r.away), r.issued, r.redeemedN, r.rejected
 }
 
+// MaxPlaceAge bounds how long a place keeps its first arrival, however
+// often it is renewed (a waiting page reloaded, a login sent away again):
+// past it, a ticket ranks nobody and its holder joins at the back.
+// Without a bound a place renewed forever would keep its rank forever,
+// and places could be hoarded. It is also how long a used ticket is
+// remembered: no ticket can rank anyone later, so none needs refusing
+// later.
+const MaxPlaceAge = time.Hour
+
+// placeUsable reports whether a ticket's first arrival may still rank its
+// holder at now: not from the future, not older than MaxPlaceAge.
+func placeUsable(arrival, now time.Time) bool {
+	return !arrival.IsZero() && !arrival.After(now) && now.Sub(arrival) <= MaxPlaceAge
+}
+
 // placeGrace is how long a place is kept beyond its expected turn for a
 // login that was sent away: a client that honours Retry-After late, or a
 // person who takes a while to type, still finds it.
@@ -226,7 +241,7 @@ func placeGrace(hold time.Duration) time.Duration { return max(2*hold, time.Minu
 // at the back. It changes nothing.
 func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time.Duration) {
 	now := c.clock.Now()
-	if id == 0 || arrival.IsZero() || arrival.After(now) {
+	if id == 0 || !placeUsable(arrival, now) {
 		id, arrival = 0, now
 	}
 	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
@@ -242,7 +257,7 @@ func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time
 // back; otherwise the place id keeps its first arrival.
 func (c *Controller) Keep(id uint64, arrival, until time.Time) Place {
 	now := c.clock.Now()
-	if id == 0 || arrival.IsZero() || arrival.After(now) || c.room.spent(id, now) {
+	if id == 0 || !placeUsable(arrival, now) || c.room.spent(id, now) {
 		id, arrival = 0, now
 	}
 	r := Request{Lane: Login, Ticket: id, Arrival: arrival}

@@ -341,3 +341,62 @@ func TestTicketHolderLeavingCountsOnce(t *testing.T) {
 		t.Fatalf("room after the holder left: %+v, want its place kept (1 away)", st)
 	}
 }
+
+// A used ticket is refused for as long as it could be shown: its
+// redemption record outlives the place's expiry, up to the oldest a place
+// may be, after which the ticket is refused for its age anyway.
+func TestRedeemedTicketRefusedWhileUsable(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second) // position 1 waits 20 s, past the 12 s hold
+	busy := mustAcquire(t, c, Login)
+	p := mustShedWithPlace(t, c, Request{})
+	if life := p.Until.Sub(clock.Now()); life < time.Minute {
+		t.Fatalf("place %+v lasts %s, want more than a minute for this test", p, life)
+	}
+	busy.Release()
+	// Its holder is back at once, and admitted: the ticket is used up.
+	used, err := c.Acquire(context.Background(), Request{Lane: Login, Ticket: p.ID, Arrival: p.Arrival})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used.Release()
+
+	replay := func(when string) {
+		t.Helper()
+		busy := mustAcquire(t, c, Login)
+		defer busy.Release()
+		setRate(c, clock, 20*time.Second)
+		before := c.Snapshot().Room.Rejected
+		again := mustShedWithPlace(t, c, Request{Ticket: p.ID, Arrival: p.Arrival})
+		if again.ID == p.ID || !again.Arrival.Equal(clock.Now()) {
+			t.Errorf("%s: the used ticket got %+v, want a new place at the back", when, again)
+		}
+		if got := c.Snapshot().Room.Rejected; got != before+1 {
+			t.Errorf("%s: rejected %d, want %d: the ticket was used", when, got, before+1)
+		}
+	}
+	// Past the grace a redemption record used to last, still within the
+	// ticket's expiry.
+	clock.Advance(p.Until.Sub(clock.Now()) - time.Second)
+	replay("just before the ticket expires")
+	// However the ticket was renewed, it cannot rank anyone once its
+	// first arrival is MaxPlaceAge old.
+	clock.Advance(p.Arrival.Add(MaxPlaceAge).Sub(clock.Now()) - time.Second)
+	replay("just before the place's age runs out")
+}
+
+// A ticket whose first arrival is older than MaxPlaceAge ranks nobody: its
+// holder joins at the back.
+func TestTicketTooOldGoesToTheBack(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second)
+	busy := mustAcquire(t, c, Login)
+	defer busy.Release()
+	old := clock.Now()
+	clock.Advance(MaxPlaceAge + time.Second)
+	setRate(c, clock, 20*time.Second)
+	p := mustShedWithPlace(t, c, Request{Ticket: 12345, Arrival: old})
+	if p.ID == 12345 || !p.Arrival.Equal(clock.Now()) {
+		t.Fatalf("a ticket first arrived %s ago got %+v, want a new place at the back", MaxPlaceAge+time.Second, p)
+	}
+}

@@ -613,6 +613,7 @@ func TestRoomTicketsKeepPlacesBadOnesGoToTheBack(t *testing.T) {
 		{"forged: a ticket id that is not hex", roomSign(s.Keys, with(func(c *session.Claims) { c.TicketID = "zz" })), false},
 		{"expired: past its expiry", roomSign(s.Keys, with(func(c *session.Claims) { c.Expires = now.Add(-time.Second).Unix() })), false},
 		{"expired: issued too long ago", roomSign(s.Keys, with(func(c *session.Claims) { c.IssuedAt = now.Add(-2 * time.Hour).Unix() })), false},
+		{"expired: renewed, but first arrived too long ago", roomSign(s.Keys, with(func(c *session.Claims) { c.Arrival = now.Add(-admission.MaxPlaceAge - time.Minute).UnixNano() })), false},
 		{"wrong_lane: a core ticket", roomSign(s.Keys, with(func(c *session.Claims) { c.Lane = "core" })), false},
 	}
 	for _, tc := range bad {
@@ -685,12 +686,12 @@ func TestRoomTicketsKeepPlacesBadOnesGoToTheBack(t *testing.T) {
 	if n := len(s.App.Posts("C")); n != 1 {
 		t.Errorf("the app saw %d POSTs from C, want 1", n)
 	}
-	// issued: C, the 8 bad tickets' new places, the duplicate's, the used
+	// issued: C, the 9 bad tickets' new places, the duplicate's, the used
 	// one's. accepted: every good signature shown (C early, C's browser, the
 	// duplicate, the used one); reused is the controller refusing two.
 	roomWantTickets(t, s, map[string]uint64{
-		"issued": 11, "redeemed": 1, "accepted": 4, "reused": 2,
-		"forged": 5, "expired": 2, "wrong_lane": 1,
+		"issued": 12, "redeemed": 1, "accepted": 4, "reused": 2,
+		"forged": 5, "expired": 3, "wrong_lane": 1,
 	})
 }
 

@@ -124,8 +124,14 @@ func (rm *Room) Ticket(r *http.Request, now time.Time) (Ticket, bool) {
 		rm.counts.ticketsBad[ticketForged].Add(1)
 		return Ticket{}, false
 	}
+	arrival := time.Unix(0, c.Arrival)
+	if now.Sub(arrival) > admission.MaxPlaceAge {
+		// Renewed all along, but a place keeps its rank only so long.
+		rm.counts.ticketsBad[ticketExpired].Add(1)
+		return Ticket{}, false
+	}
 	rm.counts.ticketsTaken.Add(1)
-	return Ticket{ID: id, Arrival: time.Unix(0, c.Arrival)}, true
+	return Ticket{ID: id, Arrival: arrival}, true
 }
 
 // giveTicket signs p into a ticket and sets it as cookie and header.
