@@ -26,7 +26,8 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 	now := c.clock.Now()
 	r.Arrival = c.arrival(&r, now)
 	var tok tokens
-	// A login back with a good ticket paid its token on its first try.
+	// A login back with a good ticket paid its token when its place was
+	// made.
 	if l == Login && r.Ticket == 0 {
 		var wait time.Duration
 		if tok, wait = c.buckets.Load().take(now, r.Client); wait > 0 {
@@ -97,7 +98,7 @@ func (c *Controller) place(r *Request, s uint64, now time.Time) *Place {
 	wait := c.loginWait(ahead, s, now)
 	p := c.room.keep(Place{
 		ID: r.Ticket, Arrival: r.Arrival, Position: ahead + 1, Wait: wait,
-		Until: now.Add(wait + placeGrace(c.limits.Load().Lane[Login].QueueTimeout)),
+		Until: placeUntil(r.Arrival, now.Add(wait+placeGrace(c.limits.Load().Lane[Login].QueueTimeout))),
 	})
 	return &p
 }
@@ -297,17 +298,19 @@ func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) o
 // finish is the one way out of acquireSlow. Called with mu held, it
 // releases mu and then acts on o for r, which arrived at since: an
 // admitted request takes its permit and uses up its ticket; any other
-// gets its login tokens back, unless a granted slot was handed on, and
-// its ticket, unless kept with its place, leaves the line. Either way one
-// decision is counted.
+// gets its login tokens back, unless a granted slot was handed on or the
+// tokens stay with a place it will come back with, and its ticket, unless
+// kept with its place, leaves the line. Either way one decision is
+// counted.
 func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since time.Time, o outcome) (*Permit, error) {
 	// A refund is dated by a clock read here, under mu, never by the
 	// arrival's reading from before the lock: logins that took tokens
 	// while this one waited for mu have moved the buckets' clocks on, and
 	// a refund dated earlier would set them back, so the tokens of the
 	// time between would be made twice.
+	refund := !o.admitted() && !tok.none() && !(o.place != nil && r.Returns)
 	var refundAt time.Time
-	if !o.admitted() && !tok.none() {
+	if refund {
 		refundAt = c.clock.Now()
 	}
 	c.mu.Unlock()
@@ -326,7 +329,7 @@ func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since t
 		// forward a request nobody waits for.
 		p.Abandon()
 		o.cancelled = true
-	} else {
+	} else if refund {
 		tok.refund(refundAt)
 	}
 	if o.place == nil && r.Ticket != 0 {

@@ -231,6 +231,15 @@ func placeUsable(arrival, now time.Time) bool {
 	return !arrival.IsZero() && !arrival.After(now) && now.Sub(arrival) <= MaxPlaceAge
 }
 
+// placeUntil is until, or sooner if the place would outlive MaxPlaceAge
+// from its first arrival.
+func placeUntil(arrival, until time.Time) time.Time {
+	if limit := arrival.Add(MaxPlaceAge); until.After(limit) {
+		return limit
+	}
+	return until
+}
+
 // placeGrace is how long a place is kept beyond its expected turn for a
 // login that was sent away: a client that honours Retry-After late, or a
 // person who takes a while to type, still finds it.
@@ -252,20 +261,32 @@ func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time
 }
 
 // Keep holds a place in the login line until until for a person who is
-// not in line yet: on the waiting page, or typing the password on a form
-// shown at their turn. id 0 with a zero arrival makes a new place at the
-// back; otherwise the place id keeps its first arrival.
-func (c *Controller) Keep(id uint64, arrival, until time.Time) Place {
+// not in line yet, client: on the waiting page, or typing the password on
+// a form shown at their turn. id 0 with a zero arrival makes a new place
+// at the back; otherwise the place id keeps its first arrival, for at most
+// MaxPlaceAge.
+//
+// A new place costs a login token from the buckets, global and client's,
+// as a login posted now would: a ticket is then proof of payment, and a
+// login back with one pays nothing. Were places free, one client could
+// open the login page and post with the fresh place in a loop and no
+// bucket would ever count it. When the buckets have no token, Keep makes
+// no place and returns a *ShedError wrapping ErrRateLimited with the wait
+// until one is due. Renewing a place is free.
+func (c *Controller) Keep(client string, id uint64, arrival, until time.Time) (Place, error) {
 	now := c.clock.Now()
 	if id == 0 || !placeUsable(arrival, now) || c.room.spent(id, now) {
+		if _, wait := c.buckets.Load().take(now, client); wait > 0 {
+			return Place{}, &ShedError{Lane: Login, Err: ErrRateLimited, RetryAfter: wait}
+		}
 		id, arrival = 0, now
 	}
 	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ahead := c.queues[Login].countBefore(arrival) + c.awayAhead(&r)
-	return c.room.keep(Place{ID: id, Arrival: arrival, Until: until, Position: ahead + 1,
-		Wait: c.loginWait(ahead, c.state.Load(), now)})
+	return c.room.keep(Place{ID: id, Arrival: arrival, Until: placeUntil(arrival, until), Position: ahead + 1,
+		Wait: c.loginWait(ahead, c.state.Load(), now)}), nil
 }
 
 // LoginCongested reports whether a login arriving now would have to

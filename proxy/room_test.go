@@ -194,13 +194,21 @@ func roomKeyring(t testing.TB, secret string) *session.Keyring {
 // POST until roomRelease.
 func roomNewStack(t *testing.T, hold time.Duration, holdLogins bool) *roomStack {
 	t.Helper()
+	return roomNewStackWith(t, roomLimits(hold), holdLogins)
+}
+
+// roomNewStackWith is roomNewStack under limits; the hold is the login
+// lane's queue timeout.
+func roomNewStackWith(t *testing.T, limits admission.Limits, holdLogins bool) *roomStack {
+	t.Helper()
 	app := roomNewApp(holdLogins)
 	up := testUpstream(t, app)
 	keys := roomKeyring(t, roomSecret)
-	p := testNewProxy(t, up.URL, roomLimits(hold), Options{WaitingRoom: true, Tickets: keys})
+	p := testNewProxy(t, up.URL, limits, Options{WaitingRoom: true, Tickets: keys})
 	// Registered last, so it runs first: held logins end before the
 	// servers wait for their requests.
 	t.Cleanup(app.Close)
+	hold := limits.Lane[admission.Login].QueueTimeout
 	return &roomStack{testProxy: p, App: app, Keys: keys, Admin: testNewAdmin(t, p, ""), Hold: hold}
 }
 
@@ -987,7 +995,9 @@ func TestRoomEstimateTracksCompletionRate(t *testing.T) {
 	// in flight fills the lane, so the estimate is the measured rate
 	// alone (with a slot free it would be floored by the lane's capacity).
 	for range 3 {
-		s.Ctrl.Keep(0, time.Time{}, time.Now().Add(time.Minute))
+		if _, err := s.Ctrl.Keep("away", 0, time.Time{}, time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	busy := s.Ctrl.Pass(admission.Request{Lane: admission.Login})
 	// The app slows to one login per 2 s.
@@ -1054,4 +1064,71 @@ func TestRoomWaitingPageFollowsSetRules(t *testing.T) {
 	roomRelease(t, s.App)
 	testReceive(t, b)
 	testWaitIdle(t, s.Ctrl)
+}
+
+// One address that loops opening the login page (for a fresh place) and
+// posting in that place is held to the login token buckets, global and
+// per client, as if it only posted: a place costs a token when it is
+// made, and only coming back in it is free. Once the bucket is empty, the
+// page says the line is full without handing out a place, and a login
+// without one is rate limited.
+func TestRoomPageThenPostLoopPaysTheBucket(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*admission.Limits)
+	}{
+		{"global", func(l *admission.Limits) { l.LoginRate = admission.RateLimit{Rate: 0.001, Burst: 5} }},
+		{"per client", func(l *admission.Limits) {
+			l.LoginPerClient = admission.RateLimit{Rate: 0.001, Burst: 5}
+			l.MaxClients = 16
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const hold, every = 3 * time.Second, 2 * time.Second
+			limits := roomLimits(hold)
+			tc.set(&limits)
+			s := roomNewStackWith(t, limits, true)
+			roomSetRate(s.Ctrl, every)
+			a, b := roomBusy(t, s) // two tokens: three left
+
+			places := map[string]bool{}
+			for i := range 10 {
+				page := roomGetPage(t, s, roomNav)
+				if i >= 3 {
+					testStatus(t, page, http.StatusTooManyRequests)
+					if page.Resp.Header.Get("Lanegate-Waiting") != "1" || roomTicketCookie(page.Resp) != nil || page.Resp.Header.Get(waitroom.TicketHeader) != "" {
+						t.Fatalf("round %d: page headers %v: want the line-full page, without a ticket", i, page.Resp.Header)
+					}
+					if ra, err := strconv.Atoi(page.Resp.Header.Get("Retry-After")); err != nil || ra < 1 {
+						t.Errorf("round %d: line-full page Retry-After %q", i, page.Resp.Header.Get("Retry-After"))
+					}
+					res := testDo(s.Client, roomPost(t, s, "L", roomLoginPath, roomScript))
+					testStatus(t, res, http.StatusTooManyRequests)
+					continue
+				}
+				pg := roomWantPage(t, s, page)
+				res := testDo(s.Client, roomPost(t, s, "L", roomLoginPath, roomScript, roomByHeader(pg.Ticket)))
+				if res.Err != nil {
+					t.Fatal(res.Err)
+				}
+				sh := roomWantShed(t, s, res)
+				if sh.Claims.TicketID != pg.Claims.TicketID {
+					t.Fatalf("round %d: the POST got ticket %s, want its page's %s kept", i, sh.Claims.TicketID, pg.Claims.TicketID)
+				}
+				places[pg.Claims.TicketID] = true
+			}
+			if len(places) != 3 {
+				t.Errorf("places handed out: %d, want the 3 tokens left", len(places))
+			}
+			roomRelease(t, s.App)
+			roomNext(t, s.App)
+			roomRelease(t, s.App)
+			roomWantAdmitted(t, testReceive(t, a), false)
+			roomWantAdmitted(t, testReceive(t, b), false)
+			testWaitIdle(t, s.Ctrl)
+			if n := len(s.App.Posts("L")); n != 0 {
+				t.Errorf("the app saw %d POSTs from the loop, want none", n)
+			}
+		})
+	}
 }
