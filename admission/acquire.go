@@ -92,14 +92,15 @@ func (c *Controller) redeem(r *Request) {
 }
 
 // place is what a login sent away keeps: its rank, position and expected
-// turn. Callers hold mu.
-func (c *Controller) place(r *Request, s uint64, now time.Time) *Place {
+// turn; page says the place was made by the waiting page. Callers hold
+// mu.
+func (c *Controller) place(r *Request, s uint64, now time.Time, page bool) *Place {
 	ahead := c.queues[Login].countBefore(r.Arrival) + c.awayAhead(r)
 	wait := c.loginWait(ahead, s, now)
 	p := c.room.keep(Place{
 		ID: r.Ticket, Arrival: r.Arrival, Position: ahead + 1, Wait: wait,
 		Until: placeUntil(r.Arrival, now.Add(wait+placeGrace(c.limits.Load().Lane[Login].QueueTimeout))),
-	})
+	}, r.Client, page)
 	return &p
 }
 
@@ -113,10 +114,11 @@ func (c *Controller) awayAhead(r *Request) int {
 // keepPlace keeps a login's place in line for its return, counting no
 // decision: the caller counts the one that happened.
 func (c *Controller) keepPlace(r *Request, s uint64, now time.Time) *Place {
+	page := false
 	if r.Ticket != 0 {
-		c.room.leave(r.Ticket, false, time.Time{})
+		page = c.room.leave(r.Ticket, false, time.Time{})
 	}
-	return c.place(r, s, now)
+	return c.place(r, s, now, page)
 }
 
 // outcome is how a request leaves acquireSlow: admitted, shed or

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"testing"
 	"time"
 
@@ -474,5 +475,54 @@ func TestTicketTooOldGoesToTheBack(t *testing.T) {
 	p := mustShedWithPlace(t, c, Request{Ticket: 12345, Arrival: old})
 	if p.ID == 12345 || !p.Arrival.Equal(clock.Now()) {
 		t.Fatalf("a ticket first arrived %s ago got %+v, want a new place at the back", MaxPlaceAge+time.Second, p)
+	}
+}
+
+// Waiting-page places beyond MaxPagePlacesPerClient from one address do
+// not count ahead of others, but still rank their holders; places of
+// logins sent away after posting are not capped.
+func TestPagePlacesCappedPerClient(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second) // position 1 waits 20 s, past the 12 s hold
+	busy := mustAcquire(t, c, Login)
+	r1 := mustShedWithPlace(t, c, Request{Client: "real"})
+	until := clock.Now().Add(time.Hour)
+	var last Place
+	for i := range 10_000 {
+		clock.Advance(time.Microsecond)
+		last = mustKeep(t, c, "flood"+strconv.Itoa(i%4), 0, time.Time{}, until)
+	}
+	if st := c.Snapshot().Room; st.Away != 1+4*MaxPagePlacesPerClient {
+		t.Fatalf("away after 10,000 page places from 4 clients: %d, want %d", st.Away, 1+4*MaxPagePlacesPerClient)
+	}
+	if pos, _ := c.Line(r1.ID, r1.Arrival); pos != 1 {
+		t.Errorf("the real login's place after the flood: %d, want still 1", pos)
+	}
+	// Logins sent away after posting count, however many from one client.
+	for range 2 * MaxPagePlacesPerClient {
+		clock.Advance(time.Microsecond)
+		mustShedWithPlace(t, c, Request{Client: "office"})
+	}
+	clock.Advance(time.Microsecond)
+	r2 := mustShedWithPlace(t, c, Request{Client: "real"})
+	if want := 1 + 4*MaxPagePlacesPerClient + 2*MaxPagePlacesPerClient + 1; r2.Position != want {
+		t.Errorf("a real login after the flood and the office: position %d, want %d", r2.Position, want)
+	}
+	// The last page place was not counted, but its holder, back in line,
+	// goes before the real login that arrived after it.
+	clock.Advance(time.Microsecond)
+	r2Back := enqueueLogin(t, c, clock, Request{Client: "real", Ticket: r2.ID, Arrival: r2.Arrival, Patient: true}, 0)
+	clock.Advance(time.Microsecond)
+	lastBack := enqueueLogin(t, c, clock, Request{Client: "flood3", Ticket: last.ID, Arrival: last.Arrival, Patient: true}, 1)
+	busy.Release()
+	r := recv(t, lastBack)
+	if r.err != nil {
+		t.Fatalf("the uncounted page place's holder: %v, want admitted first", r.err)
+	}
+	r.p.Release()
+	if r := recv(t, r2Back); r.err != nil {
+		t.Fatal(r.err)
+	} else {
+		r.p.Release()
 	}
 }

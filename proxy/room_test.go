@@ -19,9 +19,11 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -194,17 +196,19 @@ func roomKeyring(t testing.TB, secret string) *session.Keyring {
 // POST until roomRelease.
 func roomNewStack(t *testing.T, hold time.Duration, holdLogins bool) *roomStack {
 	t.Helper()
-	return roomNewStackWith(t, roomLimits(hold), holdLogins)
+	return roomNewStackWith(t, roomLimits(hold), holdLogins, Options{})
 }
 
-// roomNewStackWith is roomNewStack under limits; the hold is the login
-// lane's queue timeout.
-func roomNewStackWith(t *testing.T, limits admission.Limits, holdLogins bool) *roomStack {
+// roomNewStackWith is roomNewStack under limits and with opts (the
+// waiting room is turned on in them); the hold is the login lane's queue
+// timeout.
+func roomNewStackWith(t *testing.T, limits admission.Limits, holdLogins bool, opts Options) *roomStack {
 	t.Helper()
 	app := roomNewApp(holdLogins)
 	up := testUpstream(t, app)
 	keys := roomKeyring(t, roomSecret)
-	p := testNewProxy(t, up.URL, limits, Options{WaitingRoom: true, Tickets: keys})
+	opts.WaitingRoom, opts.Tickets = true, keys
+	p := testNewProxy(t, up.URL, limits, opts)
 	// Registered last, so it runs first: held logins end before the
 	// servers wait for their requests.
 	t.Cleanup(app.Close)
@@ -1087,7 +1091,7 @@ func TestRoomPageThenPostLoopPaysTheBucket(t *testing.T) {
 			const hold, every = 3 * time.Second, 2 * time.Second
 			limits := roomLimits(hold)
 			tc.set(&limits)
-			s := roomNewStackWith(t, limits, true)
+			s := roomNewStackWith(t, limits, true, Options{})
 			roomSetRate(s.Ctrl, every)
 			a, b := roomBusy(t, s) // two tokens: three left
 
@@ -1131,4 +1135,90 @@ func TestRoomPageThenPostLoopPaysTheBucket(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A flood of waiting-page loads from a few addresses, each a fresh place,
+// moves a real login's place by at most the per-address cap for each
+// address: the places beyond it still rank their holders, but are not
+// counted ahead of others. A real login sent away before the flood keeps
+// its place.
+func TestRoomPageFloodCappedPerAddress(t *testing.T) {
+	const (
+		hold, every = 3 * time.Second, 4 * time.Second
+		flood       = 10_000
+		addrs       = 4
+		workers     = 8
+	)
+	trusted := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	s := roomNewStackWith(t, roomLimits(hold), true, Options{TrustedProxies: trusted})
+	roomSetRate(s.Ctrl, every)
+	// A login at the app, and none waiting, so that nothing times out
+	// however long the flood takes; R1 is first in line, 4 s away, and
+	// sent away with its place.
+	a := testGo(s.Client, roomPost(t, s, "A", roomLoginPath, roomScript))
+	if h := roomNext(t, s.App); h.Who != "A" {
+		t.Fatalf("first login at the app: %q, want A", h.Who)
+	}
+	res := testDo(s.Client, roomPost(t, s, "R1", roomLoginPath, roomScript))
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	first := roomWantShed(t, s, res)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < flood; i += workers {
+				req, err := http.NewRequest(http.MethodGet, s.Server.URL+roomLoginPath, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				for k, v := range roomNav {
+					req.Header.Set(k, v)
+				}
+				req.Header.Set("X-Forwarded-For", "198.51.100."+strconv.Itoa(1+i%addrs))
+				resp, err := s.Client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Lanegate-Waiting") != "1" {
+					errs <- fmt.Errorf("page load %d: status %d, want the waiting page", i, resp.StatusCode)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	if st := s.Ctrl.Snapshot().Room; st.Away > 1+addrs*admission.MaxPagePlacesPerClient || st.Away < 2 {
+		t.Errorf("away after the flood: %d, want R1 and at most %d page places per address", st.Away, admission.MaxPagePlacesPerClient)
+	}
+	res = testDo(s.Client, roomPost(t, s, "R1", roomLoginPath, roomScript, roomByHeader(first.Ticket)))
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if back := roomWantShed(t, s, res); back.Place != first.Place {
+		t.Errorf("R1 back after the flood: place %d, want still %d", back.Place, first.Place)
+	}
+	res = testDo(s.Client, roomPost(t, s, "R2", roomLoginPath, roomScript))
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	later, most := roomWantShed(t, s, res), first.Place+addrs*admission.MaxPagePlacesPerClient+1
+	if later.Place > most {
+		t.Errorf("a real login after %d page loads from %d addresses: place %d, want at most %d", flood, addrs, later.Place, most)
+	}
+
+	roomRelease(t, s.App)
+	roomWantAdmitted(t, testReceive(t, a), false)
+	testWaitIdle(t, s.Ctrl)
 }
