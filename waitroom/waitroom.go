@@ -217,12 +217,14 @@ func (rm *Room) GatePage(w http.ResponseWriter, r *http.Request, client string) 
 	// The page comes back within refresh seconds; a place not refreshed
 	// for three of them belongs to someone who left.
 	p, err := rm.line.Keep(client, t.ID, t.Arrival, now.Add(3*time.Duration(pageRefresh(wait, rm.Hold()))*time.Second))
-	if se := (*admission.ShedError)(nil); errors.As(err, &se) {
+	var se *admission.ShedError
+	switch {
+	case errors.As(err, &se):
 		rm.counts.pages.Add(1)
 		writeLineFullPage(w, r, se.RetryAfter)
 		return true
-	} else if err != nil {
-		return false
+	case err != nil:
+		return false // not the line's answer: let the app serve the form
 	}
 	rm.giveTicket(w, r, p, now)
 	rm.counts.pages.Add(1)
