@@ -26,7 +26,8 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 	now := c.clock.Now()
 	r.Arrival = c.arrival(&r, now)
 	var tok tokens
-	// A login back with a good ticket paid its token on its first try.
+	// A login back with a good ticket paid its token when its place was
+	// made.
 	if l == Login && r.Ticket == 0 {
 		var wait time.Duration
 		if tok, wait = c.buckets.Load().take(now, r.Client); wait > 0 {
@@ -44,7 +45,7 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 		}
 		if c.state.CompareAndSwap(s, s+d) {
 			c.count(l, Admitted)
-			c.redeem(&r, now)
+			c.redeem(&r)
 			return c.newPermit(&r, now, 0), nil
 		}
 	}
@@ -71,7 +72,7 @@ func (c *Controller) ahead(r *Request) int {
 // the ticket's first arrival; otherwise now. A ticket refused here
 // (already in line, already used) is dropped from r.
 func (c *Controller) arrival(r *Request, now time.Time) time.Time {
-	if r.Lane != Login || r.Ticket == 0 || r.Arrival.IsZero() || r.Arrival.After(now) {
+	if r.Lane != Login || r.Ticket == 0 || !placeUsable(r.Arrival, now) {
 		r.Ticket = 0
 		return now
 	}
@@ -80,22 +81,26 @@ func (c *Controller) arrival(r *Request, now time.Time) time.Time {
 	return arrival
 }
 
-// redeem marks an admitted login's ticket used.
-func (c *Controller) redeem(r *Request, now time.Time) {
+// redeem marks an admitted login's ticket used. The record lasts as long
+// as any ticket for the place could be shown: a ticket's expiry is one
+// place's Until, but the place may have been renewed with later ones, and
+// no ticket ranks anyone once its first arrival is MaxPlaceAge old.
+func (c *Controller) redeem(r *Request) {
 	if r.Ticket != 0 {
-		c.room.leave(r.Ticket, true, now.Add(placeGrace(c.limits.Load().Lane[Login].QueueTimeout)))
+		c.room.leave(r.Ticket, true, r.Arrival.Add(MaxPlaceAge))
 	}
 }
 
 // place is what a login sent away keeps: its rank, position and expected
-// turn. Callers hold mu.
-func (c *Controller) place(r *Request, s uint64, now time.Time) *Place {
+// turn; page says the place was made by the waiting page. Callers hold
+// mu.
+func (c *Controller) place(r *Request, s uint64, now time.Time, page bool) *Place {
 	ahead := c.queues[Login].countBefore(r.Arrival) + c.awayAhead(r)
 	wait := c.loginWait(ahead, s, now)
 	p := c.room.keep(Place{
 		ID: r.Ticket, Arrival: r.Arrival, Position: ahead + 1, Wait: wait,
-		Until: now.Add(wait + placeGrace(c.limits.Load().Lane[Login].QueueTimeout)),
-	})
+		Until: placeUntil(r.Arrival, now.Add(wait+placeGrace(c.limits.Load().Lane[Login].QueueTimeout))),
+	}, r.Client, page)
 	return &p
 }
 
@@ -109,10 +114,11 @@ func (c *Controller) awayAhead(r *Request) int {
 // keepPlace keeps a login's place in line for its return, counting no
 // decision: the caller counts the one that happened.
 func (c *Controller) keepPlace(r *Request, s uint64, now time.Time) *Place {
+	page := false
 	if r.Ticket != 0 {
-		c.room.leave(r.Ticket, false, time.Time{})
+		page = c.room.leave(r.Ticket, false, time.Time{})
 	}
-	return c.place(r, s, now)
+	return c.place(r, s, now, page)
 }
 
 // outcome is how a request leaves acquireSlow: admitted, shed or
@@ -294,10 +300,21 @@ func (c *Controller) shedLogin(r *Request, err error, s uint64, now time.Time) o
 // finish is the one way out of acquireSlow. Called with mu held, it
 // releases mu and then acts on o for r, which arrived at since: an
 // admitted request takes its permit and uses up its ticket; any other
-// gets its login tokens back, unless a granted slot was handed on, and
-// its ticket, unless kept with its place, leaves the line. Either way one
-// decision is counted.
+// gets its login tokens back, unless a granted slot was handed on or the
+// tokens stay with a place it will come back with, and its ticket, unless
+// kept with its place, leaves the line. Either way one decision is
+// counted.
 func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since time.Time, o outcome) (*Permit, error) {
+	// A refund is dated by a clock read here, under mu, never by the
+	// arrival's reading from before the lock: logins that took tokens
+	// while this one waited for mu have moved the buckets' clocks on, and
+	// a refund dated earlier would set them back, so the tokens of the
+	// time between would be made twice.
+	refund := !o.admitted() && !tok.none() && !(o.place != nil && r.Returns)
+	var refundAt time.Time
+	if refund {
+		refundAt = c.clock.Now()
+	}
 	c.mu.Unlock()
 	l, at := r.Lane, o.at
 	if o.signalled {
@@ -307,15 +324,15 @@ func (c *Controller) finish(ctx context.Context, r *Request, tok tokens, since t
 		p := c.newPermit(r, at, at.Sub(since))
 		if !o.signalled || ctx.Err() == nil {
 			c.count(l, Admitted)
-			c.redeem(r, at)
+			c.redeem(r)
 			return p, nil
 		}
 		// The slot arrived as the caller left; hand it on rather than
 		// forward a request nobody waits for.
 		p.Abandon()
 		o.cancelled = true
-	} else {
-		tok.refund(at)
+	} else if refund {
+		tok.refund(refundAt)
 	}
 	if o.place == nil && r.Ticket != 0 {
 		c.room.leave(r.Ticket, false, time.Time{})

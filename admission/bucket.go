@@ -113,6 +113,9 @@ type tokens struct {
 	global, client *rate.Limiter
 }
 
+// none reports whether no token was taken.
+func (t tokens) none() bool { return t.global == nil && t.client == nil }
+
 // refund gives the tokens back, for a request that was then shed: a login
 // refused for want of a slot should not also cost its client a token.
 //
@@ -120,7 +123,8 @@ type tokens struct {
 // it restores nothing once the reservation's time has passed, and passing
 // it the earlier time would rewind the bucket's clock and mint tokens for
 // the wait twice. Taking -1 tokens at now adds one token, which the bucket
-// caps at its burst the next time it is read.
+// caps at its burst the next time it is read. For the same reason now must
+// be a fresh reading, not one taken before other logins used the bucket.
 func (t tokens) refund(now time.Time) {
 	if t.global != nil {
 		t.global.AllowN(now, -1)

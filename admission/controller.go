@@ -22,7 +22,7 @@ type Controller struct {
 	buckets atomic.Pointer[buckets]
 	closed  atomic.Bool
 	clock   clockwork.Clock
-	epoch   time.Time // start of the milliseconds in laneStats.holds
+	epoch   time.Time // start of the milliseconds in laneStats.progress
 
 	// mu guards queues and seq, and serialises every state change made
 	// while a request is queued. queues[l] holds lane l's waiters;
@@ -112,10 +112,21 @@ type Request struct {
 	// Ticket is the place a login presents when it comes back with a
 	// ticket (Place.ID), and Arrival the first arrival the ticket
 	// vouches for; the login then ranks by Arrival, not by now. The proxy
-	// verifies tickets; the controller refuses one used twice at once or
-	// already used. Other lanes ignore both.
+	// verifies tickets; the controller refuses one used twice at once,
+	// already used, or whose first arrival is older than MaxPlaceAge.
+	// A login with a good ticket pays no login token: every place was
+	// paid for with one when it was made (see Returns and Keep). Other
+	// lanes ignore both.
 	Ticket  uint64
 	Arrival time.Time
+	// Returns says a login sent away is handed its place to come back
+	// with (the waiting room is on). The token the login paid then stays
+	// with the place, so its return with the ticket is free; it is not
+	// also given back, or a login could pay, be sent away, be refunded
+	// and come back free, and the bucket would never count it. A login
+	// that cannot come back with its place gets its token back instead,
+	// as any login refused for want of a slot.
+	Returns bool
 	// Patient keeps a login in line for its lane's whole hold even when
 	// its turn is expected later: a browser's POST, which is answered by
 	// a redirect that the browser follows with its own copy of the form,

@@ -641,6 +641,53 @@ func TestQueuedLoginRefundsTokenAfterTimeout(t *testing.T) {
 	}
 }
 
+// A login refused after it took its token gives the token back at a clock
+// read under the controller's lock, not at its arrival: logins that took
+// tokens while it waited for the lock moved the bucket's clock on, and a
+// refund dated before them would rewind it and make the tokens of the
+// time between a second time.
+func TestRefundDoesNotRewindBucket(t *testing.T) {
+	var l Limits
+	l.Budget = 1
+	l.Lane[Login] = LaneLimits{Reserved: 1, Max: 1, Queue: 0, QueueTimeout: time.Second}
+	l.LoginRate = RateLimit{Rate: 1, Burst: 5}
+	c, clock := newTest(t, l)
+	busy := mustAcquire(t, c, Login)
+	defer busy.Release()
+	b := c.buckets.Load()
+	take := func() bool {
+		_, wait := b.take(clock.Now(), "")
+		return wait == 0
+	}
+	for range 3 {
+		if !take() {
+			t.Fatal("the bucket ran dry early")
+		}
+	}
+	// One token left, which the login below takes. Before it reaches the
+	// lock, 2 s pass and two other logins take the two tokens made
+	// meanwhile.
+	c.beforeSlow = func() {
+		clock.Advance(2 * time.Second)
+		for range 2 {
+			if !take() {
+				t.Error("no token for a login while the refused one waits for the lock")
+			}
+		}
+	}
+	if _, err := c.Acquire(context.Background(), Request{Lane: Login}); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("got %v, want ErrQueueFull", err)
+	}
+	c.beforeSlow = nil
+	n := 0
+	for n <= l.LoginRate.Burst && take() {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("tokens after the refund: %d, want 1 (the refunded one)", n)
+	}
+}
+
 // A request that passed Acquire's closed check just before Close ran is
 // refused when it reaches the queue, not left waiting in a queue that Close
 // already emptied.
@@ -730,8 +777,8 @@ func TestEarlyRejectionOnlyAtOwnCap(t *testing.T) {
 }
 
 // While the running requests hang far past the lane's average, waits are
-// judged by their age: the average, fed only by releases, still says
-// milliseconds.
+// judged by how long the lane has gone without a completion: the average,
+// fed only by releases, still says milliseconds.
 func TestHungRequestsLengthenEstimates(t *testing.T) {
 	var l Limits
 	l.Budget = 2
@@ -765,8 +812,99 @@ func TestHungRequestsLengthenEstimates(t *testing.T) {
 	}
 	a.Release()
 	b.Release()
-	// Once released, the slots' ages no longer count.
-	if n := c.lanes[Core].holds.Load(); n != 0 {
-		t.Errorf("running holds after release: got %d, want 0", n)
+	// Once released, the slots no longer count as running.
+	if n := c.lanes[Core].running.Load(); n != 0 {
+		t.Errorf("running after release: got %d, want 0", n)
+	}
+}
+
+// One request that runs for minutes (a long export, a stream) among quick
+// ones that keep completing does not make the lane refuse everyone as
+// waiting too long: the lane is not hung, its other slots turn over.
+func TestLongRequestDoesNotStallEstimates(t *testing.T) {
+	var l Limits
+	l.Budget = 2
+	l.Lane[Core] = LaneLimits{Reserved: 2, Max: 2, Queue: 10, QueueTimeout: 5 * time.Second}
+	c, clock := newTest(t, l)
+	long := mustAcquire(t, c, Core)
+	defer long.Release()
+	clock.Advance(10 * time.Minute)
+	for range 3 { // pages take 50 ms, and keep completing
+		p := mustAcquire(t, c, Core)
+		clock.Advance(50 * time.Millisecond)
+		p.Release()
+	}
+	short := mustAcquire(t, c, Core) // the lane is at its cap
+	ch := make(chan result, 1)
+	go func() {
+		p, err := c.Acquire(context.Background(), Request{Lane: Core})
+		ch <- result{p, err}
+	}()
+	bctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	queued := make(chan error, 1)
+	go func() { queued <- clock.BlockUntilContext(bctx, 1) }()
+	select {
+	case r := <-ch:
+		r.p.Release()
+		t.Fatalf("next request: got %v, want it queued for the slot the quick requests free", r.err)
+	case err := <-queued:
+		if err != nil {
+			t.Fatalf("the request never queued: %v", err)
+		}
+	}
+	clock.Advance(50 * time.Millisecond)
+	short.Release()
+	r := recv(t, ch)
+	if r.err != nil {
+		t.Fatalf("queued request: %v, want the freed slot", r.err)
+	}
+	r.p.Release()
+}
+
+// A permit marked as an upgrade keeps its slot but leaves the estimates:
+// a WebSocket open for ten minutes neither makes the lane look hung nor
+// counts its ten minutes as a service time when it closes.
+func TestUpgradedPermitLeavesEstimates(t *testing.T) {
+	var l Limits
+	l.Budget = 2
+	l.Lane[Core] = LaneLimits{Reserved: 2, Max: 2, Queue: 10, QueueTimeout: 5 * time.Second}
+	c, clock := newTest(t, l)
+	p := mustAcquire(t, c, Core)
+	clock.Advance(50 * time.Millisecond)
+	p.Release() // pages take 50 ms
+	ws := mustAcquire(t, c, Core)
+	ws.Upgraded()
+	ws.Upgraded() // idempotent
+	clock.Advance(10 * time.Minute)
+	if got := c.Snapshot().Lanes[Core].InFlight; got != 1 {
+		t.Fatalf("in flight with the upgrade open: %d, want 1 (it keeps its slot)", got)
+	}
+	page := mustAcquire(t, c, Core) // the lane is at its cap
+	// One slot turns over, at 50 ms: position 1 waits about 50 ms, not
+	// ten minutes.
+	if got := c.expectedWait(Core, 1, c.state.Load(), clock.Now()); got != 50*time.Millisecond {
+		t.Fatalf("expected wait behind an open upgrade: %s, want 50ms", got)
+	}
+	ch := enqueue(t, context.Background(), c, clock, Core, 0)
+	ws.Release()
+	r := recv(t, ch)
+	if r.err != nil {
+		t.Fatalf("queued request: %v, want the upgrade's slot", r.err)
+	}
+	if got := c.Snapshot().Lanes[Core].ServiceTime; got != 50*time.Millisecond {
+		t.Errorf("service time after the upgrade closed: %s, want still 50ms", got)
+	}
+	ws.Upgraded() // after Release: nothing
+	ws.Release()
+	r.p.Release()
+	page.Release()
+	var nilPermit *Permit
+	nilPermit.Upgraded()
+	if n := c.lanes[Core].running.Load(); n != 0 {
+		t.Errorf("running at the end: %d, want 0", n)
+	}
+	if s := c.state.Load(); s != 0 {
+		t.Errorf("state at the end: %#x, want 0", s)
 	}
 }

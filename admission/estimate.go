@@ -10,37 +10,69 @@ type laneStats struct {
 	queued    atomic.Int64
 	service   atomic.Int64 // moving average of slot hold time, ns
 	decisions [numDecisions]atomic.Uint64
-	// holds packs the counted permits held now (low 12 bits, at most
-	// MaxBudget) and the sum of their start times (the rest, in
-	// milliseconds since the controller's epoch), so that one load gives
-	// both: their mean age, which the moving average, fed only by
-	// releases, cannot see while the app hangs. 51 bits of milliseconds
-	// hold 4095 starts of a controller running for 17 years.
-	holds atomic.Int64
-	_     [64]byte
+	// running counts the permits holding a slot for a request the app
+	// works on: protocol upgrades hold their slots but are left out (see
+	// Permit.Upgraded). progress is when the lane last showed the app
+	// moving, in milliseconds since the controller's epoch: a completion,
+	// an upgrade answered, or a request starting in an idle lane. While
+	// requests run, the time since then is how long the app has done
+	// nothing for the lane, which the moving average, fed only by
+	// releases, cannot see while the app hangs.
+	running  atomic.Int64
+	progress atomic.Int64
+	_        [64]byte
 }
 
-const holdCountBits = 12
+// hold counts a permit that takes a slot at since, in milliseconds since
+// the controller's epoch. A lane that was idle starts its wait for
+// progress then.
+func (s *laneStats) hold(since int64) {
+	if s.running.Add(1) == 1 {
+		s.progress.Store(since)
+	}
+}
 
-// hold and unhold count a permit that takes a slot in and out; since is
-// its start, in milliseconds since the controller's epoch.
-func (s *laneStats) hold(since int64)   { s.holds.Add(since<<holdCountBits + 1) }
-func (s *laneStats) unhold(since int64) { s.holds.Add(-(since<<holdCountBits + 1)) }
+// unhold counts a permit out at nowMs; completed says the app finished
+// it, which is progress. (Two releases may store their times out of
+// order; the error is the milliseconds between them.)
+func (s *laneStats) unhold(nowMs int64, completed bool) {
+	s.running.Add(-1)
+	if completed {
+		s.progress.Store(nowMs)
+	}
+}
 
 // serviceAt is the service time the estimates use when now is nowMs
-// milliseconds past the epoch: the moving average of completed holds, or
-// the mean age of the holds still running when that is longer. Requests
-// that run far past the average (an app hung on its database) then make
-// waits look as long as they are.
-func (s *laneStats) serviceAt(nowMs int64) time.Duration {
+// milliseconds past the epoch: the moving average of completed holds, or,
+// when longer, how long the lane's running requests have gone without a
+// completion, capped at limit. An app hung on its database then makes
+// waits look as long as they are, and the lengthening stops at what a
+// queue timeout can make sense of.
+//
+// It is the time since the lane's last progress, not the age of the
+// requests running, because one request that runs for minutes among
+// many quick ones (a long export, a stream) would drag their mean age to
+// minutes, and the lane would refuse everyone as waiting too long while
+// its other slots turn over in milliseconds. Time without progress grows
+// only when no slot turns over.
+func (s *laneStats) serviceAt(nowMs int64, limit time.Duration) time.Duration {
 	svc := time.Duration(s.service.Load())
-	h := s.holds.Load()
-	if n := h & (1<<holdCountBits - 1); n > 0 && svc > 0 {
-		if age := time.Duration(nowMs-(h>>holdCountBits)/n) * time.Millisecond; age > svc {
-			return age
-		}
+	if svc <= 0 || s.running.Load() <= 0 {
+		return svc
+	}
+	if stalled := time.Duration(nowMs-s.progress.Load()) * time.Millisecond; stalled > svc {
+		return max(min(stalled, limit), svc)
 	}
 	return svc
+}
+
+// sampleCap is the longest hold time lane l's estimates take in: one
+// stream or upgrade held for minutes, or an app hung as long, would make
+// every queued request look hopeless for the next few dozen completions;
+// beyond what the queue timeout can make sense of, a longer time says
+// nothing more.
+func (c *Controller) sampleCap(l Lane) time.Duration {
+	return max(4*c.limits.Load().Lane[l].QueueTimeout, time.Second)
 }
 
 // observe folds one slot hold time into the moving average. A weight of 1/8
@@ -66,12 +98,17 @@ func (c *Controller) sinceEpoch(t time.Time) int64 { return max(t.Sub(c.epoch).M
 // expectedWait estimates how long a request at position pos (1-based) of
 // lane l's queue waits: the requests ahead drain at the rate the lane's
 // running slots complete. It is zero until the lane has a service time.
+//
+// Only slots that turn over drain the queue: an upgrade holds its slot
+// for as long as its connection lasts, so the slots counted are those of
+// running requests, not of every permit in flight.
 func (c *Controller) expectedWait(l Lane, pos int, s uint64, now time.Time) time.Duration {
-	svc := c.lanes[l].serviceAt(c.sinceEpoch(now))
+	ls := &c.lanes[l]
+	svc := ls.serviceAt(c.sinceEpoch(now), c.sampleCap(l))
 	if svc <= 0 {
 		return 0
 	}
-	running := max(1, inFlightOf(s, l))
+	running := max(1, min(inFlightOf(s, l), int(ls.running.Load())))
 	return time.Duration(int64(svc) * int64(pos) / int64(running))
 }
 

@@ -12,9 +12,18 @@ type Permit struct {
 	start  time.Time
 	waited time.Duration
 	lane   Lane
-	delta  uint64 // what the permit added to the state word; 0 when uncounted
-	done   atomic.Bool
+	delta  uint64        // what the permit added to the state word; 0 when uncounted
+	state  atomic.Uint32 // permitHeld, permitUpgraded or permitDone
 }
+
+// A permit's states. It moves only forward, each step taken by one
+// compare-and-swap, so that an upgrade racing a release counts it out of
+// the lane's running requests once.
+const (
+	permitHeld = iota
+	permitUpgraded
+	permitDone
+)
 
 // Lane returns the lane the permit was granted in.
 func (p *Permit) Lane() Lane { return p.lane }
@@ -24,6 +33,25 @@ func (p *Permit) Waited() time.Duration { return p.waited }
 
 // Start returns when the permit was granted.
 func (p *Permit) Start() time.Time { return p.start }
+
+// Upgraded marks the permit as a protocol upgrade: the app answered 101
+// Switching Protocols, and the slot now carries a connection (a
+// WebSocket) for as long as it lasts. The permit keeps its slot until
+// Release, but leaves the lane's estimates: a connection open for an
+// hour is not a request the app is slow to finish, so its age does not
+// make waits look longer, its slot is not counted as one that turns
+// over, and its hold time is not taken as a service time when it is
+// released. It is safe on a nil permit and does nothing after the first
+// call or after Release.
+func (p *Permit) Upgraded() {
+	if p == nil || !p.state.CompareAndSwap(permitHeld, permitUpgraded) {
+		return
+	}
+	if p.delta != 0 {
+		// The app answered the upgrade: that is progress too.
+		p.c.lanes[p.lane].unhold(p.c.sinceEpoch(p.c.clock.Now()), true)
+	}
+}
 
 // Release returns the slot. It is idempotent and safe on a nil permit, so
 // every exit path of a handler may call it.
@@ -36,20 +64,24 @@ func (p *Permit) Release() {
 // ReleaseAt is Release for a caller that has just read the clock: now ends
 // the slot's hold time, which feeds the lane's service-time estimate.
 func (p *Permit) ReleaseAt(now time.Time) {
-	if p == nil || !p.done.CompareAndSwap(false, true) {
+	if p == nil {
+		return
+	}
+	was := p.state.Swap(permitDone)
+	if was == permitDone {
 		return
 	}
 	c := p.c
-	// One stream or upgrade held for minutes would make every queued
-	// request look hopeless for the next few dozen completions; a sample
-	// is capped at what the queue timeout can make sense of.
-	limit := max(4*c.limits.Load().Lane[p.lane].QueueTimeout, time.Second)
-	c.lanes[p.lane].observe(max(min(now.Sub(p.start), limit), 0))
-	if p.lane == Login {
-		c.room.completed(now)
+	if was == permitHeld {
+		c.lanes[p.lane].observe(max(min(now.Sub(p.start), c.sampleCap(p.lane)), 0))
+		if p.lane == Login {
+			c.room.completed(now)
+		}
 	}
 	if p.delta != 0 {
-		c.lanes[p.lane].unhold(c.sinceEpoch(p.start))
+		if was == permitHeld {
+			c.lanes[p.lane].unhold(c.sinceEpoch(now), true)
+		}
 		c.release(p.delta)
 	}
 }
@@ -57,11 +89,17 @@ func (p *Permit) ReleaseAt(now time.Time) {
 // Abandon returns the slot of a request that was never forwarded, without
 // counting its hold time as service time.
 func (p *Permit) Abandon() {
-	if p == nil || !p.done.CompareAndSwap(false, true) {
+	if p == nil {
+		return
+	}
+	was := p.state.Swap(permitDone)
+	if was == permitDone {
 		return
 	}
 	if p.delta != 0 {
-		p.c.lanes[p.lane].unhold(p.c.sinceEpoch(p.start))
+		if was == permitHeld {
+			p.c.lanes[p.lane].unhold(0, false)
+		}
 		p.c.release(p.delta)
 	}
 }

@@ -15,7 +15,7 @@ type waiter struct {
 	prev, next *waiter
 	req        Request
 	seq        uint64    // arrival order across lanes
-	arrival    time.Time // rank in a login line: first arrival, kept by tickets // arrival order across lanes
+	arrival    time.Time // rank in a login line: first arrival, kept by tickets
 	state      int
 	ready      chan struct{}
 }
@@ -61,11 +61,13 @@ func (q *queue) insertByArrival(w *waiter) {
 }
 
 // countBefore counts waiters ranked ahead of an arrival at t: everyone
-// who arrived no later (ties go to whoever is in line already).
+// who arrived no later (ties go to whoever is in line already). The queue
+// is in arrival order, so it walks from the tail only past those who
+// arrived later: nothing for a login arriving now, which is most of them.
 func (q *queue) countBefore(t time.Time) int {
-	n := 0
-	for w := q.head; w != nil && !w.arrival.After(t); w = w.next {
-		n++
+	n := q.len
+	for w := q.tail; w != nil && w.arrival.After(t); w = w.prev {
+		n--
 	}
 	return n
 }

@@ -2,7 +2,6 @@ package admission
 
 import (
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 )
@@ -36,7 +35,8 @@ type Place struct {
 // RoomStats are the waiting room's counters, in Snapshot.
 type RoomStats struct {
 	// Waiting are logins held open in the line; Away are places kept for
-	// logins that were answered with a ticket and have not come back.
+	// logins that were answered with a ticket and have not come back, as
+	// far as they count ahead of others (see MaxPagePlacesPerClient).
 	Waiting, Away int
 	// Wait is the expected wait of a login arriving now.
 	Wait time.Duration
@@ -59,21 +59,25 @@ const rateWindow = 16
 const rateMaxAge = 2 * time.Minute
 
 // room holds the login line's bookkeeping. Its own mutex, taken inside the
-// controller's mu where both are needed, never the other way round.
+// controller's mu where both are needed, never the other way round. Every
+// operation on it costs O(log n) in the places kept, or O(1): it runs
+// under the controller's mu, which every lane's slow path takes.
 type room struct {
-	mu       sync.Mutex
-	done     [rateWindow]time.Time // ring of completion times
-	next     int
-	n        int
-	away     []Place // sorted by Arrival
-	present  map[uint64]bool
-	redeemed map[uint64]time.Time // ID -> when the record may go
+	mu   sync.Mutex
+	done [rateWindow]time.Time // ring of completion times
+	next int
+	n    int
+	away awaySet
+	// present holds the tickets whose holders wait in line now, and
+	// whether each place is a waiting-page one (see keep).
+	present map[uint64]bool
+	used    usedSet
 
 	issued, redeemedN, rejected uint64
 }
 
 func newRoom() *room {
-	return &room{present: map[uint64]bool{}, redeemed: map[uint64]time.Time{}}
+	return &room{away: newAwaySet(), present: map[uint64]bool{}, used: newUsedSet()}
 }
 
 // completed records a login completion at now.
@@ -116,28 +120,13 @@ func (r *room) rateLocked(now time.Time) float64 {
 
 // purge drops lapsed places and redemption records. Callers hold mu.
 func (r *room) purge(now time.Time) {
-	r.away = slices.DeleteFunc(r.away, func(p Place) bool { return !now.Before(p.Until) })
-	for id, until := range r.redeemed {
-		if !now.Before(until) {
-			delete(r.redeemed, id)
-		}
-	}
+	r.away.purge(now)
+	r.used.purge(now)
 }
 
 // awayAhead counts places kept for logins that arrived no later than
 // arrival, other than id's own.
-func (r *room) awayAhead(arrival time.Time, id uint64) int {
-	n := 0
-	for _, p := range r.away {
-		if p.Arrival.After(arrival) {
-			break
-		}
-		if p.ID != id {
-			n++
-		}
-	}
-	return n
-}
+func (r *room) awayAhead(arrival time.Time, id uint64) int { return r.away.ahead(arrival, id) }
 
 // arrive takes a login that presents ticket id with the given arrival.
 // It returns the arrival the login ranks by: the ticket's when the ticket
@@ -146,34 +135,42 @@ func (r *room) arrive(id uint64, arrival, now time.Time) (time.Time, uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.purge(now)
-	if r.present[id] {
+	if _, in := r.present[id]; in {
 		r.rejected++
 		return now, 0
 	}
-	if _, used := r.redeemed[id]; used {
+	if r.used.has(id) {
 		r.rejected++
 		return now, 0
 	}
-	if i := slices.IndexFunc(r.away, func(p Place) bool { return p.ID == id }); i >= 0 {
-		r.away = slices.Delete(r.away, i, i+1)
+	// A place the room does not hold (never counted, or dropped) is
+	// taken for a waiting-page one: only places known to have been made
+	// by a login sent away escape the per-client cap.
+	page := true
+	if n := r.away.get(id); n != nil {
+		page = n.page
+		r.away.remove(n)
 	}
-	r.present[id] = true
+	r.present[id] = page
 	return arrival, id
 }
 
-// leave ends a ticketed login's presence: admitted (the ticket is used up
-// until its place would have lapsed) or not.
-func (r *room) leave(id uint64, admitted bool, until time.Time) {
+// leave ends a ticketed login's presence: admitted (the ticket is used up,
+// and refused until until) or not. It returns whether the place is a
+// waiting-page one, for a login that keeps it.
+func (r *room) leave(id uint64, admitted bool, until time.Time) (page bool) {
 	if id == 0 {
-		return
+		return false
 	}
 	r.mu.Lock()
+	page = r.present[id]
 	delete(r.present, id)
 	if admitted {
-		r.redeemed[id] = until
+		r.used.add(id, until)
 		r.redeemedN++
 	}
 	r.mu.Unlock()
+	return page
 }
 
 // spent reports whether ticket id was used already or is in line now:
@@ -182,8 +179,8 @@ func (r *room) spent(id uint64, now time.Time) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.purge(now)
-	_, used := r.redeemed[id]
-	return used || r.present[id]
+	_, in := r.present[id]
+	return in || r.used.has(id)
 }
 
 // maxAway bounds the places kept for logins that are away, so a flood of
@@ -192,28 +189,65 @@ func (r *room) spent(id uint64, now time.Time) bool {
 // others until its holder is back.
 const maxAway = 50_000
 
-// keep records a place for a login that is sent away. An ID of 0 gets a
-// fresh one.
-func (r *room) keep(p Place) Place {
+// MaxPagePlacesPerClient bounds the waiting-page places of one client
+// address that count ahead of others. Anyone can load the login page
+// again and again; past the cap, one more place is still handed out and
+// ranks its holder when they post, but is not counted ahead of others
+// until its holder is back (or, once one of the address's counted places
+// goes, until the page is reloaded). Logins from that address are not
+// held back; only the positions and waits told to others stop growing
+// with its reloads. Places of logins sent away after they posted are not
+// capped: each cost a token when it was made, and the posts are what the
+// login buckets pace.
+const MaxPagePlacesPerClient = 16
+
+// keep records a place for a login that is sent away (page false) or for
+// a person on the waiting page (page true), from client. An ID of 0 gets a
+// fresh one. A place keeps the kind it was made with.
+func (r *room) keep(p Place, client string, page bool) Place {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if p.ID == 0 {
 		p.ID = rand.Uint64() | 1
 		r.issued++
 	}
-	r.away = slices.DeleteFunc(r.away, func(q Place) bool { return q.ID == p.ID })
-	if len(r.away) >= maxAway {
+	if n := r.away.get(p.ID); n != nil {
+		if n.arrival.Equal(p.Arrival) && n.client == client {
+			r.away.renew(n, p.Until)
+			return p
+		}
+		page = n.page
+		r.away.remove(n)
+	}
+	if r.away.len() >= maxAway || page && r.away.pagesOf(client) >= MaxPagePlacesPerClient {
 		return p
 	}
-	i, _ := slices.BinarySearchFunc(r.away, p.Arrival, func(q Place, t time.Time) int { return q.Arrival.Compare(t) })
-	r.away = slices.Insert(r.away, i, p)
+	r.away.add(p.ID, p.Arrival, p.Until, client, page)
 	return p
 }
 
-func (r *room) stats() (away int, issued, redeemed, rejected uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.away), r.issued, r.redeemedN, r.rejected
+// MaxPlaceAge bounds how long a place keeps its first arrival, however
+// often it is renewed (a waiting page reloaded, a login sent away again):
+// past it, a ticket ranks nobody and its holder joins at the back.
+// Without a bound a place renewed forever would keep its rank forever,
+// and places could be hoarded. It is also how long a used ticket is
+// remembered: no ticket can rank anyone later, so none needs refusing
+// later.
+const MaxPlaceAge = time.Hour
+
+// placeUsable reports whether a ticket's first arrival may still rank its
+// holder at now: not from the future, not older than MaxPlaceAge.
+func placeUsable(arrival, now time.Time) bool {
+	return !arrival.IsZero() && !arrival.After(now) && now.Sub(arrival) <= MaxPlaceAge
+}
+
+// placeUntil is until, or sooner if the place would outlive MaxPlaceAge
+// from its first arrival.
+func placeUntil(arrival, until time.Time) time.Time {
+	if limit := arrival.Add(MaxPlaceAge); until.After(limit) {
+		return limit
+	}
+	return until
 }
 
 // placeGrace is how long a place is kept beyond its expected turn for a
@@ -226,7 +260,7 @@ func placeGrace(hold time.Duration) time.Duration { return max(2*hold, time.Minu
 // at the back. It changes nothing.
 func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time.Duration) {
 	now := c.clock.Now()
-	if id == 0 || arrival.IsZero() || arrival.After(now) {
+	if id == 0 || !placeUsable(arrival, now) {
 		id, arrival = 0, now
 	}
 	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
@@ -237,20 +271,32 @@ func (c *Controller) Line(id uint64, arrival time.Time) (position int, wait time
 }
 
 // Keep holds a place in the login line until until for a person who is
-// not in line yet: on the waiting page, or typing the password on a form
-// shown at their turn. id 0 with a zero arrival makes a new place at the
-// back; otherwise the place id keeps its first arrival.
-func (c *Controller) Keep(id uint64, arrival, until time.Time) Place {
+// not in line yet, client: on the waiting page, or typing the password on
+// a form shown at their turn. id 0 with a zero arrival makes a new place
+// at the back; otherwise the place id keeps its first arrival, for at most
+// MaxPlaceAge.
+//
+// A new place costs a login token from the buckets, global and client's,
+// as a login posted now would: a ticket is then proof of payment, and a
+// login back with one pays nothing. Were places free, one client could
+// open the login page and post with the fresh place in a loop and no
+// bucket would ever count it. When the buckets have no token, Keep makes
+// no place and returns a *ShedError wrapping ErrRateLimited with the wait
+// until one is due. Renewing a place is free.
+func (c *Controller) Keep(client string, id uint64, arrival, until time.Time) (Place, error) {
 	now := c.clock.Now()
-	if id == 0 || arrival.IsZero() || arrival.After(now) || c.room.spent(id, now) {
+	if id == 0 || !placeUsable(arrival, now) || c.room.spent(id, now) {
+		if _, wait := c.buckets.Load().take(now, client); wait > 0 {
+			return Place{}, &ShedError{Lane: Login, Err: ErrRateLimited, RetryAfter: wait}
+		}
 		id, arrival = 0, now
 	}
 	r := Request{Lane: Login, Ticket: id, Arrival: arrival}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ahead := c.queues[Login].countBefore(arrival) + c.awayAhead(&r)
-	return c.room.keep(Place{ID: id, Arrival: arrival, Until: until, Position: ahead + 1,
-		Wait: c.loginWait(ahead, c.state.Load(), now)})
+	return c.room.keep(Place{ID: id, Arrival: arrival, Until: placeUntil(arrival, until), Position: ahead + 1,
+		Wait: c.loginWait(ahead, c.state.Load(), now)}, client, true), nil
 }
 
 // LoginCongested reports whether a login arriving now would have to
@@ -267,7 +313,7 @@ func (c *Controller) LoginCongested() bool {
 	c.room.mu.Lock()
 	defer c.room.mu.Unlock()
 	c.room.purge(c.clock.Now())
-	return len(c.room.away) > 0
+	return c.room.away.len() > 0
 }
 
 // roomStats fills RoomStats.
@@ -275,7 +321,7 @@ func (c *Controller) roomStats(s uint64) RoomStats {
 	now := c.clock.Now()
 	c.room.mu.Lock()
 	c.room.purge(now)
-	st := RoomStats{Away: len(c.room.away),
+	st := RoomStats{Away: c.room.away.len(),
 		Issued: c.room.issued, Redeemed: c.room.redeemedN, Rejected: c.room.rejected}
 	c.room.mu.Unlock()
 	st.Rate = c.loginRate(now)

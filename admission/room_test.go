@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"testing"
 	"time"
 
@@ -67,6 +68,16 @@ func enqueueLogin(t *testing.T, c *Controller, clock *clockwork.FakeClock, r Req
 	t.Helper()
 	r.Lane = Login
 	return enqueueReq(t, c, clock, r, waitersBefore)
+}
+
+// mustKeep keeps a place for client and fails the test if it cannot.
+func mustKeep(t *testing.T, c *Controller, client string, id uint64, arrival, until time.Time) Place {
+	t.Helper()
+	p, err := c.Keep(client, id, arrival, until)
+	if err != nil {
+		t.Fatalf("Keep(%q, %x, %s): %v", client, id, arrival, err)
+	}
+	return p
 }
 
 func mustShedWithPlace(t *testing.T, c *Controller, r Request) *Place {
@@ -193,18 +204,28 @@ func TestTicketUsedTwiceAtOnceGoesToTheBack(t *testing.T) {
 	}
 }
 
+// A place is paid for with a login token when it is made, so a login
+// back with it pays nothing, and renewing it is free; a new place when the
+// bucket is empty is refused like a login.
 func TestTicketSkipsLoginBucket(t *testing.T) {
 	l := roomLimits()
-	l.LoginRate = RateLimit{Rate: 0.001, Burst: 1}
+	l.LoginRate = RateLimit{Rate: 0.001, Burst: 2}
 	c, clock := newTest(t, l)
 	setRate(c, clock, 5*time.Second)
-	busy := mustAcquire(t, c, Login) // the only token
+	busy := mustAcquire(t, c, Login) // one token
+	until := clock.Now().Add(time.Minute)
+	p := mustKeep(t, c, "", 0, time.Time{}, until) // the other
 	clock.Advance(time.Millisecond)
 	if _, err := c.Acquire(context.Background(), Request{Lane: Login}); !errors.Is(err, ErrRateLimited) {
-		t.Fatalf("second login without a token: %v, want rate limited", err)
+		t.Fatalf("login without a token: %v, want rate limited", err)
 	}
-	// A login with a place already paid its token on its first try.
-	p := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	var se *ShedError
+	if _, err := c.Keep("", 0, time.Time{}, until); !errors.As(err, &se) || !errors.Is(err, ErrRateLimited) || se.RetryAfter < time.Second {
+		t.Fatalf("a new place without a token: %v, want rate limited with a Retry-After", err)
+	}
+	if q := mustKeep(t, c, "", p.ID, p.Arrival, until); q.ID != p.ID || !q.Arrival.Equal(p.Arrival) {
+		t.Fatalf("renewed place %+v, want %+v kept", q, p)
+	}
 	clock.Advance(time.Millisecond)
 	ch := enqueueLogin(t, c, clock, Request{Ticket: p.ID, Arrival: p.Arrival}, 0)
 	busy.Release()
@@ -212,6 +233,62 @@ func TestTicketSkipsLoginBucket(t *testing.T) {
 		t.Fatalf("ticketed login: %v", r.err)
 	} else {
 		r.p.Release()
+	}
+}
+
+// A login that paid its token and is sent away keeps the token in its
+// place when it can come back with it (Request.Returns): its return pays
+// nothing, and the token is not given back, or a login could pay, be
+// refused, be refunded, and come back free, and the bucket would never
+// count it. One that cannot come back gets its token back.
+func TestLoginSentAwayKeepsItsToken(t *testing.T) {
+	l := roomLimits()
+	l.LoginRate = RateLimit{Rate: 0.001, Burst: 3}
+	c, clock := newTest(t, l)
+	setRate(c, clock, 20*time.Second) // position 1 waits 20 s, past the 12 s hold
+	busy := mustAcquire(t, c, Login)  // 2 tokens left
+	for range 3 {
+		// Cannot come back: refunded each time.
+		mustShedWithPlace(t, c, Request{})
+	}
+	p := mustShedWithPlace(t, c, Request{Returns: true}) // 1 left
+	q := mustShedWithPlace(t, c, Request{Returns: true}) // none left
+	if _, err := c.Acquire(context.Background(), Request{Lane: Login, Returns: true}); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("a third login that can come back: %v, want rate limited: the two sent away kept their tokens", err)
+	}
+	// Back with their places, again and again: free.
+	for range 3 {
+		for _, pl := range []*Place{p, q} {
+			if again := mustShedWithPlace(t, c, Request{Ticket: pl.ID, Arrival: pl.Arrival, Returns: true}); again.ID != pl.ID {
+				t.Fatalf("back with place %x: got place %x, want the same", pl.ID, again.ID)
+			}
+		}
+	}
+	busy.Release()
+}
+
+// A renewed place never outlives its first arrival by more than
+// MaxPlaceAge, and a place that old gets a new one at the back.
+func TestKeepBoundedByMaxPlaceAge(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	busy := mustAcquire(t, c, Login)
+	defer busy.Release()
+	setRate(c, clock, 5*time.Second)
+	p := mustKeep(t, c, "", 0, time.Time{}, clock.Now().Add(time.Minute))
+	for range 4 {
+		clock.Advance(MaxPlaceAge / 4)
+		setRate(c, clock, 5*time.Second)
+		q := mustKeep(t, c, "", p.ID, p.Arrival, clock.Now().Add(time.Minute))
+		if q.Until.After(p.Arrival.Add(MaxPlaceAge)) {
+			t.Fatalf("renewed place lasts until %s, past its first arrival %s plus %s", q.Until, p.Arrival, MaxPlaceAge)
+		}
+	}
+	clock.Advance(time.Second)
+	if q := mustKeep(t, c, "", p.ID, p.Arrival, clock.Now().Add(time.Minute)); q.ID == p.ID || !q.Arrival.Equal(clock.Now()) {
+		t.Fatalf("a place %s old renewed as %+v, want a new place at the back", MaxPlaceAge+time.Second, q)
+	}
+	if pos, _ := c.Line(p.ID, p.Arrival); pos != 2 {
+		t.Fatalf("Line with the old ticket: position %d, want 2 (a new arrival behind the new place)", pos)
 	}
 }
 
@@ -223,9 +300,9 @@ func TestLineAndKeep(t *testing.T) {
 	busy := mustAcquire(t, c, Login)
 	defer busy.Abandon()
 	setRate(c, clock, 2*time.Second)
-	p1 := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	p1 := mustKeep(t, c, "", 0, time.Time{}, clock.Now().Add(time.Minute))
 	clock.Advance(time.Millisecond)
-	p2 := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	p2 := mustKeep(t, c, "", 0, time.Time{}, clock.Now().Add(time.Minute))
 	if !c.LoginCongested() {
 		t.Fatal("not congested with two places kept")
 	}
@@ -251,7 +328,7 @@ func TestLineAndKeep(t *testing.T) {
 // A forged arrival from the future is treated as no ticket.
 func TestFutureArrivalIgnored(t *testing.T) {
 	c, clock := newTest(t, roomLimits())
-	p := c.Keep(42, clock.Now().Add(time.Hour), clock.Now().Add(time.Minute))
+	p := mustKeep(t, c, "", 42, clock.Now().Add(time.Hour), clock.Now().Add(time.Minute))
 	if !p.Arrival.Equal(clock.Now()) || p.ID == 42 {
 		t.Fatalf("future arrival kept: %+v", p)
 	}
@@ -262,7 +339,7 @@ func TestFutureArrivalIgnored(t *testing.T) {
 func TestKeepSpentTicketGetsNewPlace(t *testing.T) {
 	c, clock := newTest(t, roomLimits())
 	setRate(c, clock, 5*time.Second)
-	p := c.Keep(0, time.Time{}, clock.Now().Add(time.Minute))
+	p := mustKeep(t, c, "", 0, time.Time{}, clock.Now().Add(time.Minute))
 	clock.Advance(time.Millisecond)
 	used, err := c.Acquire(context.Background(), Request{Lane: Login, Ticket: p.ID, Arrival: p.Arrival})
 	if err != nil {
@@ -270,7 +347,7 @@ func TestKeepSpentTicketGetsNewPlace(t *testing.T) {
 	}
 	used.Release()
 	clock.Advance(time.Millisecond)
-	again := c.Keep(p.ID, p.Arrival, clock.Now().Add(time.Minute))
+	again := mustKeep(t, c, "", p.ID, p.Arrival, clock.Now().Add(time.Minute))
 	if again.ID == p.ID || !again.Arrival.After(p.Arrival) {
 		t.Fatalf("Keep with a used ticket = %+v, want a new place at the back", again)
 	}
@@ -289,7 +366,7 @@ func TestRateFlooredByCapacityWhenIdle(t *testing.T) {
 	clock.Advance(500 * time.Millisecond)
 	p.Release() // one login took 0.5 s: capacity 2/s with max 1
 	setRate(c, clock, 5*time.Second)
-	c.Keep(0, time.Time{}, clock.Now().Add(time.Minute)) // someone away
+	mustKeep(t, c, "", 0, time.Time{}, clock.Now().Add(time.Minute)) // someone away
 
 	if _, wait := c.Line(0, time.Time{}); wait > 2*time.Second {
 		t.Fatalf("slot free, nobody in line: wait %s for position 2, want about 1 s from capacity", wait)
@@ -339,5 +416,113 @@ func TestTicketHolderLeavingCountsOnce(t *testing.T) {
 	}
 	if st := c.Snapshot().Room; st.Away != 1 {
 		t.Fatalf("room after the holder left: %+v, want its place kept (1 away)", st)
+	}
+}
+
+// A used ticket is refused for as long as it could be shown: its
+// redemption record outlives the place's expiry, up to the oldest a place
+// may be, after which the ticket is refused for its age anyway.
+func TestRedeemedTicketRefusedWhileUsable(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second) // position 1 waits 20 s, past the 12 s hold
+	busy := mustAcquire(t, c, Login)
+	p := mustShedWithPlace(t, c, Request{})
+	if life := p.Until.Sub(clock.Now()); life < time.Minute {
+		t.Fatalf("place %+v lasts %s, want more than a minute for this test", p, life)
+	}
+	busy.Release()
+	// Its holder is back at once, and admitted: the ticket is used up.
+	used, err := c.Acquire(context.Background(), Request{Lane: Login, Ticket: p.ID, Arrival: p.Arrival})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used.Release()
+
+	replay := func(when string) {
+		t.Helper()
+		busy := mustAcquire(t, c, Login)
+		defer busy.Release()
+		setRate(c, clock, 20*time.Second)
+		before := c.Snapshot().Room.Rejected
+		again := mustShedWithPlace(t, c, Request{Ticket: p.ID, Arrival: p.Arrival})
+		if again.ID == p.ID || !again.Arrival.Equal(clock.Now()) {
+			t.Errorf("%s: the used ticket got %+v, want a new place at the back", when, again)
+		}
+		if got := c.Snapshot().Room.Rejected; got != before+1 {
+			t.Errorf("%s: rejected %d, want %d: the ticket was used", when, got, before+1)
+		}
+	}
+	// Past the grace a redemption record used to last, still within the
+	// ticket's expiry.
+	clock.Advance(p.Until.Sub(clock.Now()) - time.Second)
+	replay("just before the ticket expires")
+	// However the ticket was renewed, it cannot rank anyone once its
+	// first arrival is MaxPlaceAge old.
+	clock.Advance(p.Arrival.Add(MaxPlaceAge).Sub(clock.Now()) - time.Second)
+	replay("just before the place's age runs out")
+}
+
+// A ticket whose first arrival is older than MaxPlaceAge ranks nobody: its
+// holder joins at the back.
+func TestTicketTooOldGoesToTheBack(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second)
+	busy := mustAcquire(t, c, Login)
+	defer busy.Release()
+	old := clock.Now()
+	clock.Advance(MaxPlaceAge + time.Second)
+	setRate(c, clock, 20*time.Second)
+	p := mustShedWithPlace(t, c, Request{Ticket: 12345, Arrival: old})
+	if p.ID == 12345 || !p.Arrival.Equal(clock.Now()) {
+		t.Fatalf("a ticket first arrived %s ago got %+v, want a new place at the back", MaxPlaceAge+time.Second, p)
+	}
+}
+
+// Waiting-page places beyond MaxPagePlacesPerClient from one address do
+// not count ahead of others, but still rank their holders; places of
+// logins sent away after posting are not capped.
+func TestPagePlacesCappedPerClient(t *testing.T) {
+	c, clock := newTest(t, roomLimits())
+	setRate(c, clock, 20*time.Second) // position 1 waits 20 s, past the 12 s hold
+	busy := mustAcquire(t, c, Login)
+	r1 := mustShedWithPlace(t, c, Request{Client: "real"})
+	until := clock.Now().Add(time.Hour)
+	var last Place
+	for i := range 10_000 {
+		clock.Advance(time.Microsecond)
+		last = mustKeep(t, c, "flood"+strconv.Itoa(i%4), 0, time.Time{}, until)
+	}
+	if st := c.Snapshot().Room; st.Away != 1+4*MaxPagePlacesPerClient {
+		t.Fatalf("away after 10,000 page places from 4 clients: %d, want %d", st.Away, 1+4*MaxPagePlacesPerClient)
+	}
+	if pos, _ := c.Line(r1.ID, r1.Arrival); pos != 1 {
+		t.Errorf("the real login's place after the flood: %d, want still 1", pos)
+	}
+	// Logins sent away after posting count, however many from one client.
+	for range 2 * MaxPagePlacesPerClient {
+		clock.Advance(time.Microsecond)
+		mustShedWithPlace(t, c, Request{Client: "office"})
+	}
+	clock.Advance(time.Microsecond)
+	r2 := mustShedWithPlace(t, c, Request{Client: "real"})
+	if want := 1 + 4*MaxPagePlacesPerClient + 2*MaxPagePlacesPerClient + 1; r2.Position != want {
+		t.Errorf("a real login after the flood and the office: position %d, want %d", r2.Position, want)
+	}
+	// The last page place was not counted, but its holder, back in line,
+	// goes before the real login that arrived after it.
+	clock.Advance(time.Microsecond)
+	r2Back := enqueueLogin(t, c, clock, Request{Client: "real", Ticket: r2.ID, Arrival: r2.Arrival, Patient: true}, 0)
+	clock.Advance(time.Microsecond)
+	lastBack := enqueueLogin(t, c, clock, Request{Client: "flood3", Ticket: last.ID, Arrival: last.Arrival, Patient: true}, 1)
+	busy.Release()
+	r := recv(t, lastBack)
+	if r.err != nil {
+		t.Fatalf("the uncounted page place's holder: %v, want admitted first", r.err)
+	}
+	r.p.Release()
+	if r := recv(t, r2Back); r.err != nil {
+		t.Fatal(r.err)
+	} else {
+		r.p.Release()
 	}
 }

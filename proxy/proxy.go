@@ -382,7 +382,7 @@ func (h *Handler) gate(rec *recorder, r *http.Request, mode admission.Mode) bool
 		h.finish(rec, r, time.Now())
 		return true
 	}
-	if mode == admission.Enforce && h.room != nil && h.isLoginPage(r) && h.room.GatePage(rec, r) {
+	if mode == admission.Enforce && h.room != nil && h.isLoginPage(r) && h.room.GatePage(rec, r, h.loginClient(r)) {
 		rec.ev.decision = metrics.DecisionWaitingPage
 		h.finish(rec, r, time.Now())
 		return true
@@ -435,18 +435,24 @@ func (h *Handler) identify(rec *recorder, r *http.Request, mode admission.Mode) 
 	if req.Lane != admission.Login {
 		return req // only the login lane's per-client bucket needs the address
 	}
-	if a, ok := h.clientAddr(r); ok {
-		req.Client = clientKey(a)
-	} else {
-		req.Client = r.RemoteAddr
-	}
+	req.Client = h.loginClient(r)
 	if mode == admission.Enforce && h.room != nil {
 		if t, ok := h.room.Ticket(r, time.Now()); ok {
 			req.Ticket, req.Arrival = t.ID, t.Arrival
 		}
 		req.Patient = waitroom.IsNavigation(r)
+		req.Returns = true // a login sent away gets its place as a ticket
 	}
 	return req
+}
+
+// loginClient keys a login's client, for the per-client bucket and the
+// waiting room: its address, or the peer's as the server saw it.
+func (h *Handler) loginClient(r *http.Request) string {
+	if a, ok := h.clientAddr(r); ok {
+		return clientKey(a)
+	}
+	return r.RemoteAddr
 }
 
 // admit asks the controller for a slot as the mode says: wait for one
@@ -535,6 +541,7 @@ func (h *Handler) forward(rec *recorder, r *http.Request, permit *admission.Perm
 			panic(v)
 		}
 	}()
+	rec.permit = permit
 	h.rp.ServeHTTP(rec, r)
 	if !rec.buffering {
 		return

@@ -462,6 +462,11 @@ func TestUpgrade(t *testing.T) {
 	}
 	conn.Close()
 	testWaitIdle(t, p.Ctrl)
+	// The connection was an upgrade, not a request the app took this long
+	// to answer: its time is no service time.
+	if got := testLane(p.Ctrl, admission.Core).ServiceTime; got != 0 {
+		t.Errorf("core service time after only an upgrade: %s, want none", got)
+	}
 	testWaitFor(t, "the access log line of the upgrade", func() bool {
 		return p.Logs.FilterMessage("request").Len() == 1
 	})

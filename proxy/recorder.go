@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/upstream"
 )
@@ -49,15 +50,20 @@ type recorder struct {
 	// upstreamDone is set once the request's slot is released.
 	upstreamDone bool
 
-	// body is the request's body read before admission, whose memory is
-	// given back when the request ends at the latest; nil when none was.
+	// buffered is the request's body read before admission, whose
+	// memory is given back when the request ends at the latest; nil when
+	// none was.
 	buffered *memBody
+
+	// permit is the forwarded request's slot, told when the response
+	// turns the connection into an upgrade.
+	permit *admission.Permit
 }
 
 func (r *recorder) reset(w http.ResponseWriter) {
 	r.ResponseWriter, r.status, r.bytes = w, 0, 0
 	r.sessions, r.sess, r.req = nil, nil, nil
-	r.hold, r.body, r.buffered = nil, nil, nil
+	r.hold, r.body, r.buffered, r.permit = nil, nil, nil, nil
 	if r.bufs != nil {
 		r.buf.Release(r.bufs) // nothing is left unless the request failed
 	}
@@ -76,6 +82,9 @@ func (r *recorder) WriteHeader(code int) {
 			r.headers(code)
 		}
 		r.status = code
+	}
+	if code == http.StatusSwitchingProtocols {
+		r.permit.Upgraded()
 	}
 	r.ResponseWriter.WriteHeader(code)
 }
@@ -176,6 +185,11 @@ func (r *recorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
 	if err == nil && r.status == 0 {
 		r.status = http.StatusSwitchingProtocols
+	}
+	if err == nil {
+		// From here the slot carries a connection, not a request the app
+		// works on: it must not make the lane's waits look long.
+		r.permit.Upgraded()
 	}
 	return c, brw, err
 }

@@ -19,9 +19,11 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -194,13 +196,23 @@ func roomKeyring(t testing.TB, secret string) *session.Keyring {
 // POST until roomRelease.
 func roomNewStack(t *testing.T, hold time.Duration, holdLogins bool) *roomStack {
 	t.Helper()
+	return roomNewStackWith(t, roomLimits(hold), holdLogins, Options{})
+}
+
+// roomNewStackWith is roomNewStack under limits and with opts (the
+// waiting room is turned on in them); the hold is the login lane's queue
+// timeout.
+func roomNewStackWith(t *testing.T, limits admission.Limits, holdLogins bool, opts Options) *roomStack {
+	t.Helper()
 	app := roomNewApp(holdLogins)
 	up := testUpstream(t, app)
 	keys := roomKeyring(t, roomSecret)
-	p := testNewProxy(t, up.URL, roomLimits(hold), Options{WaitingRoom: true, Tickets: keys})
+	opts.WaitingRoom, opts.Tickets = true, keys
+	p := testNewProxy(t, up.URL, limits, opts)
 	// Registered last, so it runs first: held logins end before the
 	// servers wait for their requests.
 	t.Cleanup(app.Close)
+	hold := limits.Lane[admission.Login].QueueTimeout
 	return &roomStack{testProxy: p, App: app, Keys: keys, Admin: testNewAdmin(t, p, ""), Hold: hold}
 }
 
@@ -613,6 +625,7 @@ func TestRoomTicketsKeepPlacesBadOnesGoToTheBack(t *testing.T) {
 		{"forged: a ticket id that is not hex", roomSign(s.Keys, with(func(c *session.Claims) { c.TicketID = "zz" })), false},
 		{"expired: past its expiry", roomSign(s.Keys, with(func(c *session.Claims) { c.Expires = now.Add(-time.Second).Unix() })), false},
 		{"expired: issued too long ago", roomSign(s.Keys, with(func(c *session.Claims) { c.IssuedAt = now.Add(-2 * time.Hour).Unix() })), false},
+		{"expired: renewed, but first arrived too long ago", roomSign(s.Keys, with(func(c *session.Claims) { c.Arrival = now.Add(-admission.MaxPlaceAge - time.Minute).UnixNano() })), false},
 		{"wrong_lane: a core ticket", roomSign(s.Keys, with(func(c *session.Claims) { c.Lane = "core" })), false},
 	}
 	for _, tc := range bad {
@@ -685,12 +698,12 @@ func TestRoomTicketsKeepPlacesBadOnesGoToTheBack(t *testing.T) {
 	if n := len(s.App.Posts("C")); n != 1 {
 		t.Errorf("the app saw %d POSTs from C, want 1", n)
 	}
-	// issued: C, the 8 bad tickets' new places, the duplicate's, the used
+	// issued: C, the 9 bad tickets' new places, the duplicate's, the used
 	// one's. accepted: every good signature shown (C early, C's browser, the
 	// duplicate, the used one); reused is the controller refusing two.
 	roomWantTickets(t, s, map[string]uint64{
-		"issued": 11, "redeemed": 1, "accepted": 4, "reused": 2,
-		"forged": 5, "expired": 2, "wrong_lane": 1,
+		"issued": 12, "redeemed": 1, "accepted": 4, "reused": 2,
+		"forged": 5, "expired": 3, "wrong_lane": 1,
 	})
 }
 
@@ -986,7 +999,9 @@ func TestRoomEstimateTracksCompletionRate(t *testing.T) {
 	// in flight fills the lane, so the estimate is the measured rate
 	// alone (with a slot free it would be floored by the lane's capacity).
 	for range 3 {
-		s.Ctrl.Keep(0, time.Time{}, time.Now().Add(time.Minute))
+		if _, err := s.Ctrl.Keep("away", 0, time.Time{}, time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	busy := s.Ctrl.Pass(admission.Request{Lane: admission.Login})
 	// The app slows to one login per 2 s.
@@ -1052,5 +1067,158 @@ func TestRoomWaitingPageFollowsSetRules(t *testing.T) {
 	}
 	roomRelease(t, s.App)
 	testReceive(t, b)
+	testWaitIdle(t, s.Ctrl)
+}
+
+// One address that loops opening the login page (for a fresh place) and
+// posting in that place is held to the login token buckets, global and
+// per client, as if it only posted: a place costs a token when it is
+// made, and only coming back in it is free. Once the bucket is empty, the
+// page says the line is full without handing out a place, and a login
+// without one is rate limited.
+func TestRoomPageThenPostLoopPaysTheBucket(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*admission.Limits)
+	}{
+		{"global", func(l *admission.Limits) { l.LoginRate = admission.RateLimit{Rate: 0.001, Burst: 5} }},
+		{"per client", func(l *admission.Limits) {
+			l.LoginPerClient = admission.RateLimit{Rate: 0.001, Burst: 5}
+			l.MaxClients = 16
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const hold, every = 3 * time.Second, 2 * time.Second
+			limits := roomLimits(hold)
+			tc.set(&limits)
+			s := roomNewStackWith(t, limits, true, Options{})
+			roomSetRate(s.Ctrl, every)
+			a, b := roomBusy(t, s) // two tokens: three left
+
+			places := map[string]bool{}
+			for i := range 10 {
+				page := roomGetPage(t, s, roomNav)
+				if i >= 3 {
+					testStatus(t, page, http.StatusTooManyRequests)
+					if page.Resp.Header.Get("Lanegate-Waiting") != "1" || roomTicketCookie(page.Resp) != nil || page.Resp.Header.Get(waitroom.TicketHeader) != "" {
+						t.Fatalf("round %d: page headers %v: want the line-full page, without a ticket", i, page.Resp.Header)
+					}
+					if ra, err := strconv.Atoi(page.Resp.Header.Get("Retry-After")); err != nil || ra < 1 {
+						t.Errorf("round %d: line-full page Retry-After %q", i, page.Resp.Header.Get("Retry-After"))
+					}
+					res := testDo(s.Client, roomPost(t, s, "L", roomLoginPath, roomScript))
+					testStatus(t, res, http.StatusTooManyRequests)
+					continue
+				}
+				pg := roomWantPage(t, s, page)
+				res := testDo(s.Client, roomPost(t, s, "L", roomLoginPath, roomScript, roomByHeader(pg.Ticket)))
+				if res.Err != nil {
+					t.Fatal(res.Err)
+				}
+				sh := roomWantShed(t, s, res)
+				if sh.Claims.TicketID != pg.Claims.TicketID {
+					t.Fatalf("round %d: the POST got ticket %s, want its page's %s kept", i, sh.Claims.TicketID, pg.Claims.TicketID)
+				}
+				places[pg.Claims.TicketID] = true
+			}
+			if len(places) != 3 {
+				t.Errorf("places handed out: %d, want the 3 tokens left", len(places))
+			}
+			roomRelease(t, s.App)
+			roomNext(t, s.App)
+			roomRelease(t, s.App)
+			roomWantAdmitted(t, testReceive(t, a), false)
+			roomWantAdmitted(t, testReceive(t, b), false)
+			testWaitIdle(t, s.Ctrl)
+			if n := len(s.App.Posts("L")); n != 0 {
+				t.Errorf("the app saw %d POSTs from the loop, want none", n)
+			}
+		})
+	}
+}
+
+// A flood of waiting-page loads from a few addresses, each a fresh place,
+// moves a real login's place by at most the per-address cap for each
+// address: the places beyond it still rank their holders, but are not
+// counted ahead of others. A real login sent away before the flood keeps
+// its place.
+func TestRoomPageFloodCappedPerAddress(t *testing.T) {
+	const (
+		hold, every = 3 * time.Second, 4 * time.Second
+		flood       = 10_000
+		addrs       = 4
+		workers     = 8
+	)
+	trusted := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	s := roomNewStackWith(t, roomLimits(hold), true, Options{TrustedProxies: trusted})
+	roomSetRate(s.Ctrl, every)
+	// A login at the app, and none waiting, so that nothing times out
+	// however long the flood takes; R1 is first in line, 4 s away, and
+	// sent away with its place.
+	a := testGo(s.Client, roomPost(t, s, "A", roomLoginPath, roomScript))
+	if h := roomNext(t, s.App); h.Who != "A" {
+		t.Fatalf("first login at the app: %q, want A", h.Who)
+	}
+	res := testDo(s.Client, roomPost(t, s, "R1", roomLoginPath, roomScript))
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	first := roomWantShed(t, s, res)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < flood; i += workers {
+				req, err := http.NewRequest(http.MethodGet, s.Server.URL+roomLoginPath, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				for k, v := range roomNav {
+					req.Header.Set(k, v)
+				}
+				req.Header.Set("X-Forwarded-For", "198.51.100."+strconv.Itoa(1+i%addrs))
+				resp, err := s.Client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Lanegate-Waiting") != "1" {
+					errs <- fmt.Errorf("page load %d: status %d, want the waiting page", i, resp.StatusCode)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	if st := s.Ctrl.Snapshot().Room; st.Away > 1+addrs*admission.MaxPagePlacesPerClient || st.Away < 2 {
+		t.Errorf("away after the flood: %d, want R1 and at most %d page places per address", st.Away, admission.MaxPagePlacesPerClient)
+	}
+	res = testDo(s.Client, roomPost(t, s, "R1", roomLoginPath, roomScript, roomByHeader(first.Ticket)))
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if back := roomWantShed(t, s, res); back.Place != first.Place {
+		t.Errorf("R1 back after the flood: place %d, want still %d", back.Place, first.Place)
+	}
+	res = testDo(s.Client, roomPost(t, s, "R2", roomLoginPath, roomScript))
+	if res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	later, most := roomWantShed(t, s, res), first.Place+addrs*admission.MaxPagePlacesPerClient+1
+	if later.Place > most {
+		t.Errorf("a real login after %d page loads from %d addresses: place %d, want at most %d", flood, addrs, later.Place, most)
+	}
+
+	roomRelease(t, s.App)
+	roomWantAdmitted(t, testReceive(t, a), false)
 	testWaitIdle(t, s.Ctrl)
 }

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
+
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/reply"
 	"github.com/lanegate/lanegate/session"
@@ -45,10 +47,12 @@ const ticketMaxAge = time.Hour
 const TypingTime = 2 * time.Minute
 
 // Line is what the waiting room needs of the admission controller's login
-// line.
+// line (admission.Controller).
 type Line interface {
 	Line(id uint64, arrival time.Time) (position int, wait time.Duration)
-	Keep(id uint64, arrival, until time.Time) admission.Place
+	// Keep keeps or renews client's place; a new place costs a login
+	// token, and without one Keep returns an *admission.ShedError.
+	Keep(client string, id uint64, arrival, until time.Time) (admission.Place, error)
 	LoginCongested() bool
 	LoginHold() time.Duration
 }
@@ -58,14 +62,25 @@ type Room struct {
 	line    Line
 	tickets *session.Keyring
 	secure  func(*http.Request) bool
+	clock   clockwork.Clock
 	counts  counters
 }
+
+// Option configures a Room.
+type Option func(*Room)
+
+// WithClock makes the room read time from clock; tests pass a fake.
+func WithClock(clock clockwork.Clock) Option { return func(rm *Room) { rm.clock = clock } }
 
 // New returns the waiting room over the controller's line. tickets signs
 // and verifies tickets; secure reports whether a client reached lanegate
 // over HTTPS, so that its ticket cookie is marked Secure.
-func New(line Line, tickets *session.Keyring, secure func(*http.Request) bool) *Room {
-	return &Room{line: line, tickets: tickets, secure: secure}
+func New(line Line, tickets *session.Keyring, secure func(*http.Request) bool, opts ...Option) *Room {
+	rm := &Room{line: line, tickets: tickets, secure: secure, clock: clockwork.NewRealClock()}
+	for _, o := range opts {
+		o(rm)
+	}
+	return rm
 }
 
 // Hold is the login hold in force: how long a login is held in line.
@@ -124,8 +139,14 @@ func (rm *Room) Ticket(r *http.Request, now time.Time) (Ticket, bool) {
 		rm.counts.ticketsBad[ticketForged].Add(1)
 		return Ticket{}, false
 	}
+	arrival := time.Unix(0, c.Arrival)
+	if now.Sub(arrival) > admission.MaxPlaceAge {
+		// Renewed all along, but a place keeps its rank only so long.
+		rm.counts.ticketsBad[ticketExpired].Add(1)
+		return Ticket{}, false
+	}
 	rm.counts.ticketsTaken.Add(1)
-	return Ticket{ID: id, Arrival: time.Unix(0, c.Arrival)}, true
+	return Ticket{ID: id, Arrival: arrival}, true
 }
 
 // giveTicket signs p into a ticket and sets it as cookie and header.
@@ -166,28 +187,45 @@ func IsNavigation(r *http.Request) bool {
 	return !reply.WantsJSON(r) && strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
-// GatePage decides whether a person opening a login page waits first.
-// It answers and returns true when it served the waiting page.
-func (rm *Room) GatePage(w http.ResponseWriter, r *http.Request) bool {
-	now := time.Now()
+// GatePage decides whether a person opening a login page waits first;
+// client keys their address, as for the per-client login bucket. It
+// answers and returns true when it served a waiting page.
+//
+// A person who needs a new place pays a login token for it, as a login
+// would (see admission.Controller.Keep). When none is due they get a page
+// that says so and tries again by itself, without a place: a place handed
+// out free would let one address open the page and post in its place in a
+// loop, past every bucket.
+func (rm *Room) GatePage(w http.ResponseWriter, r *http.Request, client string) bool {
+	now := rm.clock.Now()
 	t, ok := rm.Ticket(r, now)
 	if !ok && !rm.line.LoginCongested() {
 		return false
 	}
-	pos, wait := rm.line.Line(t.ID, t.Arrival)
+	_, wait := rm.line.Line(t.ID, t.Arrival)
 	if wait <= rm.Hold()/2 {
 		// Their turn is near: show the form, and keep their place while
-		// they type, so the POST ranks by their first arrival.
+		// they type, so the POST ranks by their first arrival. Without a
+		// token for a new place, the form alone: the POST pays.
 		if ok {
-			p := rm.line.Keep(t.ID, t.Arrival, now.Add(TypingTime))
-			rm.giveTicket(w, r, p, now)
+			if p, err := rm.line.Keep(client, t.ID, t.Arrival, now.Add(TypingTime)); err == nil {
+				rm.giveTicket(w, r, p, now)
+			}
 		}
 		return false
 	}
 	// The page comes back within refresh seconds; a place not refreshed
 	// for three of them belongs to someone who left.
-	p := rm.line.Keep(t.ID, t.Arrival, now.Add(3*time.Duration(pageRefresh(wait, rm.Hold()))*time.Second))
-	p.Position, p.Wait = pos, wait
+	p, err := rm.line.Keep(client, t.ID, t.Arrival, now.Add(3*time.Duration(pageRefresh(wait, rm.Hold()))*time.Second))
+	var se *admission.ShedError
+	switch {
+	case errors.As(err, &se):
+		rm.counts.pages.Add(1)
+		writeLineFullPage(w, r, se.RetryAfter)
+		return true
+	case err != nil:
+		return false // not the line's answer: let the app serve the form
+	}
 	rm.giveTicket(w, r, p, now)
 	rm.counts.pages.Add(1)
 	writeWaitingPage(w, r, p, rm.Hold())
@@ -197,7 +235,7 @@ func (rm *Room) GatePage(w http.ResponseWriter, r *http.Request) bool {
 // Answer answers a login the controller sent away with a place: a ticket,
 // Retry-After, and a waiting page, a JSON body or a 307 to post again.
 func (rm *Room) Answer(w http.ResponseWriter, r *http.Request, se *admission.ShedError) {
-	now := time.Now()
+	now := rm.clock.Now()
 	p := *se.Place
 	rm.giveTicket(w, r, p, now)
 	retry := RetryAfter(p.Wait, rm.Hold())
@@ -239,6 +277,23 @@ func writeWaitingPage(w http.ResponseWriter, r *http.Request, p admission.Place,
 	fmt.Fprintf(w, waitingPage, refresh, p.Position, waitText(p.Wait), html.EscapeString(r.URL.RequestURI()))
 }
 
+// writeLineFullPage serves a person who found no token for a place: the
+// line takes newcomers only as fast as the login buckets allow. The page
+// has no place to show; it tries again by itself when a token is due.
+func writeLineFullPage(w http.ResponseWriter, r *http.Request, retry time.Duration) {
+	after := max(1, int(retry.Seconds()+0.999))
+	hd := w.Header()
+	hd.Set("Retry-After", strconv.Itoa(after))
+	hd.Set("Cache-Control", "no-store")
+	hd.Set("Content-Type", "text/html; charset=utf-8")
+	hd.Set("Lanegate-Waiting", "1")
+	w.WriteHeader(http.StatusTooManyRequests)
+	if r.Method == http.MethodHead {
+		return
+	}
+	fmt.Fprintf(w, lineFullPage, min(max(after, 2), 10), html.EscapeString(r.URL.RequestURI()))
+}
+
 // pageRefresh is how often the waiting page reloads itself, in seconds:
 // as the turn nears, but at least every 10 s so the place moves on.
 func pageRefresh(wait, hold time.Duration) int { return min(max(RetryAfter(wait, hold), 2), 10) }
@@ -265,6 +320,17 @@ const waitingPage = `<!doctype html>
 <p>in line. Expected wait: <strong id="lanegate-wait">%s</strong>.</p>
 <p>Keep this page open: it moves on by itself and shows the sign-in form when it is your turn. Your place is kept if you reload.</p>
 <p><small><a href="%s">Refresh now</a></small></p>
+</body></html>
+`
+
+const lineFullPage = `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Please wait</title>
+<meta http-equiv="refresh" content="%d">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem;color:#222}</style>
+</head><body><h1>Many people are signing in right now</h1>
+<p id="lanegate-line-full">The line is taking newcomers a few at a time. Keep this page open: it tries again by itself and gives you a place in line as soon as it can.</p>
+<p><small><a href="%s">Try again now</a></small></p>
 </body></html>
 `
 
