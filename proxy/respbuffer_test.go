@@ -11,13 +11,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/internal/nettest"
 	"github.com/lanegate/lanegate/metrics"
 )
 
@@ -95,15 +95,7 @@ func (l smallSendBuffers) Accept() (net.Conn, error) {
 // network absorbs little. The connection closes when the test ends.
 func testStalledGet(t testing.TB, addr, path string) net.Conn {
 	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := d.Dial("tcp", addr)
+	c, err := nettest.DialNarrow(addr, 8<<10)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,11 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lanegate/lanegate/admin"
+	"github.com/lanegate/lanegate/internal/nettest"
 )
 
 // slowBody is more than a connection absorbs when its client reads
@@ -45,17 +45,9 @@ func bigUpstream(t *testing.T) *httptest.Server {
 // stops the kernel from growing it.
 func slowDial(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 8<<10) })
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := d.Dial("tcp", addr)
+	c, err := nettest.DialNarrow(addr, 8<<10)
 	if err != nil {
-		t.Fatalf("dial %s: %v", addr, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
