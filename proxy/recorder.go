@@ -123,7 +123,7 @@ func bufferable(h http.Header, bufs *upstream.Buffers) bool {
 	if v := h["X-Accel-Buffering"]; len(v) > 0 && strings.EqualFold(v[0], "no") {
 		return false
 	}
-	if v := h["Content-Type"]; len(v) > 0 && strings.HasPrefix(strings.ToLower(strings.TrimSpace(v[0])), "text/event-stream") {
+	if v := h["Content-Type"]; len(v) > 0 && isEventStream(v[0]) {
 		return false
 	}
 	if v := h["Content-Length"]; len(v) > 0 {
@@ -131,6 +131,15 @@ func bufferable(h http.Header, bufs *upstream.Buffers) bool {
 		return err == nil && bufs.Fits(n)
 	}
 	return true
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream,
+// without the allocation lowering the whole value would cost on every
+// response.
+func isEventStream(ct string) bool {
+	const es = "text/event-stream"
+	ct = strings.TrimLeft(ct, " \t")
+	return len(ct) >= len(es) && strings.EqualFold(ct[:len(es)], es)
 }
 
 // Write buffers b while the response is being buffered and fits; past

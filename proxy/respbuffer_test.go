@@ -275,3 +275,21 @@ func BenchmarkResponseBufferWorstCase(b *testing.B) {
 		}
 	}
 }
+
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream":                true,
+		"Text/Event-Stream; charset=utf-8": true,
+		" text/event-stream":               true,
+		"text/html; charset=utf-8":         false,
+		"text/event":                       false,
+		"":                                 false,
+	} {
+		if got := isEventStream(ct); got != want {
+			t.Errorf("isEventStream(%q) = %v, want %v", ct, got, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { isEventStream("Text/HTML; charset=UTF-8") }); n != 0 {
+		t.Errorf("isEventStream allocates %v times per call, want 0", n)
+	}
+}

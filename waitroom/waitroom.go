@@ -281,7 +281,7 @@ func writeWaitingPage(w http.ResponseWriter, r *http.Request, p admission.Place,
 // line takes newcomers only as fast as the login buckets allow. The page
 // has no place to show; it tries again by itself when a token is due.
 func writeLineFullPage(w http.ResponseWriter, r *http.Request, retry time.Duration) {
-	after := max(1, int(retry.Seconds()+0.999))
+	after := reply.RetryAfterSeconds(retry, 0)
 	hd := w.Header()
 	hd.Set("Retry-After", strconv.Itoa(after))
 	hd.Set("Cache-Control", "no-store")
