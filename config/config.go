@@ -63,6 +63,8 @@ type Config struct {
 	Routes Routes
 	// Session configures the cache of Django's validated sessions.
 	Session Session
+	// PgBouncer configures the pool watcher.
+	PgBouncer PgBouncer
 	// Log configures logging.
 	Log Log
 
@@ -273,6 +275,27 @@ type Session struct {
 	RedisTimeout time.Duration `env:"REDIS_TIMEOUT" envDefault:"100ms" desc:"Longest wait for Redis on a request (connect, read, write, pool). Past it the request goes to Django without identity, and Redis is left alone for a second."`
 	// RedisPoolSize bounds connections to Redis.
 	RedisPoolSize int `env:"REDIS_POOL_SIZE" envDefault:"32" desc:"Most connections to Redis; a stampede of sessions waits for one, up to LANEGATE_REDIS_TIMEOUT, instead of opening more."`
+}
+
+// PgBouncer configures the pool watcher: lanegate reads PgBouncer's admin
+// console, sizes its budget from the pool and gives way to the pool's other
+// clients.
+type PgBouncer struct {
+	// URLs are the admin consoles, one per PgBouncer process.
+	URLs []string `env:"PGBOUNCER_URL" secret:"true" desc:"Comma-separated postgres:// URLs of PgBouncer's admin console (database pgbouncer), one per PgBouncer process, for a login listed in its stats_users: postgres://stats:password@127.0.0.1:6432/pgbouncer. Set, lanegate polls SHOW POOLS and admits under an effective budget that leaves the pool's other clients what they hold, and LANEGATE_DB_POOL_SIZE and LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT, when unset, come from PgBouncer. Empty: no watcher, the static budget."`
+	// Database is the app's database as PgBouncer names it.
+	Database string `env:"PGBOUNCER_DATABASE" desc:"The app's database as PgBouncer's [databases] section names it. Empty: the only database PgBouncer serves besides its console."`
+	// User is the app's database user.
+	User string `env:"PGBOUNCER_USER" desc:"The app's database user, whose pool is watched. Empty: every pool of LANEGATE_PGBOUNCER_DATABASE, summed."`
+	// Poll is how often the console is read.
+	Poll time.Duration `env:"PGBOUNCER_POLL" envDefault:"250ms" desc:"How often PgBouncer's console is read (SHOW POOLS, a few hundred bytes); the effective budget follows the pool within about one poll."`
+	// Timeout bounds one poll.
+	Timeout time.Duration `env:"PGBOUNCER_TIMEOUT" envDefault:"1s" desc:"Longest one read of the console may take, connecting included. Past it the read fails, and after reads have failed for LANEGATE_PGBOUNCER_STALE the watcher falls back to the static budget."`
+	// Follow makes the effective budget follow the pool; false only
+	// watches.
+	Follow bool `env:"PGBOUNCER_FOLLOW" envDefault:"true" desc:"true: the budget lanegate admits under follows the pool (shrinks while the pool's other clients hold or wait for connections, grows back when they leave). false: the pool is only watched and shown (/status, metrics), as a dry run before letting it steer."`
+	// Stale is how long the last good reading is trusted.
+	Stale time.Duration `env:"PGBOUNCER_STALE" envDefault:"2s" desc:"How long the last good reading of the console steers the budget while reads fail; past it lanegate works on its static budget, reports itself degraded in /readyz (still 200) and /status, and logs it, until the console answers again."`
 }
 
 // Warnings returns what Load found doubtful but not wrong, one sentence
