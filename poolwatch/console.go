@@ -44,7 +44,8 @@ type ReaderOptions struct {
 	// URL of its own that reaches it, and their pools are summed. As with
 	// libpq, what a URL leaves out (user, password, sslmode) may come
 	// from PG* environment variables or ~/.pgpass; startup parameters
-	// (PGOPTIONS, PGTZ) are not sent, as the console refuses them.
+	// (PGOPTIONS, PGTZ) are not sent: the console refuses most of them
+	// and needs none.
 	URLs []string
 	// Database is the app's database as PgBouncer names it. Empty: the
 	// only database in SHOW DATABASES besides "pgbouncer"; none or
