@@ -145,10 +145,12 @@ func Start(t testing.TB, opts Options) *PgBouncer {
 	if _, err := os.Stat(Binary); err != nil {
 		missing(t, fmt.Sprintf("%s is missing (apt-get install pgbouncer)", Binary))
 	}
-	if err := postgresUp(); err != nil {
-		missing(t, fmt.Sprintf("PostgreSQL on %s with trust for user postgres: %v", PostgresAddr, err))
-	}
 	p := &PgBouncer{t: t, opts: opts.withDefaults()}
+	for _, db := range p.opts.Databases {
+		if err := postgresUp(db); err != nil {
+			missing(t, fmt.Sprintf("PostgreSQL database %s on %s, with trust for user postgres: %v", db, PostgresAddr, err))
+		}
+	}
 	var err error
 	if p.cred, err = runAs(); err != nil {
 		t.Fatalf("pgbouncertest: %v", err)
@@ -187,11 +189,13 @@ func missing(t testing.TB, what string) {
 	t.Skipf("pgbouncertest: skipped: %s (%s=1 makes this a failure)", what, RequireEnv)
 }
 
-// postgresUp logs in to the machine's PostgreSQL as PgBouncer will.
-func postgresUp() error {
+// postgresUp logs in to database of the machine's PostgreSQL as PgBouncer
+// will.
+func postgresUp(database string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, "postgres://postgres@"+PostgresAddr+"/postgres?sslmode=disable")
+	u := url.URL{Scheme: "postgres", User: url.User(AppUser), Host: PostgresAddr, Path: "/" + database, RawQuery: "sslmode=disable"}
+	conn, err := pgx.Connect(ctx, u.String())
 	if err != nil {
 		return err
 	}
