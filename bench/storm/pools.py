@@ -12,9 +12,10 @@ Writes
                    SHOW POOLS columns, then one line per pool of --db per
                    poll, prefixed by the epoch time of the poll
   --metrics-out F  time, in_flight, budget, effective_budget, queued (summed
-                   over lanes), queued_core (the core lane's), from
-                   --metrics-url every --metrics-every polls; a gauge
-                   lanegate does not export is left empty
+                   over lanes), queued_core (the core lane's), login_in_flight
+                   (the login lane's), from --metrics-url every
+                   --metrics-every polls; a gauge lanegate does not export
+                   is left empty
 
 Stops on SIGTERM; reconnects while PgBouncer is down.
 """
@@ -29,6 +30,9 @@ import urllib.request
 import psycopg2
 
 GAUGES = ("lanegate_in_flight", "lanegate_budget", "lanegate_effective_budget", "lanegate_lane_queued")
+# Per-lane gauges kept apart: (column, metric, lane).
+LANE_GAUGES = (("queued_core", "lanegate_lane_queued", "core"), ("login_in_flight", "lanegate_lane_in_flight", "login"))
+COLUMNS = GAUGES + tuple(c for c, _, _ in LANE_GAUGES)
 METRIC = re.compile(r"^(lanegate_[a-z_]+)(\{[^}]*\})?\s+(\S+)")
 
 
@@ -38,15 +42,17 @@ def read_metrics(url, timeout):
     vals = {}
     for line in text.splitlines():
         m = METRIC.match(line)
-        if not m or m.group(1) not in GAUGES:
+        if not m or m.group(1) not in GAUGES + ("lanegate_lane_in_flight",):
             continue
         try:
             v = float(m.group(3))
         except ValueError:
             continue
-        vals[m.group(1)] = vals.get(m.group(1), 0.0) + v
-        if m.group(1) == "lanegate_lane_queued" and 'lane="core"' in (m.group(2) or ""):
-            vals["queued_core"] = vals.get("queued_core", 0.0) + v
+        if m.group(1) in GAUGES:
+            vals[m.group(1)] = vals.get(m.group(1), 0.0) + v
+        for col, name, lane in LANE_GAUGES:
+            if m.group(1) == name and f'lane="{lane}"' in (m.group(2) or ""):
+                vals[col] = vals.get(col, 0.0) + v
     return vals
 
 
@@ -65,7 +71,7 @@ def main(argv):
     out = open(a.out, "a", buffering=1)
     mout = open(a.metrics_out, "a", buffering=1) if a.metrics_url and a.metrics_out else None
     if mout:
-        mout.write("time\tin_flight\tbudget\teffective_budget\tqueued\tqueued_core\n")
+        mout.write("time\tin_flight\tbudget\teffective_budget\tqueued\tqueued_core\tlogin_in_flight\n")
     conn, header = None, False
     tick, nxt = 0, time.time()
     while True:
@@ -94,7 +100,7 @@ def main(argv):
             try:
                 v = read_metrics(a.metrics_url, min(1.0, 4 * a.interval))
                 mout.write(f"{now:.3f}\t" + "\t".join(
-                    "" if g not in v else f"{v[g]:g}" for g in GAUGES + ("queued_core",)) + "\n")
+                    "" if g not in v else f"{v[g]:g}" for g in COLUMNS) + "\n")
             except Exception:  # lanegate not up yet, or gone
                 pass
         tick += 1
