@@ -14,15 +14,17 @@ import (
 
 // upstreamError answers a request the upstream failed.
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	// A held request keeps its slot until the app is done with it, also
+	// when its client is gone: the app does not know.
+	var hold *upstream.Hold
+	if rec, ok := w.(*recorder); ok && errors.As(err, &hold) {
+		rec.hold = hold
+	}
 	if r.Context().Err() != nil {
 		if rec, ok := w.(*recorder); ok {
 			rec.status = statusClientClosed
 		}
 		return
-	}
-	var hold *upstream.Hold
-	if rec, ok := w.(*recorder); ok && errors.As(err, &hold) {
-		rec.hold = hold
 	}
 	status, msg, kind := classifyUpstreamError(err)
 	if kind == kindClientBody || kind == kindClientBodyTimeout {

@@ -61,6 +61,21 @@ type h1Conn struct {
 	// of ctx must win over a deadline set after it.
 	ctx   context.Context
 	stall time.Duration
+	// dmu orders a cancellation's deadline against a hold's: once held
+	// (see Hold), the connection is read for the app's answer, and a
+	// cancellation running late must not cut that short.
+	dmu  sync.Mutex
+	held bool
+}
+
+// cancel makes whatever the connection is doing fail now, unless it is
+// held.
+func (c *h1Conn) cancel() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.held {
+		c.SetDeadline(aLongTimeAgo)
+	}
 }
 
 // connWriter is what the buffered writer writes to: it records write
@@ -145,7 +160,7 @@ func closeBody(req *http.Request) {
 func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	// A client that goes away unblocks whatever this connection is doing.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
+	stop := context.AfterFunc(ctx, c.cancel)
 	// Writing is bounded only by the stall timeout, per write: the body
 	// streams from the client at the client's pace, and a client that
 	// gives up cancels ctx.
@@ -189,7 +204,13 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 		if err != nil {
 			stop()
 			var ne net.Error
-			if t.holdAfterTimeout > 0 && errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			if t.holdAfterTimeout > 0 && errors.As(err, &ne) && ne.Timeout() {
+				if cerr := ctx.Err(); cerr != nil {
+					// The client left after the whole request was
+					// sent: the app works on it all the same, holding
+					// its database connection, and so does the slot.
+					return nil, t.hold(c, req.Method, cerr)
+				}
 				return nil, t.hold(c, req.Method, err)
 			}
 			return nil, t.wrap(c, err)
@@ -226,7 +247,8 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 }
 
 // Hold is the error of a request whose response headers timed
-// out while the app may still be working on it. The app holds its
+// out, or whose client left once it was sent, while the app may still be
+// working on it. The app holds its
 // database connection until it is done; a proxy that freed the request's
 // slot at the 504 would admit another request into a pool the first still
 // holds, and it would wait there (PgBouncer's query_wait_timeout) instead
@@ -279,7 +301,10 @@ func (t *h1Transport) hold(c *h1Conn, method string, err error) *Hold {
 	}
 	t.held[c] = struct{}{}
 	t.mu.Unlock()
+	c.dmu.Lock()
+	c.held = true
 	c.SetDeadline(time.Now().Add(t.holdAfterTimeout))
+	c.dmu.Unlock()
 	go func() {
 		// Only the method of the request matters to reading its response.
 		if resp, err := http.ReadResponse(c.br, &http.Request{Method: method}); err == nil {

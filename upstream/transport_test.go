@@ -558,3 +558,77 @@ func TestTransportHoldAfterTimeout(t *testing.T) {
 		})
 	}
 }
+
+// A client that leaves once its request is sent does not end the app's
+// work on it: the connection is held until the app answers, as after a
+// timeout, and a late cancellation cannot cut the hold short.
+func TestTransportHoldAfterClientLeaves(t *testing.T) {
+	release := make(chan struct{})
+	arrived := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		close(arrived)
+		<-release
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+		br.ReadByte() // until lanegate closes
+	})
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.responseHeaderTimeout = time.Minute
+	tr.holdAfterTimeout = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := doGet(t, tr, ctx, s.ln.Addr().String())
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(testTimeout):
+		t.Fatal("request not ended by its client leaving")
+	}
+	var h *Hold
+	if !errors.As(err, &h) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want a hold of a cancelled request", err)
+	}
+	done := make(chan struct{})
+	h.OnDone(func() { close(done) })
+	select {
+	case <-done:
+		t.Fatal("hold done before the app was")
+	default:
+	}
+	close(release)
+	select {
+	case <-done:
+	case <-time.After(testTimeout):
+		t.Fatal("hold never done")
+	}
+}
+
+// Without a hold configured, a client that leaves frees everything at once.
+func TestTransportNoHoldWhenOff(t *testing.T) {
+	arrived := make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		close(arrived)
+		br.ReadByte()
+	})
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.responseHeaderTimeout = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := doGet(t, tr, ctx, s.ln.Addr().String())
+		errc <- err
+	}()
+	<-arrived
+	cancel()
+	err := <-errc
+	var h *Hold
+	if err == nil || errors.As(err, &h) {
+		t.Fatalf("got %v, want an error that holds nothing", err)
+	}
+}

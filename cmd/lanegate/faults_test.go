@@ -344,6 +344,36 @@ func TestFaultTimeoutHoldsSlot(t *testing.T) {
 	waitIdle(ctx, t, c, in)
 }
 
+// TestFaultClientLeaveHoldsSlot: a client that gives up on a request the
+// app is working on does not free its slot either: the app goes on holding
+// its database connection until it answers, and a slot freed at the
+// client's leaving would send another request in to wait in the pool.
+func TestFaultClientLeaveHoldsSlot(t *testing.T) {
+	ctx := testContext(t)
+	up := newFaultUpstream(t)
+	in := start(ctx, t, faultEnv(up.URL(), "LANEGATE_BUDGET=1", "LANEGATE_UPSTREAM_TIMEOUT_HOLD=20s",
+		"LANEGATE_UPSTREAM_RESPONSE_HEADER_TIMEOUT=20s"))
+	c := newClient(t)
+
+	rctx, leave := context.WithCancel(ctx)
+	gone := goGet(rctx, c, in.proxyURL("/answer-late"))
+	pollStatus(ctx, t, c, in, "the request in flight", func(st admin.Status) bool { return st.InFlight == 1 })
+	leave()
+	if r := recv(ctx, t, gone, "the abandoned request"); r.err == nil {
+		t.Fatalf("abandoned request: got %d, want the client's own cancellation", r.status)
+	}
+	next := goGet(ctx, c, in.proxyURL("/next"))
+	pollStatus(ctx, t, c, in, "the next request queued behind the held slot", func(st admin.Status) bool {
+		return st.Lanes["core"].Queued == 1 && st.InFlight == 1
+	})
+	notYet(t, next, "the request queued behind the held slot")
+	close(up.late) // the app finishes the request its client gave up on
+	if r := recv(ctx, t, next, "the next request"); r.err != nil || r.status != http.StatusOK || r.body != "ok /next" {
+		t.Errorf("next request: got %d %q, error %v; want 200", r.status, r.body, r.err)
+	}
+	waitIdle(ctx, t, c, in)
+}
+
 // TestFaultUpstreamRestart stops the upstream under concurrent load and
 // starts it again on the same address: every request is answered, 200 or
 // 502, and traffic recovers without touching lanegate.
