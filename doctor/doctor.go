@@ -34,8 +34,10 @@ type Console interface {
 	Show(ctx context.Context, what string) ([][]map[string]string, error)
 }
 
-// DefaultTimeout bounds each read of the console when Options.Timeout is
-// zero: long enough for a loaded PgBouncer to answer.
+// DefaultTimeout bounds each read of the console and each wait of the
+// app probe when Options.Timeout is zero: long enough for a loaded
+// PgBouncer or a Django page to answer, short enough that the probe holds
+// the app's threads only briefly.
 const DefaultTimeout = 3 * time.Second
 
 // Options say what the doctor reads.
@@ -50,18 +52,22 @@ type Options struct {
 	// Config.PgBouncer.URLs, with secrets removed (poolwatch.Redact).
 	// Errors that quote a URL are shown with these names instead.
 	Consoles []string
+	// App is the app server's URL (gunicorn's own address, not
+	// lanegate's) to probe for threads; nil skips the probe. Only this
+	// host is contacted, and only plain http is spoken.
+	App *url.URL
 	// ConnMaxAge is Django's CONN_MAX_AGE when the operator states it;
 	// unstated, persistent connections are looked for in SHOW CLIENTS.
 	ConnMaxAge ConnMaxAge
-	// Timeout bounds each read of the console; zero means
-	// DefaultTimeout.
+	// Timeout bounds each read of the console and each wait of the app
+	// probe; zero means DefaultTimeout.
 	Timeout time.Duration
 }
 
 // Run runs every check and returns their findings in a fixed order:
 // the configuration's own warnings, the console, the budget against the
 // pool, the lanes' queue timeouts against query_wait_timeout, pool_mode
-// against Django's connections, and max_client_conn.
+// against Django's connections, max_client_conn, and the app's threads.
 func Run(ctx context.Context, opts Options) Report {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
@@ -73,6 +79,7 @@ func Run(ctx context.Context, opts Options) Report {
 	d.queryWait()
 	d.poolMode(ctx)
 	d.maxClientConn(ctx)
+	d.threads(ctx)
 	return d.report
 }
 
@@ -105,6 +112,7 @@ const (
 	checkQueryWait     = "query_wait"
 	checkPoolMode      = "pool_mode"
 	checkMaxClientConn = "max_client_conn"
+	checkThreads       = "threads"
 )
 
 // configWarnings repeats what config.Load found doubtful: the doctor is

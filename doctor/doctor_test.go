@@ -354,6 +354,7 @@ func TestWithoutConsole(t *testing.T) {
 		want(t, only(t, r, check)[0], Warn, []string{"not checked: set LANEGATE_PGBOUNCER_URL"}, nil)
 	}
 	want(t, only(t, r, checkBudget)[0], OK, []string{"≤ LANEGATE_DB_POOL_SIZE=8"}, nil)
+	want(t, only(t, r, checkThreads)[0], Warn, []string{"unknown (give --app URL to measure)", "at least 9 worker threads"}, nil)
 	if r.Failed() {
 		t.Errorf("Failed() = true with warnings only, want false (exit status 0): %+v", r.Findings)
 	}
