@@ -71,6 +71,8 @@ type Options struct {
 	Sessions Sessions
 	// SessionStore names the store kind for /status: memory or redis.
 	SessionStore string
+	// Pool, when set, is the pool watcher /status and /readyz report on.
+	Pool Pool
 }
 
 // Server serves lanegate's operational endpoints: metrics, health, status
@@ -181,8 +183,17 @@ func (a *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	// A failing session store costs the app some reads, not correctness:
 	// requests go to Django without identity. Taking lanegate out of the
 	// load balancer for it would turn a slowdown into an outage.
+	// Nor is a lost PgBouncer console: lanegate falls back to its static
+	// budget, which is how it ran before it had a watcher.
+	var degraded []string
 	if a.opts.Sessions != nil && a.opts.Sessions.Health().Degraded {
-		io.WriteString(w, "ok (degraded: session store failing)\n")
+		degraded = append(degraded, "session store failing")
+	}
+	if a.opts.Pool != nil && a.opts.Pool.Status().Degraded() {
+		degraded = append(degraded, "PgBouncer's console unreadable, static budget in force")
+	}
+	if len(degraded) > 0 {
+		io.WriteString(w, "ok (degraded: "+strings.Join(degraded, "; ")+")\n")
 		return
 	}
 	io.WriteString(w, "ok\n")
@@ -208,14 +219,19 @@ type LaneStatus struct {
 
 // Status is the /status document.
 type Status struct {
-	Mode        string                `json:"mode"`
-	Budget      int                   `json:"budget"`
-	InFlight    int                   `json:"in_flight"`
-	Bypassed    uint64                `json:"bypassed"`
-	Lanes       map[string]LaneStatus `json:"lanes"`
-	Anonymous   AnonStatus            `json:"anonymous"`
-	WaitingRoom *waitroom.Status      `json:"waiting_room,omitempty"`
-	Sessions    *SessionStatus        `json:"sessions,omitempty"`
+	Mode string `json:"mode"`
+	// Budget is the budget in force: StaticBudget, or less while the
+	// pool watcher gives way to the pool's other clients.
+	Budget       int                   `json:"budget"`
+	StaticBudget int                   `json:"static_budget"`
+	InFlight     int                   `json:"in_flight"`
+	Bypassed     uint64                `json:"bypassed"`
+	Lanes        map[string]LaneStatus `json:"lanes"`
+	Anonymous    AnonStatus            `json:"anonymous"`
+	WaitingRoom  *waitroom.Status      `json:"waiting_room,omitempty"`
+	Sessions     *SessionStatus        `json:"sessions,omitempty"`
+	// Pool is absent without LANEGATE_PGBOUNCER_URL.
+	Pool *PoolStatus `json:"pool,omitempty"`
 	// LastReload is absent until the first SIGHUP.
 	LastReload *ReloadStatus `json:"last_reload,omitempty"`
 }
@@ -242,13 +258,14 @@ type SessionStatus struct {
 func (a *Server) status(w http.ResponseWriter, r *http.Request) {
 	snap := a.src.Snapshot()
 	st := Status{
-		Mode:        string(a.plane.Mode()),
-		Budget:      snap.Budget,
-		InFlight:    snap.InFlight,
-		Lanes:       make(map[string]LaneStatus, len(snap.Lanes)),
-		Anonymous:   AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
-		WaitingRoom: a.plane.RoomStatus(snap.Room),
-		LastReload:  a.reload.Load(),
+		Mode:         string(a.plane.Mode()),
+		Budget:       snap.Budget,
+		StaticBudget: snap.StaticBudget,
+		InFlight:     snap.InFlight,
+		Lanes:        make(map[string]LaneStatus, len(snap.Lanes)),
+		Anonymous:    AnonStatus{Max: snap.AnonMax, InFlight: snap.AnonInFlight, Queued: snap.AnonQueued},
+		WaitingRoom:  a.plane.RoomStatus(snap.Room),
+		LastReload:   a.reload.Load(),
 	}
 	if src := a.opts.Sessions; src != nil {
 		h := src.Health()
@@ -262,6 +279,9 @@ func (a *Server) status(w http.ResponseWriter, r *http.Request) {
 		}
 		cancel()
 		st.Sessions = ss
+	}
+	if a.opts.Pool != nil {
+		st.Pool = poolStatus(a.opts.Pool.Status())
 	}
 	st.Bypassed = a.plane.Bypassed()
 	for _, ln := range snap.Lanes {

@@ -17,12 +17,18 @@ import (
 // queues, changes go through one mutex so that freed slots are handed to
 // waiters in order.
 type Controller struct {
-	state   atomic.Uint64
-	limits  atomic.Pointer[Limits]
-	buckets atomic.Pointer[buckets]
-	closed  atomic.Bool
-	clock   clockwork.Clock
-	epoch   time.Time // start of the milliseconds in laneStats.progress
+	state atomic.Uint64
+	// limits are the limits in force: configured, narrowed to the
+	// effective budget (see Constrain). configured is what New or
+	// Reconfigure was given, and ceiling the effective budget, negative
+	// for none; both change under mu.
+	limits     atomic.Pointer[Limits]
+	configured atomic.Pointer[Limits]
+	ceiling    int
+	buckets    atomic.Pointer[buckets]
+	closed     atomic.Bool
+	clock      clockwork.Clock
+	epoch      time.Time // start of the milliseconds in laneStats.progress
 
 	// mu guards queues and seq, and serialises every state change made
 	// while a request is queued. queues[l] holds lane l's waiters;
@@ -55,7 +61,7 @@ func New(limits Limits, opts ...Option) (*Controller, error) {
 	if err := limits.Validate(); err != nil {
 		return nil, fmt.Errorf("admission: invalid limits: %w", err)
 	}
-	c := &Controller{clock: clockwork.NewRealClock(), room: newRoom()}
+	c := &Controller{clock: clockwork.NewRealClock(), room: newRoom(), ceiling: -1}
 	for _, o := range opts {
 		o(c)
 	}
@@ -65,11 +71,14 @@ func New(limits Limits, opts ...Option) (*Controller, error) {
 		return nil, fmt.Errorf("admission: login buckets: %w", err)
 	}
 	c.buckets.Store(b)
+	c.configured.Store(&limits)
 	c.limits.Store(&limits)
 	return c, nil
 }
 
-// Limits returns the limits in force.
+// Limits returns the limits in force: the configured ones, narrowed to the
+// effective budget while Constrain has set one below the configured
+// budget.
 func (c *Controller) Limits() Limits { return *c.limits.Load() }
 
 // Reconfigure replaces the limits without dropping anything: requests in
@@ -86,8 +95,10 @@ func (c *Controller) Reconfigure(limits Limits) error {
 		return fmt.Errorf("admission: login buckets: %w", err)
 	}
 	c.buckets.Store(b)
-	c.limits.Store(&limits)
-	c.dispatch(&limits)
+	c.configured.Store(&limits)
+	eff := constrain(limits, c.ceiling)
+	c.limits.Store(&eff)
+	c.dispatch(&eff)
 	return nil
 }
 

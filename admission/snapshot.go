@@ -20,9 +20,12 @@ type LaneSnapshot struct {
 // metrics. In-flight counts come from one atomic read and are consistent
 // with each other; queue lengths and counters are read separately.
 type Snapshot struct {
-	Budget   int
-	InFlight int
-	Lanes    [numLanes]LaneSnapshot
+	// Budget is the budget in force, the effective one while Constrain
+	// narrows it; StaticBudget is the configured one.
+	Budget       int
+	StaticBudget int
+	InFlight     int
+	Lanes        [numLanes]LaneSnapshot
 	// Anonymous core requests: in flight (part of the core lane's count),
 	// queued (not in the core lane's Queued) and their cap.
 	AnonMax      int
@@ -38,6 +41,7 @@ func (c *Controller) Snapshot() Snapshot {
 	s := c.state.Load()
 	snap := Snapshot{
 		Budget:       lim.Budget,
+		StaticBudget: c.configured.Load().Budget,
 		InFlight:     totalOf(s),
 		AnonMax:      lim.AnonMax,
 		AnonInFlight: anonOf(s),

@@ -71,6 +71,10 @@ type Config struct {
 	// warnings are problems Load found that do not stop lanegate.
 	warnings []string
 
+	// fromPool maps each variable WithPool took from PgBouncer to its
+	// provenance comment.
+	fromPool map[string]string
+
 	// origin maps each variable that was set (non-empty) to where:
 	// "" for the environment, else the env file's path. Print reports it.
 	origin map[string]string
@@ -154,7 +158,7 @@ type Admission struct {
 	DBPoolSize int `env:"DB_POOL_SIZE" envDefault:"20" reload:"live" desc:"Server connections PgBouncer keeps for the app's database and user (its default_pool_size). The budget and lane sizes are derived from it."`
 	// PoolHeadroom is the percentage of the pool kept for clients that do
 	// not pass through lanegate.
-	PoolHeadroom int `env:"POOL_HEADROOM" envDefault:"20" reload:"live" desc:"Percent of the pool (0 to 99) left for its other clients, which do not pass through lanegate: workers, cron, migrations, admin shells."`
+	PoolHeadroom int `env:"POOL_HEADROOM" envDefault:"20" reload:"live" desc:"Percent of the pool (0 to 99) left for its other clients, which do not pass through lanegate: workers, cron, migrations, admin shells. Unset while LANEGATE_PGBOUNCER_URL is set (and LANEGATE_PGBOUNCER_FOLLOW true), it is 0: the watcher measures what those clients hold and gives way to it."`
 	// Budget is the number of requests in flight to the upstream across
 	// all lanes; nil derives it from the pool.
 	Budget *int `env:"BUDGET" derived:"pool - ceil(pool * headroom / 100), at least 1 (16 for a pool of 20)" reload:"live" desc:"Requests in flight to the app at once, across all lanes. Each may hold a pooled connection, so by default it is the pool less the headroom; past it, requests queue in lanegate instead of in PgBouncer."`

@@ -165,11 +165,24 @@ func (c Config) resolve() resolution {
 		r.vars[f.name] = e
 	}
 
+	for name, note := range c.fromPool {
+		e := r.vars[name]
+		e.source, e.note = fromDerived, note
+		r.vars[name] = e
+	}
+
 	a := c.Admission
 	// Out-of-range inputs are reported by validation; clamping here only
 	// keeps the arithmetic from overflowing meanwhile.
 	pool := min(max(a.DBPoolSize, 0), maxPoolSize)
 	headroom := min(max(a.PoolHeadroom, 0), 99)
+	if _, set := c.origin[varHeadroom]; !set && c.Watched() && c.PgBouncer.Follow {
+		// The watcher leaves the pool's other clients what they hold,
+		// measured; a headroom guessed for them would only idle.
+		headroom = 0
+		r.vars[varHeadroom] = effective{value: "0", source: fromDerived, deps: []string{varHeadroom},
+			note: "derived: LANEGATE_PGBOUNCER_URL is set, and the budget gives way to what the pool's other clients hold"}
+	}
 	budget := r.intVar(varBudget, a.Budget, func() int {
 		return max(1, pool-(pool*headroom+99)/100)
 	}, varPoolSize, varHeadroom)
@@ -263,6 +276,8 @@ func (r resolution) describe(name string, brief bool) string {
 	switch {
 	case e.source == fromSet:
 		return s
+	case e.source == fromDerived && e.note != "" && !brief:
+		return s + " (" + e.note + ")"
 	case e.source == fromDerived && !brief:
 		return s + " (" + r.derivation(name) + ")"
 	case e.source == fromDerived:

@@ -58,6 +58,7 @@ func (c Config) validate(failed map[string]bool) ([]error, []string) {
 	v.admission()
 	v.routes()
 	v.session()
+	v.pgBouncer()
 	v.tickets()
 	v.log()
 	return v.errs, v.warnings

@@ -228,7 +228,7 @@ var (
 	descMax        = prometheus.NewDesc("lanegate_lane_max", "Most slots the lane may hold.", []string{"lane"}, nil)
 	descService    = prometheus.NewDesc("lanegate_lane_service_seconds", "Moving average of how long the lane's requests hold a slot.", []string{"lane"}, nil)
 	descRequests   = prometheus.NewDesc("lanegate_requests_total", "Requests by lane and admission decision.", []string{"lane", "decision"}, nil)
-	descBudget     = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes.", nil, nil)
+	descBudget     = prometheus.NewDesc("lanegate_budget", "Requests allowed in flight to the upstream across all lanes now; the same as lanegate_effective_budget, kept for dashboards that read it.", nil, nil)
 	descTotal      = prometheus.NewDesc("lanegate_in_flight", "Requests holding a slot, all lanes.", nil, nil)
 	descClientBody = prometheus.NewDesc("lanegate_client_body_errors_total", "Requests whose body the client broke off, malformed or stalled past LANEGATE_BODY_READ_TIMEOUT (answered 400 or 408).", nil, nil)
 	descAnon       = prometheus.NewDesc("lanegate_anonymous", "Core requests without a validated session: in flight, queued, and their cap (0: none).", []string{"state"}, nil)
@@ -254,7 +254,7 @@ type snapshotCollector struct {
 
 // Describe sends every descriptor the collector may export.
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descTotal, descAnon, descClientBody, descBuffered,
+	for _, d := range []*prometheus.Desc{descInFlight, descQueued, descReserved, descMax, descService, descRequests, descBudget, descEffective, descStatic, descTotal, descAnon, descClientBody, descBuffered,
 		descBufferBytes, descBufferOver, descRoomSize, descRoomWait, descRoomRate, descRoomTickets, descRoomPages, descRoomRedir} {
 		ch <- d
 	}
@@ -264,6 +264,8 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.Snapshot()
 	ch <- prometheus.MustNewConstMetric(descBudget, prometheus.GaugeValue, float64(s.Budget))
+	ch <- prometheus.MustNewConstMetric(descEffective, prometheus.GaugeValue, float64(s.Budget))
+	ch <- prometheus.MustNewConstMetric(descStatic, prometheus.GaugeValue, float64(s.StaticBudget))
 	ch <- prometheus.MustNewConstMetric(descTotal, prometheus.GaugeValue, float64(s.InFlight))
 	ch <- prometheus.MustNewConstMetric(descClientBody, prometheus.CounterValue, float64(c.m.clientBodies.Load()))
 	ch <- prometheus.MustNewConstMetric(descAnon, prometheus.GaugeValue, float64(s.AnonInFlight), "in_flight")
