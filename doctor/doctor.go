@@ -42,7 +42,8 @@ const DefaultTimeout = 3 * time.Second
 
 // Options say what the doctor reads.
 type Options struct {
-	// Config is lanegate's configuration, as config.Load returned it.
+	// Config is lanegate's configuration, as config.Load returned it;
+	// Run sizes it from the pool the console reports.
 	Config config.Config
 	// Console reads PgBouncer's admin console at
 	// Config.PgBouncer.URLs. Nil means LANEGATE_PGBOUNCER_URL is not set:
@@ -65,16 +66,22 @@ type Options struct {
 }
 
 // Run runs every check and returns their findings in a fixed order:
-// the configuration's own warnings, the console, the budget against the
+// the console, the configuration's own warnings, the budget against the
 // pool, the lanes' queue timeouts against query_wait_timeout, pool_mode
 // against Django's connections, max_client_conn, and the app's threads.
+//
+// The configuration is sized from the pool the console reports
+// (config.Config.WithPool), as lanegate sizes itself when it starts with
+// LANEGATE_PGBOUNCER_URL set, so the budget checked is the one lanegate
+// would admit under.
 func Run(ctx context.Context, opts Options) Report {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	d := &run{opts: opts, limits: opts.Config.Limits()}
-	d.configWarnings()
+	d := &run{opts: opts, cfg: opts.Config}
 	d.readConsole(ctx)
+	d.limits = d.cfg.Limits()
+	d.configWarnings()
 	d.budget()
 	d.queryWait()
 	d.poolMode(ctx)
@@ -85,7 +92,10 @@ func Run(ctx context.Context, opts Options) Report {
 
 // run is one doctor's visit: what it read and what it found.
 type run struct {
-	opts   Options
+	opts Options
+	// cfg is opts.Config sized from the pool, once the console is read;
+	// limits are its admission limits.
+	cfg    config.Config
 	limits admission.Limits
 	// reading is the console's, when read is true; otherwise unread says
 	// why the console's checks cannot run.
@@ -118,7 +128,7 @@ const (
 // configWarnings repeats what config.Load found doubtful: the doctor is
 // where an operator looks for everything that may be wrong.
 func (d *run) configWarnings() {
-	for _, w := range d.opts.Config.Warnings() {
+	for _, w := range d.cfg.Warnings() {
 		d.add(Warn, checkConfig, w, "")
 	}
 }
@@ -151,6 +161,14 @@ func (d *run) readConsole(ctx context.Context) {
 	}
 	d.add(OK, checkConsole, fmt.Sprintf("read %s: pool %s, pool_mode %s, query_wait_timeout %s, max_client_conn %d",
 		consoles, poolName(r.Pool), d.mode(), seconds(r.Settings.QueryWaitTimeout), r.Settings.MaxClientConn), "")
+	sized, err := d.cfg.WithPool(config.Pool{Size: r.Pool.Size, QueryWaitTimeout: r.Settings.QueryWaitTimeout, Name: poolName(r.Pool)})
+	if err != nil {
+		// Sized from this pool the configuration is invalid; the checks
+		// below go on with it as written.
+		d.add(Fail, checkConfig, err.Error(), "change the variables named, or PgBouncer's pool")
+		return
+	}
+	d.cfg = sized
 }
 
 // consoleNames lists the consoles as the findings show them.

@@ -87,6 +87,16 @@ func client(db, user, connected string) map[string]string {
 // pool of 8.
 var stormEnv = []string{"LANEGATE_DB_POOL_SIZE=8", "LANEGATE_POOL_HEADROOM=0", "LANEGATE_UPSTREAM_CPUS=2"}
 
+// consoleURL is the benchmark's PgBouncer console, as a configuration
+// that reads it names it.
+const consoleURL = "postgres://storm@127.0.0.1:6432/pgbouncer"
+
+// watched adds LANEGATE_PGBOUNCER_URL to env, as every configuration
+// that has a console does.
+func watched(env ...string) []string {
+	return append(slices.Clone(env), "LANEGATE_PGBOUNCER_URL="+consoleURL)
+}
+
 func load(t *testing.T, env ...string) config.Config {
 	t.Helper()
 	cfg, err := config.Load(config.LoadOptions{Environ: env})
@@ -148,20 +158,25 @@ func TestBudget(t *testing.T) {
 		sev        Severity
 		found, fix []string
 	}{
-		{"within the pool", stormEnv, true, 8, OK,
-			[]string{"budget 8 (LANEGATE_DB_POOL_SIZE=8 less LANEGATE_POOL_HEADROOM=0%) ≤ pool_size 8 of lanegate_storm/storm"}, nil},
-		{"derived from a pool larger than PgBouncer's", nil, true, 8, Fail,
-			[]string{"budget 16", "> pool_size 8", "wait in PgBouncer"}, []string{"set LANEGATE_DB_POOL_SIZE=8"}},
-		{"set above the pool", append(slices.Clone(stormEnv), "LANEGATE_BUDGET=12"), true, 8, Fail,
+		{"within the pool", watched(stormEnv...), true, 8, OK,
+			[]string{"budget 8 (LANEGATE_DB_POOL_SIZE=8 less 0 of headroom) ≤ pool_size 8 of lanegate_storm/storm"}, nil},
+		{"sized from PgBouncer", watched(), true, 8, OK,
+			[]string{"budget 8 (PgBouncer's pool_size 8 less 0 of headroom) ≤ pool_size 8"}, nil},
+		{"sized from PgBouncer, with a headroom", watched("LANEGATE_POOL_HEADROOM=25"), true, 8, OK,
+			[]string{"budget 6 (PgBouncer's pool_size 8 less 2 of headroom) ≤ pool_size 8"}, nil},
+		{"derived from a pool larger than PgBouncer's", watched("LANEGATE_DB_POOL_SIZE=20"), true, 8, Fail,
+			[]string{"budget 20 (LANEGATE_DB_POOL_SIZE=20 less 0 of headroom) > pool_size 8", "wait in PgBouncer"},
+			[]string{"unset LANEGATE_DB_POOL_SIZE, to read it from PgBouncer, or set it to 8"}},
+		{"set above the pool", watched(append(slices.Clone(stormEnv), "LANEGATE_BUDGET=12")...), true, 8, Fail,
 			[]string{"budget 12 (LANEGATE_BUDGET) > pool_size 8"}, []string{"lower LANEGATE_BUDGET to at most 8", "at least 12"}},
-		{"derived from a pool smaller than PgBouncer's", stormEnv, true, 10, Warn,
-			[]string{"budget 8", "≤ pool_size 10", "the pool is 10, not 8", "would be 10"}, []string{"set LANEGATE_DB_POOL_SIZE=10"}},
-		{"set within a pool LANEGATE_DB_POOL_SIZE misstates", []string{"LANEGATE_BUDGET=6"}, true, 8, OK,
+		{"derived from a pool smaller than PgBouncer's", watched(stormEnv...), true, 10, Warn,
+			[]string{"budget 8", "≤ pool_size 10", "the pool is 10, not 8", "would be 10"}, []string{"or set it to 10"}},
+		{"set within a pool LANEGATE_DB_POOL_SIZE misstates", watched("LANEGATE_BUDGET=6"), true, 8, OK,
 			[]string{"budget 6 (LANEGATE_BUDGET) ≤ pool_size 8"}, nil},
-		{"no pool", stormEnv, true, 0, Fail,
+		{"no pool", watched(), true, 0, Fail,
 			[]string{"no server connections"}, []string{"LANEGATE_PGBOUNCER_DATABASE"}},
 		{"without a console, within LANEGATE_DB_POOL_SIZE", nil, false, 0, OK,
-			[]string{"budget 16", "≤ LANEGATE_DB_POOL_SIZE=20", "not read"}, nil},
+			[]string{"budget 16 (LANEGATE_DB_POOL_SIZE=20 less 4 of headroom) ≤ LANEGATE_DB_POOL_SIZE=20", "not read"}, nil},
 		{"without a console, set above LANEGATE_DB_POOL_SIZE", append(slices.Clone(stormEnv), "LANEGATE_BUDGET=12"), false, 0, Fail,
 			[]string{"budget 12 (LANEGATE_BUDGET) > LANEGATE_DB_POOL_SIZE=8"}, []string{"lower LANEGATE_BUDGET to at most 8"}},
 	}
@@ -183,7 +198,7 @@ func TestBudget(t *testing.T) {
 }
 
 func TestQueryWait(t *testing.T) {
-	over := append(slices.Clone(stormEnv), "LANEGATE_BUDGET=12")
+	over := watched(append(slices.Clone(stormEnv), "LANEGATE_BUDGET=12")...)
 	tests := []struct {
 		name       string
 		env        []string
@@ -191,17 +206,17 @@ func TestQueryWait(t *testing.T) {
 		sevs       []Severity
 		found, fix []string
 	}{
-		{"budget within the pool", stormEnv, 5 * time.Second, []Severity{OK},
+		{"budget within the pool", watched(stormEnv...), 5 * time.Second, []Severity{OK},
 			[]string{"need not be below query_wait_timeout 5s", "budget 8 ≤ pool_size 8"}, nil},
 		{"budget over the pool, lanes not below", over, 5 * time.Second, []Severity{Warn},
 			[]string{"LANEGATE_LOGIN_MAX_HOLD=30s", "LANEGATE_CORE_QUEUE_TIMEOUT=5s", "LANEGATE_EXPORT_QUEUE_TIMEOUT=30s", "not below query_wait_timeout 5s", "budget 12 > pool_size 8"},
 			[]string{"below 5s"}},
 		{"budget over the pool, lanes below", over, 120 * time.Second, []Severity{OK},
 			[]string{"every lane's queue timeout is below query_wait_timeout 120s"}, nil},
-		{"disabled", stormEnv, 0, []Severity{Warn},
+		{"disabled", watched(stormEnv...), 0, []Severity{Warn},
 			[]string{"query_wait_timeout is 0 (disabled)", "for ever"}, []string{"set query_wait_timeout in pgbouncer.ini"}},
-		{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT misstates it", append(slices.Clone(stormEnv), "LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=120s"), 5 * time.Second, []Severity{Warn, OK},
-			[]string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=2m0s, but PgBouncer's query_wait_timeout is 5s"}, []string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=5s"}},
+		{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT misstates it", watched(append(slices.Clone(stormEnv), "LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=120s")...), 5 * time.Second, []Severity{Warn, OK},
+			[]string{"LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=2m0s, but PgBouncer's query_wait_timeout is 5s"}, []string{"unset LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT, to read it from PgBouncer, or set it to 5s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -279,7 +294,7 @@ func TestPoolMode(t *testing.T) {
 			c.reading.Settings.PoolMode = tt.defMode
 			c.shows["CLIENTS"] = tt.clients
 			c.showErr = tt.showErr
-			opts := Options{Config: load(t, stormEnv...), Console: c}
+			opts := Options{Config: load(t, watched(stormEnv...)...), Console: c}
 			if tt.cma != "" {
 				cma, err := ParseConnMaxAge(tt.cma)
 				if err != nil {
@@ -335,7 +350,7 @@ func TestMaxClientConn(t *testing.T) {
 			c.shows["POOLS"] = tt.pools
 			c.shows["CLIENTS"] = nil
 			c.showErr = tt.showErr
-			fs := only(t, run1(t, Options{Config: load(t, stormEnv...), Console: c, ConnMaxAge: ConnMaxAge{Stated: true}}), checkMaxClientConn)
+			fs := only(t, run1(t, Options{Config: load(t, watched(stormEnv...)...), Console: c, ConnMaxAge: ConnMaxAge{Stated: true}}), checkMaxClientConn)
 			if len(fs) != 1 {
 				t.Fatalf("got %d findings, want 1: %+v", len(fs), fs)
 			}
@@ -403,7 +418,7 @@ func TestScrubWithoutNames(t *testing.T) {
 }
 
 func TestConsoleRead(t *testing.T) {
-	r := run1(t, Options{Config: load(t, stormEnv...), Console: stormConsole(), Consoles: []string{"postgres://storm@127.0.0.1:6432/pgbouncer"}})
+	r := run1(t, Options{Config: load(t, watched(stormEnv...)...), Console: stormConsole(), Consoles: []string{consoleURL}})
 	want(t, only(t, r, checkConsole)[0], OK, []string{
 		"read 1 console (postgres://storm@127.0.0.1:6432/pgbouncer)", "pool lanegate_storm/storm", "pool_mode session",
 		"query_wait_timeout 5s", "max_client_conn 1000",
@@ -448,11 +463,11 @@ func TestExitStatus(t *testing.T) {
 	}
 	// End to end: the benchmark's stack, sized as its env file sizes it,
 	// passes; with a budget over its pool it fails.
-	ok := run1(t, Options{Config: load(t, stormEnv...), Console: stormConsole(), ConnMaxAge: ConnMaxAge{Stated: true}})
+	ok := run1(t, Options{Config: load(t, watched()...), Console: stormConsole(), ConnMaxAge: ConnMaxAge{Stated: true}})
 	if ok.Failed() {
 		t.Errorf("the benchmark's stack: Failed() = true, want false: %+v", ok.Findings)
 	}
-	bad := run1(t, Options{Config: load(t, append(slices.Clone(stormEnv), "LANEGATE_BUDGET=12")...), Console: stormConsole(), ConnMaxAge: ConnMaxAge{Stated: true}})
+	bad := run1(t, Options{Config: load(t, watched("LANEGATE_BUDGET=12")...), Console: stormConsole(), ConnMaxAge: ConnMaxAge{Stated: true}})
 	if !bad.Failed() {
 		t.Errorf("budget over the pool: Failed() = false, want true: %+v", bad.Findings)
 	}
@@ -528,4 +543,13 @@ func TestLaneTimeoutVars(t *testing.T) {
 			t.Errorf("lane %s: %s is not a variable of config", l, name)
 		}
 	}
+}
+
+// TestSizedFromPoolInvalid: a configuration valid as written but not once
+// sized from PgBouncer's pool would not start; that fails, and the other
+// checks go on with the configuration as written.
+func TestSizedFromPoolInvalid(t *testing.T) {
+	r := run1(t, Options{Config: load(t, watched("LANEGATE_CORE_MAX=12")...), Console: stormConsole()})
+	want(t, only(t, r, checkConfig)[0], Fail, []string{"sizing from PgBouncer's pool lanegate_storm/storm (pool_size 8)", "LANEGATE_CORE_MAX=12"}, []string{"variables named"})
+	want(t, only(t, r, checkBudget)[0], Fail, []string{"budget 20 (LANEGATE_DB_POOL_SIZE=20 less 0 of headroom) > pool_size 8"}, nil)
 }

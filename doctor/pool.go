@@ -12,12 +12,15 @@ import (
 
 // budgetText says what the budget is and where it comes from.
 func (d *run) budgetText() string {
-	a := d.opts.Config.Admission
+	a, b := d.cfg.Admission, d.limits.Budget
 	if a.Budget != nil {
-		return fmt.Sprintf("budget %d (LANEGATE_BUDGET)", d.limits.Budget)
+		return fmt.Sprintf("budget %d (LANEGATE_BUDGET)", b)
 	}
-	return fmt.Sprintf("budget %d (LANEGATE_DB_POOL_SIZE=%d less LANEGATE_POOL_HEADROOM=%d%%)",
-		d.limits.Budget, a.DBPoolSize, a.PoolHeadroom)
+	pool := fmt.Sprintf("LANEGATE_DB_POOL_SIZE=%d", a.DBPoolSize)
+	if a.DBPoolSize != d.opts.Config.Admission.DBPoolSize {
+		pool = fmt.Sprintf("PgBouncer's pool_size %d", a.DBPoolSize)
+	}
+	return fmt.Sprintf("budget %d (%s less %d of headroom)", b, pool, a.DBPoolSize-b)
 }
 
 // budget checks that every request lanegate admits can have a pooled
@@ -25,7 +28,7 @@ func (d *run) budgetText() string {
 // PgBouncer, unseen by lanegate and under query_wait_timeout, which is the
 // queue lanegate exists to keep them out of.
 func (d *run) budget() {
-	a := d.opts.Config.Admission
+	a := d.cfg.Admission
 	b := d.limits.Budget
 	if !d.read {
 		// The static budget against the pool the operator wrote down.
@@ -45,7 +48,7 @@ func (d *run) budget() {
 		d.add(Fail, checkBudget, fmt.Sprintf("PgBouncer gives pool %s no server connections (pool_size %d)", pool, p.Size),
 			"check that LANEGATE_PGBOUNCER_DATABASE and LANEGATE_PGBOUNCER_USER name the app's pool, and its pool_size or default_pool_size in pgbouncer.ini")
 	case b > p.Size:
-		fix := fmt.Sprintf("set LANEGATE_DB_POOL_SIZE=%d, PgBouncer's pool_size: the budget derives from it", p.Size)
+		fix := fmt.Sprintf("unset LANEGATE_DB_POOL_SIZE, to read it from PgBouncer, or set it to %d", p.Size)
 		if a.Budget != nil {
 			fix = fmt.Sprintf("lower LANEGATE_BUDGET to at most %d, or raise the pool's pool_size (default_pool_size) in pgbouncer.ini to at least %d", p.Size, b)
 		}
@@ -54,11 +57,11 @@ func (d *run) budget() {
 	case a.Budget == nil && a.DBPoolSize != p.Size:
 		// Within the pool, but derived from a pool that is not there: the
 		// headroom left to the pool's other clients is not the one meant.
-		c := d.opts.Config
+		c := d.cfg
 		c.Admission.DBPoolSize = p.Size
 		d.add(Warn, checkBudget, fmt.Sprintf("%s ≤ pool_size %d of %s, but the pool is %d, not %d: derived from it the budget would be %d",
 			d.budgetText(), p.Size, pool, p.Size, a.DBPoolSize, c.Limits().Budget),
-			fmt.Sprintf("set LANEGATE_DB_POOL_SIZE=%d, PgBouncer's pool_size", p.Size))
+			fmt.Sprintf("unset LANEGATE_DB_POOL_SIZE, to read it from PgBouncer, or set it to %d", p.Size))
 	default:
 		d.add(OK, checkBudget, fmt.Sprintf("%s ≤ pool_size %d of %s (now %d clients active, %d waiting)",
 			d.budgetText(), p.Size, pool, p.ClActive, p.ClWaiting), "")
@@ -88,7 +91,7 @@ func (d *run) queryWait() {
 	qw := d.reading.Settings.QueryWaitTimeout
 	if set := d.opts.Config.Admission.PgBouncerQueryWaitTimeout; set != nil && *set != qw {
 		d.add(Warn, checkQueryWait, fmt.Sprintf("LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=%s, but PgBouncer's query_wait_timeout is %s", *set, seconds(qw)),
-			fmt.Sprintf("set LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT=%s, or unset it", seconds(qw)))
+			fmt.Sprintf("unset LANEGATE_PGBOUNCER_QUERY_WAIT_TIMEOUT, to read it from PgBouncer, or set it to %s", seconds(qw)))
 	}
 	if qw == 0 {
 		d.add(Warn, checkQueryWait, "query_wait_timeout is 0 (disabled): a client that finds no free server connection waits in PgBouncer for ever, holding its gunicorn thread",

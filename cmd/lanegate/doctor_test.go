@@ -27,7 +27,7 @@ func TestDoctorWithoutConsole(t *testing.T) {
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`^lanegate doctor — configuration from the environment\n`),
 		line("WARN", "console", "LANEGATE_PGBOUNCER_URL is not set"),
-		line("OK", "budget", "budget 8 (LANEGATE_DB_POOL_SIZE=8 less LANEGATE_POOL_HEADROOM=0%) ≤ LANEGATE_DB_POOL_SIZE=8"),
+		line("OK", "budget", "budget 8 (LANEGATE_DB_POOL_SIZE=8 less 0 of headroom) ≤ LANEGATE_DB_POOL_SIZE=8"),
 		line("WARN", "query_wait", "not checked: set LANEGATE_PGBOUNCER_URL"),
 		line("WARN", "pool_mode", "not checked: set LANEGATE_PGBOUNCER_URL"),
 		line("WARN", "max_client_conn", "not checked: set LANEGATE_PGBOUNCER_URL"),
