@@ -26,6 +26,11 @@ import (
 // answer means a thread was still free. The held connections are closed
 // before the probe returns; the probe holds the app's threads for at most
 // Options.Timeout.
+//
+// The measure is exact for sync workers and for one gthread worker. Each
+// of several gthread workers takes connections whether or not it has a
+// thread free, so how the kernel spreads them decides where the last one
+// waits: near budget+1 threads in all, the verdict can err either way.
 func (d *run) threads(ctx context.Context) {
 	want := d.limits.Budget + 1
 	if d.opts.App == nil {
