@@ -69,12 +69,15 @@ func (v *validator) pgBouncer() {
 	if !v.skip(varPgBouncerURL) {
 		for i, raw := range pb.URLs {
 			if err := consoleURL(raw); err != nil {
-				// The URL may hold a password: show it redacted.
-				shown := "<unparsable>"
-				if u, perr := url.Parse(raw); perr == nil {
-					shown = u.Redacted()
+				// A password may be anywhere in it (user info, a
+				// password= parameter) or the value may be a secret
+				// pasted in the wrong variable: show only where it
+				// points, when it points anywhere.
+				shown := ""
+				if u, perr := url.Parse(raw); perr == nil && u.Scheme != "" && u.Host != "" {
+					shown = " (" + u.Scheme + "://" + u.Host + ")"
 				}
-				v.report(varPgBouncerURL, fmt.Sprintf("%s: URL %d (%s): %v", varPgBouncerURL, i+1, shown, err))
+				v.report(varPgBouncerURL, fmt.Sprintf("%s: URL %d%s: %v", varPgBouncerURL, i+1, shown, err))
 				break
 			}
 		}

@@ -105,9 +105,11 @@ func TestPgBouncerVariablesValidated(t *testing.T) {
 		env  []string
 		want string
 	}{
-		{[]string{"LANEGATE_PGBOUNCER_URL=mysql://stats:hunter2-secret@db/pgbouncer"}, "LANEGATE_PGBOUNCER_URL: URL 1 (mysql://stats:xxxxx@db/pgbouncer): scheme must be postgres or postgresql"},
-		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://a@h/pgbouncer,postgres://stats:hunter2-secret@h:6432/app"}, "URL 2 (postgres://stats:xxxxx@h:6432/app): database must be pgbouncer"},
+		{[]string{"LANEGATE_PGBOUNCER_URL=mysql://stats:hunter2-secret@db/pgbouncer"}, "LANEGATE_PGBOUNCER_URL: URL 1 (mysql://db): scheme must be postgres or postgresql"},
+		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://a@h/pgbouncer,postgres://stats:hunter2-secret@h:6432/app"}, "URL 2 (postgres://h:6432): database must be pgbouncer"},
 		{[]string{"LANEGATE_PGBOUNCER_URL=postgres:///pgbouncer"}, "has no host"},
+		{[]string{"LANEGATE_PGBOUNCER_URL=hunter2-secret"}, "LANEGATE_PGBOUNCER_URL: URL 1: scheme must be postgres or postgresql"},
+		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://h/app?password=hunter2-secret"}, "URL 1 (postgres://h): database must be pgbouncer"},
 		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://h:99999/pgbouncer"}, `port "99999" is not a port number`},
 		{[]string{"LANEGATE_PGBOUNCER_POLL=0s"}, "LANEGATE_PGBOUNCER_POLL=0s: must be positive"},
 		{[]string{"LANEGATE_PGBOUNCER_POLL=-1s"}, "LANEGATE_PGBOUNCER_POLL=-1s: must be positive"},

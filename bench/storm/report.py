@@ -31,7 +31,7 @@ LOGIN_HELD = "[AUTH] Login held"
 LOGIN_WAITING = "[AUTH] Login waiting"
 ROOM_NAMES = (LOGIN_SHED, LOGIN_HELD, LOGIN_WAITING)  # waiting-room answers: not failures
 SHED_SUFFIX = " (shed)"
-MODE_ORDER = ["direct", "haproxy", "lanegate", "lanegate-off"]
+MODE_ORDER = ["direct", "haproxy", "lanegate", "lanegate-off", "lanegate-static", "lanegate-watch"]
 POOLS_COLUMNS_118 = [
     "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
     "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
@@ -286,6 +286,9 @@ class Mode:
         self.pgb_qwt = count_lines(os.path.join(self.dir, "pgbouncer.log"), "query_wait_timeout")
         self.django = django_errors(os.path.join(self.dir, "django-error.log"))
         self.compute()
+        self.hog = read_hog(os.path.join(self.dir, "hog.tsv"))
+        if self.hog is not None:
+            self.hog_m = hog_figures(self)
 
     def compute(self):
         R = self.requests
@@ -548,6 +551,514 @@ def peak_rate(times, window):
     return best / window
 
 
+# ---------------------------------------------------------------- the hog
+
+COLORS = {"direct": "tab:red", "haproxy": "tab:orange", "lanegate": "tab:green", "lanegate-off": "tab:blue",
+          "lanegate-static": "tab:purple", "lanegate-watch": "tab:green"}
+PGB_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC ")
+PGB_PORT = re.compile(r"@[0-9a-fA-F.:\[\]]+:(\d+) ")
+CORE_MIN = 20  # fewer core requests than this in a window: no percentile
+RELEASE_GRACE = 0.5  # seconds after a burst's end before its last connection counts as gone
+
+
+def read_hog(path):
+    """hog.tsv (bench/storm/hog.py): the plan, the bursts, every hog connection.
+    Returns None without the file, else a dict:
+      bursts: [(n, start, end)], ports: {port: (first seen, last seen)},
+      held: [(acquired, released)], waiting: [(sent, answered)],
+      waits: [seconds from acquire to acquired], failed: [(time, why)],
+      plan: the start line's key=value pairs."""
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        return None
+    h = {"bursts": [], "ports": {}, "held": [], "waiting": [], "waits": [], "failed": [], "plan": {},
+         "end_held": []}
+    open_acq, open_held = {}, {}
+    last_t = None
+    with f:
+        for line in f:
+            p = line.rstrip("\n").split("\t")
+            if len(p) < 6:
+                continue
+            t, ev, burst, conn, port, detail = fnum(p[0]), p[1], p[2], p[3], p[4], p[5]
+            if t is None:
+                continue
+            last_t = t
+            key = (burst, conn)
+            if port:
+                a, _ = h["ports"].get(port, (t, t))
+                h["ports"][port] = (a, t)
+            if ev == "start":
+                for kv in detail.split():
+                    if "=" in kv:
+                        k, v = kv.split("=", 1)
+                        h["plan"][k] = v
+            elif ev == "burst_start":
+                h["bursts"].append((int(burst), t, fnum(detail, t)))
+            elif ev == "burst_end":
+                h["end_held"].append(detail)
+            elif ev == "acquire":
+                open_acq[key] = t
+            elif ev in ("acquired", "failed"):
+                sent = open_acq.pop(key, None)
+                if sent is not None:
+                    h["waiting"].append((sent, t))
+                if ev == "acquired":
+                    open_held[key] = t
+                    if sent is not None:
+                        h["waits"].append(t - sent)
+                else:
+                    why = detail.split(":", 1)[0].split(" ", 1)[-1] if detail else "error"
+                    h["failed"].append((t, why))
+            elif ev == "released":
+                a = open_held.pop(key, None)
+                if a is not None:
+                    h["held"].append((a, t))
+    for a in open_held.values():  # stopped while holding
+        h["held"].append((a, last_t))
+    for a in open_acq.values():
+        h["waiting"].append((a, last_t))
+    return h
+
+
+def count_at(intervals, t):
+    return sum(1 for a, b in intervals if a <= t < b)
+
+
+def pgb_timeouts(path, hog_ports):
+    """query_wait_timeout lines of PgBouncer's log: [(epoch, is the hog's)].
+    A line names the client's address and port; hog_ports maps every port
+    the hog connected from to when it used it."""
+    import datetime
+    out = []
+    try:
+        f = open(path, errors="replace")
+    except FileNotFoundError:
+        return None
+    with f:
+        for line in f:
+            if "query_wait_timeout" not in line:
+                continue
+            m = PGB_TIME.match(line)
+            t = None
+            if m:
+                try:
+                    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in m.group(1) else "%Y-%m-%d %H:%M:%S"
+                    t = datetime.datetime.strptime(m.group(1), fmt).replace(
+                        tzinfo=datetime.timezone.utc).timestamp()
+                except ValueError:
+                    t = None
+            pm = PGB_PORT.search(line)
+            span = hog_ports.get(pm.group(1)) if pm else None
+            hog = span is not None and (t is None or span[0] - 2 <= t <= span[1] + 30)
+            out.append((t, hog))
+    return out
+
+
+def read_gauges(path):
+    """lanegate-metrics.tsv (pools.py): [(t, in_flight, budget, effective_budget, queued, queued_core,
+    login_in_flight)], None for a gauge lanegate did not export (or an older file lacks)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                p = line.rstrip("\n").split("\t")
+                if len(p) < 5 or fnum(p[0]) is None:
+                    continue
+                out.append(tuple(fnum(p[i]) if i < len(p) else None for i in range(7)))
+    except FileNotFoundError:
+        return None
+    return out
+
+
+def in_windows(t, windows):
+    return any(a <= t < b for a, b in windows)
+
+
+def time_positive(samples, interval):
+    """From (t, value) samples: seconds with value > 0 (each sample stands for the
+    time to the next, at most twice the interval) and the longest such stretch."""
+    total = longest = run = 0.0
+    for i, (t, v) in enumerate(samples):
+        dt = min(samples[i + 1][0] - t, 2 * interval) if i + 1 < len(samples) else interval
+        if v > 0:
+            total += dt
+            run += dt
+            longest = max(longest, run)
+        else:
+            run = 0.0
+    return total, longest
+
+
+def hog_figures(md):
+    """What the hog scenarios are judged on, for one mode."""
+    h, env, m = md.hog, md.env, md.m
+    x = {}
+    pool = int(fnum(env.get("POOL"), 0)) or None
+    k = int(fnum(env.get("HOG_CONNS"), fnum(h["plan"].get("conns"), 0)))
+    qw = fnum(env.get("QUERY_WAIT"), fnum(h["plan"].get("query_wait")))
+    interval = fnum(env.get("POOLS_INTERVAL"), 1.0)
+    x["pool"], x["k"], x["query_wait"], x["interval"] = pool, k, qw, interval
+    x["hold"] = fnum(env.get("HOG_HOLD"), fnum(h["plan"].get("hold")))
+    bursts = [(a, b) for _, a, b in h["bursts"]]
+    x["bursts"] = h["bursts"]
+    x["burst_s"] = sum(b - a for a, b in bursts)
+    x["windows"] = bursts
+
+    # The hog itself.
+    x["hog_waits_p50"] = percentile(h["waits"], 50)
+    x["hog_waits_max"] = max(h["waits"]) if h["waits"] else None
+    x["hog_failed"] = len(h["failed"])
+    held_s = 0.0
+    for a, b in bursts:
+        for ha, hb in h["held"]:
+            held_s += max(0.0, min(b, hb) - max(a, ha))
+    x["hog_held_mean"] = held_s / x["burst_s"] if x["burst_s"] else None
+    # Seconds from a burst's start until it held all it asked for.
+    full = []
+    for n, a, b in h["bursts"]:
+        acq = sorted(ha for ha, hb in h["held"] if a - 1 <= ha <= b)
+        full.append(acq[k - 1] - a if k and len(acq) >= k else None)
+    x["hog_full_after"] = full
+
+    # PgBouncer's query_wait_timeout: the app's and the hog's.
+    qwt = pgb_timeouts(os.path.join(md.dir, "pgbouncer.log"), h["ports"]) or []
+    x["qwt_hog"] = sum(1 for _, hog in qwt if hog)
+    x["qwt_app"] = sum(1 for _, hog in qwt if not hog)
+    x["qwt_app_in_burst"] = sum(1 for t, hog in qwt if not hog and t is not None
+                                and in_windows(t, [(a, b + (qw or 0) + 1) for a, b in bursts]))
+
+    # Clients waiting in PgBouncer: all of them, and the app's (all less the
+    # hog's own acquires in flight at that moment). Only while the load ran:
+    # when Locust stops, its requests are cancelled and the pool's last
+    # samples say nothing of the scenario.
+    load_end = (md.t_start + md.duration - 1.0) if md.t_start and md.duration else None
+    P = [p for p in (md.pools or []) if load_end is None or p[0] <= load_end]
+    allw = [(t, cw) for t, cw, *_ in P]
+    appw = [(t, max(0, cw - count_at(h["waiting"], t))) for t, cw, *_ in P]
+    x["clw_peak"] = max((v for _, v in allw), default=None)
+    x["clw_s"], x["clw_longest"] = time_positive(allw, interval)
+    x["app_clw_peak"] = max((v for _, v in appw), default=None)
+    x["app_clw_s"], x["app_clw_longest"] = time_positive(appw, interval)
+    x["clw_peak_burst"] = max((v for t, v in allw if in_windows(t, bursts)), default=None)
+    x["clw_peak_outside"] = max((v for t, v in allw if not in_windows(t, bursts)), default=None)
+    x["maxwait_peak"] = max((p[2] for p in P), default=None)
+    # Server connections the app had in use during the bursts, against what
+    # the hog left it; and those left idle while lanegate queued core
+    # requests (its gauges, read every other sample).
+    g = read_gauges(os.path.join(md.dir, "lanegate-metrics.tsv"))
+    if g is not None:
+        g = [r for r in g if load_end is None or r[0] <= load_end]
+    gt = [r[0] for r in g] if g else []
+    used = free = idle = logins = 0.0
+    nb = nl = 0
+    for t, cw, mw, ca, sa in P:
+        if not in_windows(t, bursts):
+            continue
+        held = count_at(h["held"], t)
+        u, f_ = max(0, sa - held), max(0, (pool or 0) - held)
+        used += u
+        free += f_
+        nb += 1
+        j = bisect.bisect_right(gt, t + 0.3) - 1
+        if j >= 0 and t - gt[j] <= 0.6:
+            q = g[j][5] if g[j][5] is not None else g[j][4]
+            if q:
+                idle += max(0, f_ - u)
+            if g[j][6] is not None:
+                logins += min(g[j][6], f_)
+                nl += 1
+    x["app_sv_mean"] = used / nb if nb else None
+    x["free_mean"] = free / nb if nb else None
+    x["idle_queued"] = idle / nb if nb and g else None
+    x["login_conns"] = logins / nl if nl else None
+
+    # Requests during the bursts (started inside one) and outside them.
+    R = md.requests
+    core = [r for r in R if not r["name"].startswith(AUTH_PREFIX)]
+    served = [r for r in core if r["outcome"] != "shed"]
+    during = [r for r in served if in_windows(r["t_start"], bursts)]
+    outside = [r for r in served if not in_windows(r["t_start"], bursts)]
+    span = (md.t_end - md.t_start) if md.t_end and md.t_start else (md.duration or 0)
+    out_s = max(0.0, span - x["burst_s"])
+    for name, rs, secs in (("in", during, x["burst_s"]), ("out", outside, out_s)):
+        t = [r["ms"] for r in rs]
+        x[f"core_{name}_n"] = len(rs)
+        x[f"core_{name}_p50"] = percentile(t, 50) if len(t) >= CORE_MIN else None
+        x[f"core_{name}_p95"] = percentile(t, 95) if len(t) >= CORE_MIN else None
+        ok = sum(1 for r in rs if r["outcome"] == "ok")
+        x[f"core_{name}_ok_rate"] = ok / secs if secs else None
+        x[f"core_{name}_fail"] = sum(1 for r in rs if r["outcome"] != "ok")
+        x[f"shed_{name}"] = sum(1 for r in core if r["outcome"] == "shed"
+                                and in_windows(r["t_start"], bursts) == (name == "in"))
+    x["5xx_in"] = sum(1 for r in R if r["status"] >= 500 and r["outcome"] != "shed"
+                      and in_windows(r["t_start"], bursts))
+    x["500"] = m["500"]
+    x["refusals"] = sum(1 for r in R if r["status"] in (429, 503))
+    x["refusals_ra"] = sum(1 for r in R if r["status"] in (429, 503) and r["retry_after"] not in ("", None))
+    # The service time of a core request, with no hog and no login storm:
+    # outside the bursts and after everyone got in, else outside the bursts.
+    quiet = [r["ms"] for r in outside
+             if m["last_login"] and m["logged_in"] >= m["users"] and r["t_start"] > m["last_login"] + STEADY_MARGIN]
+    x["quiet_ms"] = percentile(quiet, 50) if len(quiet) >= CORE_MIN else None
+    x["outside_ms"] = percentile([r["ms"] for r in outside], 50) if outside else None
+    x["service_ms"], x["service_from"] = x["quiet_ms"], "outside bursts, after the login storm"
+    bound(x)
+
+    # lanegate's gauges.
+    x["eff_min_in"] = x["eff_mean_in"] = x["eff_out"] = x["inflight_max_in"] = x["queued_max"] = None
+    x["budget"] = None
+    x["gauges"] = g or []
+    if g:
+        eff = [(t, e if e is not None else b) for t, i, b, e, q, *_ in g if (e is not None or b is not None)]
+        x["has_eff"] = any(e is not None for _, _, _, e, *_ in g)
+        ein = [v for t, v in eff if in_windows(t, bursts)]
+        eout = [v for t, v in eff if not in_windows(t, bursts)]
+        x["eff_min_in"] = min(ein) if ein else None
+        x["eff_mean_in"] = sum(ein) / len(ein) if ein else None
+        x["eff_out"] = percentile(eout, 50) if eout else None
+        x["inflight_max_in"] = max((i for t, i, *_ in g if i is not None and in_windows(t, bursts)), default=None)
+        x["queued_max"] = max((q for _, _, _, _, q, *_ in g if q is not None), default=None)
+        x["budget"] = next((b for _, _, b, *_ in g if b is not None), None)
+
+    return x
+
+
+def bound(x, service_ms=None, service_from=None):
+    """The core rate the connections the hog leaves allow: F ÷ S, at most the
+    rate the users ask for outside the bursts; and the same with lanegate's
+    logins in flight taken off F."""
+    if service_ms is not None:
+        x["service_ms"], x["service_from"] = service_ms, service_from
+    S = x["service_ms"]
+    F = x["free_mean"] if x["free_mean"] is not None else (
+        max(0, x["pool"] - x["k"]) if x["pool"] else None)
+    offered = x.get("offered", x["core_out_ok_rate"])
+
+    def cap(v):
+        return min(v, offered) if v is not None and offered is not None else v
+
+    x["bound_rate"] = F / (S / 1000.0) if F is not None and S else None
+    x["bound_eff"] = cap(x["bound_rate"])
+    x["bound_logins"] = (cap(max(0.0, F - x["login_conns"]) / (S / 1000.0))
+                         if F is not None and S and x.get("login_conns") is not None else None)
+
+
+def hog_service_times(H):
+    """A mode whose users were still logging in at the end has no quiet window
+    to measure S in: it takes the lowest quiet S of the run's modes (the app is
+    the same), else the lowest median outside the bursts, the login storm
+    included (a mode that queued in PgBouncer all along has no S of its own)."""
+    quiet = [(md.hog_m["quiet_ms"], md.name) for md in H if md.hog_m["quiet_ms"] is not None]
+    loud = [(md.hog_m["outside_ms"], md.name) for md in H if md.hog_m["outside_ms"] is not None]
+    # What the users ask for: the best core rate outside the bursts in the
+    # run (a mode that failed outside them too served less than was asked).
+    offered = max((md.hog_m["core_out_ok_rate"] for md in H if md.hog_m["core_out_ok_rate"] is not None),
+                  default=None)
+    for md in H:
+        x = md.hog_m
+        x["offered"] = offered
+        if x["quiet_ms"] is not None:
+            bound(x)
+            continue
+        if quiet:
+            v, n = min(quiet)
+            bound(x, v, f"`{n}`'s, outside bursts after the login storm")
+        elif loud:
+            v, n = min(loud)
+            bound(x, v, f"`{n}`'s, outside bursts, login storm included")
+
+
+def hog_rows(modes):
+    H = [md for md in modes if getattr(md, "hog", None) is not None]
+
+    def row(label, f):
+        return [label] + [f(md.hog_m, md.m) for md in H]
+
+    def hold(x, m):
+        full = ", ".join("–" if v is None else f"{v:.1f} s" for v in x["hog_full_after"])
+        return (f"{num(x['hog_held_mean'], '{:.1f}')} of {x['k']}; {full}; "
+                f"{sec(x['hog_waits_p50'])} / {sec(x['hog_waits_max'])}; {x['hog_failed']}")
+
+    return H, [
+        row("query_wait_timeout in PgBouncer's log: the app's (during a burst) / the hog's",
+            lambda x, m: f"{x['qwt_app']} ({x['qwt_app_in_burst']}) / {x['qwt_hog']}"),
+        row("query_wait_timeout in Django's log (qwt text / 'server closed')",
+            lambda x, m: f"{num(m['dj_qwt'])} / {num(m['dj_closed'])}"),
+        row("HTTP 5xx other than sheds (of which 500) / started during a burst",
+            lambda x, m: f"{m['5xx']} ({m['500']}) / {x['5xx_in']}"),
+        row("503 and 429: all / with Retry-After (without)",
+            lambda x, m: f"{x['refusals']} / {x['refusals_ra']} ({m['no_ra']})"),
+        row("peak cl_waiting, all clients: during bursts / outside",
+            lambda x, m: f"{num(x['clw_peak_burst'])} / {num(x['clw_peak_outside'])}"),
+        row("seconds with cl_waiting > 0, all clients: total / longest stretch",
+            lambda x, m: f"{sec(x['clw_s'])} / {sec(x['clw_longest'])}"),
+        row("the app's clients waiting in PgBouncer (all less the hog's acquires): peak / seconds > 0 / longest",
+            lambda x, m: f"{num(x['app_clw_peak'])} / {sec(x['app_clw_s'])} / {sec(x['app_clw_longest'])}"),
+        row("peak maxwait", lambda x, m: sec(x["maxwait_peak"])),
+        row("hog: connections held, mean over the bursts; seconds to hold all, per burst; acquire wait p50 / max; "
+            "acquires failed", hold),
+        row("server connections the app used during bursts, mean / left to it by the hog (share used)",
+            lambda x, m: f"{num(x['app_sv_mean'], '{:.2f}')} / {num(x['free_mean'], '{:.2f}')} "
+                         f"({pct_(x['app_sv_mean'] / x['free_mean']) if x['app_sv_mean'] is not None and x['free_mean'] else '–'})"),
+        row("lanegate: connections left idle while core requests queued in it, mean over the bursts",
+            lambda x, m: num(x["idle_queued"], "{:.2f}")),
+        row("core p50 / p95: started during a burst",
+            lambda x, m: f"{ms(x['core_in_p50'])} / {ms(x['core_in_p95'])} (n {x['core_in_n']})"),
+        row("core p50 / p95: outside the bursts",
+            lambda x, m: f"{ms(x['core_out_p50'])} / {ms(x['core_out_p95'])} (n {x['core_out_n']})"),
+        row("core failures (not sheds): during / outside",
+            lambda x, m: f"{x['core_in_fail']} / {x['core_out_fail']}"),
+        row("core sheds (503/429 + Retry-After): during / outside",
+            lambda x, m: f"{x['shed_in']} / {x['shed_out']}"),
+        row("core answered OK per second: during bursts / outside",
+            lambda x, m: f"{num(x['core_in_ok_rate'], '{:.1f}')} / {num(x['core_out_ok_rate'], '{:.1f}')}"),
+        row("core service time S (p50, where measured)",
+            lambda x, m: f"{ms(x['service_ms'])} ({x['service_from']})"),
+        row("bound during bursts: connections left ÷ S; the bound: min(that, the best rate outside bursts in the "
+            "run), req/s",
+            lambda x, m: f"{num(x['bound_rate'], '{:.0f}')}; **{num(x['bound_eff'], '{:.1f}')}**"),
+        row("core answered OK during bursts ÷ the bound",
+            lambda x, m: ratio(x["core_in_ok_rate"], x["bound_eff"], "{:.2f}")),
+        row("lanegate: logins in flight during bursts (mean, at most the connections left); "
+            "the bound with those connections taken off, req/s",
+            lambda x, m: (f"{x['login_conns']:.2f}; {num(x['bound_logins'], '{:.1f}')}"
+                          if x.get("login_conns") is not None else "–")),
+        row("lanegate: budget; effective budget min / mean during bursts, median outside",
+            lambda x, m: ("–" if x["budget"] is None else
+                          f"{num(x['budget'], '{:.0f}')}; " + (
+                              f"{num(x['eff_min_in'], '{:.0f}')} / {num(x['eff_mean_in'], '{:.1f}')}, "
+                              f"{num(x['eff_out'], '{:.0f}')}" if x.get("has_eff") else "no effective budget"))),
+        row("lanegate: peak in flight during bursts; peak queued",
+            lambda x, m: f"{num(x['inflight_max_in'], '{:.0f}')}; {num(x['queued_max'], '{:.0f}')}"),
+        row("users logged in by the end", lambda x, m: f"{m['logged_in']} / {m['users']}"),
+        row("time to log in p50 / p95 / max", lambda x, m: f"{sec(m['ttl_p50'])} / {sec(m['ttl_p95'])} / "
+                                                           f"{sec(m['ttl_max'])}"),
+        row("accounts locked", lambda x, m: num(m["locked"])),
+    ]
+
+
+def hog_section(modes, run):
+    H, rows = hog_rows(modes)
+    if not H:
+        return []
+    x0, e0 = H[0].hog_m, H[0].env
+    t0 = H[0].t_start or 0
+    kind = e0.get("HOG", "hog")
+    lines = ["## The hog", ""]
+    lines.append(
+        f"A background job (`bench/storm/hog.py`, scenario `{kind}`) connected through PgBouncer as the app's "
+        f"user to the app's database, sharing its pool of {x0['pool']}, held **{x0['k']} of the "
+        f"{x0['pool']} server connections for {num(x0['hold'], '{:g}')} s of every "
+        f"{e0.get('HOG_CYCLE', '?')} s**, from {e0.get('HOG_OFFSET', '?')} s after Locust started: bursts at "
+        + ", ".join(f"{a - t0:.0f}–{b - t0:.0f} s" for _, a, b in x0["bursts"])
+        + f" (of `{H[0].name}`; every mode has the same schedule from its own start). "
+        f"PgBouncer's `query_wait_timeout` is {num(x0['query_wait'], '{:g}')} s; `SHOW POOLS` was sampled "
+        f"every {x0['interval']:g} s.")
+    lines.append("")
+    lines.append(md_table(H, rows))
+    lines.append("")
+    lines.append(
+        "*During a burst* counts requests that started inside one. *The hog's* query_wait_timeout lines are "
+        "those whose client port is one the hog connected from (every line of PgBouncer's names the port): "
+        "once a client waits in PgBouncer 1.18's queue it is served or times out, even if it closes its "
+        "socket or sends a cancel, so an acquire that finds the pool taken waits like anyone's, and the hog "
+        "retries on a new connection until its burst is over. *The app's clients waiting*: cl_waiting less "
+        "the hog's acquires in flight at that moment (from `hog.tsv`). *Server connections the app used*: "
+        "sv_active less the hog's held connections, sampled during the bursts.")
+    lines.append("")
+    lines.append(
+        f"**The bound.** Once the hog holds all it asked for, it leaves the app "
+        f"{max(0, (x0['pool'] or 0) - x0['k'])} server connections (pool − {x0['k']}; the table gives each mode's "
+        "average over the bursts, more where the hog was still waiting for its own). The app holds a connection for the whole of a request that touches the database "
+        "(`CONN_MAX_AGE=0`: Django connects at the first query and disconnects at the end, and in session "
+        "pooling the server connection is the client's until then), so with S the core service time (the "
+        "median core latency where nothing else competes), at most connections ÷ S core requests a second can "
+        "be answered, and never more than the users ask for (the best core rate outside the bursts among the run's "
+        "modes: the load is closed-loop, every user 1–3 s apart). Logins "
+        "take connections too (about a second each, while hashing), so with logins in flight the pages' share "
+        "is lower still. *÷ that bound* near 1 is as good as the connections allow; latency cannot be below S. "
+        "When the load asks for more than the connections can give, the measure is the other way round: "
+        "whether the app kept the connections it had busy (*share used* near 100 %) and whether lanegate left "
+        "any idle while core requests queued in it (*connections left idle while core requests queued*, "
+        "ideally 0; from lanegate's gauges, read every other sample).")
+    lines.append("")
+    return lines
+
+
+def hog_checks(modes):
+    """The goal of the hog scenario, checked on lanegate-watch (and stated for the others)."""
+    out = []
+    for md in modes:
+        if getattr(md, "hog", None) is None:
+            continue
+        x, m = md.hog_m, md.m
+        n = f"`{md.name}`"
+        if md.name == "lanegate-watch":
+            qwt = x["qwt_app"] + x["qwt_hog"] + (m["dj_qwt"] or 0) + (m["dj_closed"] or 0)
+            out.append((qwt == 0, f"{n}: query_wait_timeout: PgBouncer, the app's {x['qwt_app']}, the hog's "
+                                  f"{x['qwt_hog']}; Django {m['dj_qwt']} (+{m['dj_closed']} 'server closed')"))
+            out.append((m["5xx"] == 0, f"{n}: 5xx other than sheds: {m['5xx']} ({m['500']} HTTP 500)"))
+            out.append((x["refusals"] == x["refusals_ra"],
+                        f"{n}: every 503/429 with Retry-After: {x['refusals_ra']} of {x['refusals']}"))
+            out.append((x["clw_peak"] == 0 if x["clw_peak"] is not None else None,
+                        f"{n}: peak cl_waiting {num(x['clw_peak'])}, {sec(x['clw_s'])} with any client waiting "
+                        f"(longest {sec(x['clw_longest'])}); the app's clients: peak {num(x['app_clw_peak'])}, "
+                        f"{sec(x['app_clw_s'])} (longest {sec(x['app_clw_longest'])})"))
+            out.append((None, f"{n}: core answered OK during bursts {num(x['core_in_ok_rate'], '{:.1f}')}/s against "
+                              f"the bound {num(x['bound_eff'], '{:.1f}')}/s "
+                              f"({ratio(x['core_in_ok_rate'], x['bound_eff'], '{:.2f}')}); core p50/p95 during "
+                              f"bursts {ms(x['core_in_p50'])} / {ms(x['core_in_p95'])} against "
+                              f"{ms(x['core_out_p50'])} / {ms(x['core_out_p95'])} outside"))
+        else:
+            out.append((None, f"{n}: query_wait_timeout (app's / hog's) {x['qwt_app']} / {x['qwt_hog']}, "
+                              f"{m['500']} HTTP 500, peak cl_waiting {num(x['clw_peak'])} for {sec(x['clw_s'])}, "
+                              f"core p95 during bursts {ms(x['core_in_p95'])} (outside {ms(x['core_out_p95'])})"))
+    return out
+
+
+def hog_plot(run_dir, modes):
+    """hog.png: per mode, PgBouncer's waiting clients (all and the app's), the
+    hog's held connections and, for lanegate, its budget and in-flight."""
+    H = [md for md in modes if getattr(md, "hog", None) is not None]
+    if not H:
+        return None
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(H), 1, figsize=(10, 2.4 * len(H) + 0.6), sharex=True, squeeze=False)
+    for ax, md in zip(axes[:, 0], H):
+        t0, x, h = md.t_start or 0, md.hog_m, md.hog
+        P = md.pools or []
+        for _, a, b in x["bursts"]:
+            ax.axvspan(a - t0, b - t0, color="0.9", lw=0)
+        ts = [p[0] - t0 for p in P]
+        ax.step(ts, [p[1] for p in P], where="post", color="tab:red", lw=1.2, label="cl_waiting (all)")
+        ax.step(ts, [max(0, p[1] - count_at(h["waiting"], p[0])) for p in P], where="post", color="tab:pink",
+                lw=1.0, ls="--", label="cl_waiting (the app's)")
+        ax.step(ts, [count_at(h["held"], p[0]) for p in P], where="post", color="0.3", lw=1.0, label="hog held")
+        ax.step(ts, [max(0, p[4] - count_at(h["held"], p[0])) for p in P], where="post", color="tab:blue", lw=1.0,
+                label="app's server connections")
+        g = x["gauges"]
+        if g:
+            eff = [(t - t0, e if e is not None else b) for t, i, b, e, q, *_ in g if e is not None or b is not None]
+            if eff:
+                ax.step([a for a, _ in eff], [b for _, b in eff], where="post", color="tab:green", lw=1.3,
+                        label="lanegate budget" + (" (effective)" if x.get("has_eff") else ""))
+            inf = [(t - t0, i) for t, i, *_ in g if i is not None]
+            if inf:
+                ax.step([a for a, _ in inf], [b for _, b in inf], where="post", color="tab:olive", lw=0.8,
+                        label="lanegate in flight")
+        ax.set_title(md.name, loc="left", fontsize=10)
+        ax.set_ylabel("connections / clients")
+        ax.legend(loc="upper right", fontsize=7, ncol=3)
+    axes[-1, 0].set_xlabel("seconds since Locust started (grey: the hog's bursts)")
+    axes[-1, 0].set_xlim(0, None)
+    fig.tight_layout()
+    fig.savefig(os.path.join(run_dir, "hog.png"), dpi=90)
+    plt.close(fig)
+    return "hog.png"
+
+
 # ---------------------------------------------------------------- formatting
 
 
@@ -705,7 +1216,7 @@ def plots(run_dir, modes):
         return [], "matplotlib is not installed: no pictures"
 
     made = []
-    colors = {"direct": "tab:red", "haproxy": "tab:orange", "lanegate": "tab:green", "lanegate-off": "tab:blue"}
+    colors = COLORS
 
     # 1. Response time and failures over time, one panel per mode.
     fig, axes = plt.subplots(len(modes), 1, figsize=(10, 2.7 * len(modes) + 0.6), sharex=True, squeeze=False)
@@ -742,6 +1253,8 @@ def plots(run_dir, modes):
                     ys.append(max(percentile(window, pct), 1))
             if xs:
                 ax.plot(xs, ys, color=color, ls=style, lw=1.5 if pct == 95 else 1.0, label=label)
+        for _, a, b in (md.hog_m["bursts"] if getattr(md, "hog", None) is not None else []):
+            ax.axvspan(a - t0, b - t0, color="0.92", lw=0, zorder=0)
         ax.set_yscale("log")
         ax.set_ylabel("ms (last 10 s)")
         ax.set_title(md.name, loc="left", fontsize=10)
@@ -793,7 +1306,14 @@ def plots(run_dir, modes):
         a1.plot(xs, [p[1] for p in md.pools], label=md.name, color=colors.get(md.name), lw=1.3)
         a2.plot(xs, [p[2] for p in md.pools], label=md.name, color=colors.get(md.name), lw=1.3)
     a1.set_ylabel("cl_waiting")
-    a1.set_title("PgBouncer clients waiting for a server connection (SHOW POOLS, every second)", fontsize=10)
+    hogged = [md for md in modes if getattr(md, "hog", None) is not None]
+    every = (f"every {hogged[0].hog_m['interval']:g} s; grey: the hog's bursts in `{hogged[0].name}`" if hogged
+             else "every second")
+    if hogged:
+        for _, a, b in hogged[0].hog_m["bursts"]:
+            for ax_ in (a1, a2):
+                ax_.axvspan(a - (hogged[0].t_start or 0), b - (hogged[0].t_start or 0), color="0.92", lw=0)
+    a1.set_title(f"PgBouncer clients waiting for a server connection (SHOW POOLS, {every})", fontsize=10)
     a1.legend(fontsize=8)
     a2.set_ylabel("maxwait (s)")
     a2.set_xlabel("seconds since Locust started")
@@ -826,6 +1346,9 @@ def plots(run_dir, modes):
     fig.savefig(os.path.join(run_dir, "logins.png"), dpi=90)
     plt.close(fig)
     made.append("logins.png")
+    hp = hog_plot(run_dir, modes)
+    if hp:
+        made.append(hp)
     return made, None
 
 
@@ -918,12 +1441,13 @@ def versus(a, b):
 
 def build(run_dir):
     run = read_env(os.path.join(run_dir, "run.env"))
-    names = [n for n in MODE_ORDER if os.path.isdir(os.path.join(run_dir, n))]
+    names = [n for n in MODE_ORDER if os.path.isfile(os.path.join(run_dir, n, "mode.env"))]
     names += sorted(n for n in os.listdir(run_dir)
                     if n not in names and os.path.isfile(os.path.join(run_dir, n, "mode.env")))
     if not names:
         raise SystemExit(f"report: no mode directories with mode.env under {run_dir}")
     modes = [Mode(run_dir, n, run) for n in names]
+    hog_service_times([md for md in modes if getattr(md, "hog", None) is not None])
     by_name = {m.name: m for m in modes}
 
     cpus = fnum(run.get("APP_CPUS")) or fnum(run.get("NPROC"))
@@ -975,6 +1499,12 @@ def build(run_dir):
             f"completion rate ÷ this limit is the share of the machine's CPU that went to hashing."
         )
         lines.append("")
+    skipped = sorted(n for n in os.listdir(run_dir) if os.path.isfile(os.path.join(run_dir, n, "SKIPPED")))
+    for n in skipped:
+        with open(os.path.join(run_dir, n, "SKIPPED")) as f:
+            lines.append(f"**Mode `{n}` was skipped: {f.read().strip()}.**")
+        lines.append("")
+    lines += hog_section(modes, run)
     lines.append("## Summary")
     lines.append("")
     lines.append(md_table(modes, summary_rows(modes)))
@@ -1024,7 +1554,7 @@ def build(run_dir):
         "ordered, inverted pairs over all n·(n−1)/2 pairs."
     )
     lines.append("")
-    v = verdicts(by_name, phys, cpus, hash_s)
+    v = hog_checks(modes) + verdicts(by_name, phys, cpus, hash_s)
     if v:
         lines.append("## Checks")
         lines.append("")
@@ -1048,6 +1578,8 @@ def build(run_dir):
             "timeline.png": "Response time (p50, p95 of the last 10 s, log scale) with failures and sheds per second",
             "pgbouncer.png": "PgBouncer clients waiting for a server connection, and the longest wait",
             "logins.png": "Users logged in over time, and how busy the machine's cores were",
+            "hog.png": "The hog's bursts (grey): clients waiting in PgBouncer, connections held by the hog and "
+                       "used by the app, lanegate's budget and requests in flight",
         }
         for p in pictures:
             lines.append(f"![{captions.get(p, p)}]({p})")
@@ -1057,6 +1589,10 @@ def build(run_dir):
         lines.append("")
     lines.append("Per-mode files: `<mode>/locust_stats.csv`, `locust_failures.csv`, `requests.csv`, "
                  "`logins.csv`, `pools.tsv`, `pgbouncer.log`, `django-error.log`.")
+    if any(getattr(md, "hog", None) is not None for md in modes):
+        lines.append("With the hog: `hog.tsv` (its bursts and every connection it opened, held and let go), "
+                     "`pools.tsv` sampled by `pools.py`, and for lanegate `lanegate-metrics.tsv` (its budget, "
+                     "effective budget, in-flight and queue gauges).")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(run_dir, "report.md"), "w") as f:
         f.write(text)

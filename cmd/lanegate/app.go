@@ -48,7 +48,7 @@ func (a app) run(ctx context.Context, args []string) error {
 	}
 	switch cmd {
 	case "config":
-		return a.printConfig(*envFile, *markdown)
+		return a.printConfig(ctx, *envFile, *markdown)
 	case "serve":
 		cfg, err := config.Load(config.LoadOptions{EnvFile: *envFile, Environ: a.environ})
 		if err != nil {
@@ -72,10 +72,11 @@ func helpOrReported(err error) error {
 	return errReported
 }
 
-// printConfig prints the effective configuration. When the configuration
+// printConfig prints the effective configuration, sized from PgBouncer's
+// pool when it watches one, as serve would size it. When the configuration
 // is invalid it prints nothing on stdout and reports every problem on
 // stderr.
-func (a app) printConfig(envFile string, markdown bool) error {
+func (a app) printConfig(ctx context.Context, envFile string, markdown bool) error {
 	if markdown {
 		fmt.Fprint(a.stdout, config.MarkdownTable())
 		return nil
@@ -84,6 +85,20 @@ func (a app) printConfig(envFile string, markdown bool) error {
 	if err != nil {
 		fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
 		return errReported
+	}
+	reader, err := newReader(cfg)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "lanegate: %v\n", err)
+		return errReported
+	}
+	if reader != nil {
+		defer reader.Close()
+		sized, err := sizeFromPool(ctx, cfg, reader)
+		if err != nil {
+			// serve would start on these values too, and warn.
+			fmt.Fprintf(a.stderr, "lanegate: %v\n(the values PgBouncer would give are shown as configured)\n", err)
+		}
+		cfg = sized
 	}
 	return cfg.Print(a.stdout)
 }

@@ -10,7 +10,8 @@ import (
 	"github.com/lanegate/lanegate/proxy"
 )
 
-// reloadConfig re-reads the env file and applies what can change without a
+// reloadConfig re-reads the env file, sizes it from the pool with resize
+// as the running configuration was, and applies what can change without a
 // restart: limits, routes and mode. It returns the configuration now
 // applied, or an error, logged, when the new one is refused and applied
 // stays in force.
@@ -18,8 +19,14 @@ import (
 // The mode is changed only when the file's value changed since the last
 // load, so an operator's emergency PUT /admission survives an unrelated
 // reload. Everything else needs a restart; each changed variable is named.
-func (a app) reloadConfig(started, applied config.Config, envFile string, ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger) (config.Config, error) {
+func (a app) reloadConfig(started, applied config.Config, envFile string, resize func(config.Config) (config.Config, error),
+	ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger) (config.Config, error) {
 	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
+	if err == nil {
+		// Sized from the pool as at start, or the pool size would fall
+		// back to its default on every reload.
+		cfg, err = resize(cfg)
+	}
 	if err != nil {
 		log.Error("reload refused: invalid configuration; keeping the running one", zap.Error(err))
 		return applied, fmt.Errorf("invalid configuration: %w", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/metrics"
+	"github.com/lanegate/lanegate/poolwatch"
 	"github.com/lanegate/lanegate/proxy"
 	"github.com/lanegate/lanegate/session"
 )
@@ -31,8 +32,27 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	}
 	defer log.Sync()
 
-	s, err := build(cfg, log)
+	reader, err := newReader(cfg)
 	if err != nil {
+		return err
+	}
+	if reader != nil {
+		sized, err := sizeFromPool(ctx, cfg, reader)
+		if err != nil {
+			// The watcher keeps trying, and the effective budget
+			// follows the pool's real size once it answers; only the
+			// static budget and the lanes stay as configured.
+			log.Warn("cannot size from PgBouncer's pool at start; starting on the static configuration",
+				zap.Error(err), zap.Int("budget", cfg.Limits().Budget))
+		}
+		cfg = sized
+	}
+
+	s, err := build(cfg, log, reader)
+	if err != nil {
+		if reader != nil {
+			reader.Close()
+		}
 		return err
 	}
 	defer s.close()
@@ -40,6 +60,7 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		return err
 	}
 	errc := s.start()
+	s.watch(ctx, cfg)
 	s.announce(cfg)
 	if a.started != nil {
 		a.started(listenAddrs{Proxy: s.ln.Addr().String(), Admin: s.adminLn.Addr().String()})
@@ -62,14 +83,19 @@ type server struct {
 	sessions *session.Cache // nil when the cache is off
 	handler  *proxy.Handler
 	admin    *admin.Server
+	// reader and watcher are the pool watcher's, nil without
+	// LANEGATE_PGBOUNCER_URL; stopWatch stops a running watcher.
+	reader    *poolwatch.Reader
+	watcher   *poolwatch.Watcher
+	stopWatch func()
 
 	srv, adminSrv *http.Server
 	ln, adminLn   net.Listener
 }
 
 // build wires the parts together. Nothing listens yet.
-func build(cfg config.Config, log *zap.Logger) (_ *server, err error) {
-	s := &server{log: log}
+func build(cfg config.Config, log *zap.Logger, reader *poolwatch.Reader) (_ *server, err error) {
+	s := &server{log: log, reader: reader}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -94,6 +120,19 @@ func build(cfg config.Config, log *zap.Logger) (_ *server, err error) {
 		}
 	}
 	adminOpts := admin.Options{Token: cfg.Admin.Token, Gatherer: s.reg, Upstream: cfg.Upstream.URL}
+	if reader != nil {
+		s.watcher = poolwatch.New(reader, s.ctrl, poolwatch.Options{
+			Poll:    cfg.PgBouncer.Poll,
+			Timeout: cfg.PgBouncer.Timeout,
+			Stale:   cfg.PgBouncer.Stale,
+			Follow:  cfg.PgBouncer.Follow,
+			Log:     log.Named("pool"),
+		})
+		if err := m.RegisterPool(s.reg, s.watcher); err != nil {
+			return nil, err
+		}
+		adminOpts.Pool = s.watcher
+	}
 	if s.sessions != nil {
 		opts.Sessions = s.sessions
 		adminOpts.Sessions, adminOpts.SessionStore = s.sessions, cfg.Session.Store
@@ -196,7 +235,7 @@ func (a app) until(ctx context.Context, errc <-chan error, s *server, cfg config
 		case err := <-errc:
 			return fmt.Errorf("server stopped: %w", err)
 		case <-a.reload:
-			next, err := a.reloadConfig(cfg, applied, envFile, s.ctrl, s.handler, s.log)
+			next, err := a.reloadConfig(cfg, applied, envFile, resizer(s.watcher, cfg.PgBouncer.URLs), s.ctrl, s.handler, s.log)
 			rs := admin.ReloadStatus{At: time.Now().UTC(), OK: err == nil}
 			if err != nil {
 				rs.Error = err.Error()
@@ -214,6 +253,9 @@ func (a app) until(ctx context.Context, errc <-chan error, s *server, cfg config
 // once rather than waiting out the drain.
 func (s *server) shutdown(timeout time.Duration) {
 	s.log.Info("shutting down", zap.Duration("timeout", timeout))
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	s.admin.SetDraining()
@@ -241,6 +283,12 @@ func (s *server) close() {
 	}
 	if s.sessions != nil {
 		s.sessions.Store().Close()
+	}
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
+	if s.reader != nil {
+		s.reader.Close()
 	}
 }
 
