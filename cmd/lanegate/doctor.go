@@ -61,15 +61,17 @@ func (a app) doctor(ctx context.Context, envFile string, args []string) error {
 		return errReported
 	}
 	opts.Config = cfg
-	if len(cfg.PgBouncer.URLs) > 0 {
-		console, names, err := openConsole(cfg.PgBouncer)
-		if err != nil {
+	if cfg.Watched() {
+		var console closingConsole
+		if r, err := newReader(cfg); err == nil {
+			console = r
+		} else {
 			// The doctor reports it as the console's failure, and
 			// checks what it can without.
 			console = brokenConsole{err}
 		}
 		defer console.Close()
-		opts.Console, opts.Consoles = console, names
+		opts.Console, opts.Consoles = console, redacted(cfg.PgBouncer.URLs)
 	}
 
 	report := doctor.Run(ctx, opts)

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/lanegate/lanegate/internal/pgbouncertest"
 )
 
 // doctorEnv is the benchmark's sizing: a budget of the whole pool of 8.
@@ -144,4 +147,49 @@ func TestDoctorRefuses(t *testing.T) {
 	if _, stderr, err := runOnce(t, nil, "doctor", "-h"); err != nil || !strings.Contains(stderr, "-conn-max-age seconds") {
 		t.Errorf("doctor -h: got %v and %q, want no error and the flags", err, stderr)
 	}
+}
+
+// TestDoctorPgBouncer runs the doctor against a real PgBouncer's console:
+// its columns and its connect_time as they are, not as the fake says.
+func TestDoctorPgBouncer(t *testing.T) {
+	t.Run("fits", func(t *testing.T) {
+		ctx := testContext(t)
+		pb := pgbouncertest.Start(t, pgbouncertest.Options{PoolSize: 4, QueryWaitTimeout: 5 * time.Second})
+		hold(ctx, t, pb, 2)
+		stdout, stderr, err := runOnce(t, append(poolEnv(pb), "LANEGATE_UPSTREAM_CPUS=2"), "doctor")
+		if err != nil {
+			t.Fatalf("doctor: got %v, want exit status 0; stdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+		}
+		for _, want := range []*regexp.Regexp{
+			line("OK", "console", "read 1 console (postgres://stats:"),
+			line("OK", "budget", "budget 4 (PgBouncer's pool_size 4 less 0 of headroom) ≤ pool_size 4 of test/postgres (now 2 clients active, 0 waiting)"),
+			line("OK", "query_wait", "need not be below query_wait_timeout 5s: budget 4 ≤ pool_size 4"),
+			line("OK", "pool_mode", "pool_mode session for test/postgres; none of its 2 clients connected over 1m0s ago"),
+			line("OK", "max_client_conn", "max_client_conn 100 ≥ budget 4 + 0 other clients connected now"),
+		} {
+			if !want.MatchString(stdout) {
+				t.Errorf("stdout does not match %s:\n%s", want, stdout)
+			}
+		}
+		if strings.Contains(stdout+stderr, pb.Options().StatsPassword) {
+			t.Errorf("the console's password is shown:\n%s", stdout)
+		}
+	})
+	t.Run("does not fit", func(t *testing.T) {
+		pb := pgbouncertest.Start(t, pgbouncertest.Options{PoolSize: 4, QueryWaitTimeout: 5 * time.Second, PoolMode: "statement", MaxClientConn: 5})
+		stdout, stderr, err := runOnce(t, append(poolEnv(pb), "LANEGATE_UPSTREAM_CPUS=2", "LANEGATE_BUDGET=6"), "doctor")
+		if !errors.Is(err, errReported) {
+			t.Fatalf("doctor: got %v, want errReported (exit status 1); stdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+		}
+		for _, want := range []*regexp.Regexp{
+			line("FAIL", "budget", "budget 6 (LANEGATE_BUDGET) > pool_size 4 of test/postgres"),
+			line("WARN", "query_wait", "LANEGATE_CORE_QUEUE_TIMEOUT=5s"),
+			line("FAIL", "pool_mode", "pool_mode statement for test/postgres"),
+			line("FAIL", "max_client_conn", "max_client_conn 5 < budget 6"),
+		} {
+			if !want.MatchString(stdout) {
+				t.Errorf("stdout does not match %s:\n%s", want, stdout)
+			}
+		}
+	})
 }
