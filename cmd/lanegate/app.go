@@ -35,6 +35,9 @@ func (a app) run(ctx context.Context, args []string) error {
 	if len(rest) > 0 {
 		cmd, rest = rest[0], rest[1:]
 	}
+	if cmd == "doctor" { // before the parse below: it has flags of its own
+		return a.doctor(ctx, *envFile, rest)
+	}
 	// Flags may follow the command too: lanegate config --markdown.
 	if err := fs.Parse(rest); err != nil {
 		return helpOrReported(err)
