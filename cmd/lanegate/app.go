@@ -24,7 +24,7 @@ func (a app) run(ctx context.Context, args []string) error {
 	envFile := fs.String("env-file", "", "dotenv `file` read before the environment (the environment wins)")
 	markdown := fs.Bool("markdown", false, "with config: print the reference table of every variable as Markdown")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: lanegate [--env-file FILE] [serve | config [--markdown]]")
+		fmt.Fprintln(fs.Output(), "usage: lanegate [--env-file FILE] [serve | config [--markdown] | doctor [--app URL] [--timeout D] [--conn-max-age N|None]]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

@@ -4,6 +4,8 @@
 //	lanegate [--env-file FILE]               serve
 //	lanegate [--env-file FILE] config        print the effective configuration
 //	lanegate config --markdown               print the configuration reference table
+//	lanegate [--env-file FILE] doctor [--app URL]
+//	                                         check the configuration against PgBouncer and the app
 //
 // Configuration comes from LANEGATE_* environment variables; see README.md.
 package main
