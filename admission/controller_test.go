@@ -908,3 +908,32 @@ func TestUpgradedPermitLeavesEstimates(t *testing.T) {
 		t.Errorf("state at the end: %#x, want 0", s)
 	}
 }
+
+// A failed login (an instant 502 from a dead upstream, an app's 500) does
+// not count as a completion or a service time: logins failing at once must
+// not make the line look thousands of times faster than the app is.
+func TestFailedPermitCountsNoCompletion(t *testing.T) {
+	c, clock := newTest(t, testLimits())
+	for range 5 {
+		p := mustAcquire(t, c, Login)
+		clock.Advance(time.Millisecond)
+		p.Failed()
+		p.Release()
+	}
+	if rate := c.room.rate(clock.Now()); rate != 0 {
+		t.Fatalf("completion rate after failed logins: %g/s, want 0", rate)
+	}
+	if svc := c.Snapshot().Lanes[Login].ServiceTime; svc != 0 {
+		t.Fatalf("service time after failed logins: %s, want none", svc)
+	}
+	for range 3 {
+		p := mustAcquire(t, c, Login)
+		clock.Advance(500 * time.Millisecond)
+		p.Release()
+	}
+	if rate := c.room.rate(clock.Now()); rate < 1.5 || rate > 2.5 {
+		t.Fatalf("completion rate of logins of 0.5 s each: %g/s, want about 2", rate)
+	}
+	var nilPermit *Permit
+	nilPermit.Failed() // safe
+}

@@ -14,6 +14,7 @@ type Permit struct {
 	lane   Lane
 	delta  uint64        // what the permit added to the state word; 0 when uncounted
 	state  atomic.Uint32 // permitHeld, permitUpgraded or permitDone
+	failed atomic.Bool   // see Failed
 }
 
 // A permit's states. It moves only forward, each step taken by one
@@ -53,6 +54,19 @@ func (p *Permit) Upgraded() {
 	}
 }
 
+// Failed marks the request as one the app did not complete: the upstream
+// failed or timed out, or the app answered with a server error. Its hold
+// time then says nothing of how long the app takes, and a login that
+// failed did not move the line on: Release counts neither into the lane's
+// service time or the waiting room's completion rate, which would
+// otherwise read an instant 502 as thousands of logins a second. It is
+// safe on a nil permit; call it before Release.
+func (p *Permit) Failed() {
+	if p != nil {
+		p.failed.Store(true)
+	}
+}
+
 // Release returns the slot. It is idempotent and safe on a nil permit, so
 // every exit path of a handler may call it.
 func (p *Permit) Release() {
@@ -72,7 +86,7 @@ func (p *Permit) ReleaseAt(now time.Time) {
 		return
 	}
 	c := p.c
-	if was == permitHeld {
+	if was == permitHeld && !p.failed.Load() {
 		c.lanes[p.lane].observe(max(min(now.Sub(p.start), c.sampleCap(p.lane)), 0))
 		if p.lane == Login {
 			c.room.completed(now)

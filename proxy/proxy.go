@@ -565,6 +565,11 @@ func (h *Handler) upstreamDone(rec *recorder, permit *admission.Permit, start, e
 		return
 	}
 	rec.upstreamDone = true
+	if rec.status >= http.StatusInternalServerError {
+		// lanegate's own 502 and 504, or the app's 5xx: not a request
+		// the app completed, for the estimates.
+		permit.Failed()
+	}
 	if hold := rec.hold; hold != nil && permit != nil {
 		// The app still works on the request it timed out on, and holds
 		// its database connection: so does the slot.

@@ -529,6 +529,23 @@ func TestUpstreamFailures(t *testing.T) {
 	}
 }
 
+// Logins the upstream fails (refused at once) are not completions: the
+// waiting room's completion rate, which every wait estimate divides by,
+// stays unmeasured instead of reading thousands a second.
+func TestFailedLoginsAreNotCompletions(t *testing.T) {
+	p := testNewProxy(t, "http://"+testDeadAddr(t), testLimits(), Options{DialTimeout: testTimeout})
+	for range 5 {
+		res := testFetch(t, p.Client, http.MethodPost, p.Server.URL+"/accounts/login/", nil, strings.NewReader("login=a&password=b"))
+		testStatus(t, res, http.StatusBadGateway)
+	}
+	testWaitIdle(t, p.Ctrl)
+	snap := p.Ctrl.Snapshot()
+	if snap.Room.Rate != 0 || snap.Lanes[admission.Login].ServiceTime != 0 {
+		t.Fatalf("after 5 logins refused by the upstream: completion rate %g/s, login service time %s; want neither measured",
+			snap.Room.Rate, snap.Lanes[admission.Login].ServiceTime)
+	}
+}
+
 // testGather renders p's metrics in the text exposition format.
 func testGather(t *testing.T, p *testProxy) string {
 	t.Helper()
