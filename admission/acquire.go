@@ -204,8 +204,11 @@ func (c *Controller) admitOrQueue(ctx context.Context, r *Request, now time.Time
 func (c *Controller) refuseEarly(r *Request, s uint64, lim *Limits, now, deadline time.Time) (outcome, bool) {
 	l, ll := r.Lane, lim.Lane[r.Lane]
 	// The queued count has 16 bits; queues kept from before a
-	// Reconfigure could otherwise push it past them.
-	if c.queues[r.queue()].len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued {
+	// Reconfigure could otherwise push it past them. A lane configured
+	// with no slots at all is closed: waiting could never end in a slot.
+	// (One narrowed to none by Constrain is not: its slots come back.)
+	if c.queues[r.queue()].len >= ll.Queue || ll.QueueTimeout <= 0 || queuedOf(s) >= maxQueued ||
+		c.configured.Load().Lane[l].Max == 0 {
 		if l == Login {
 			return c.shedLogin(r, ErrQueueFull, s, now), true
 		}

@@ -154,3 +154,23 @@ func TestReconfigureKeepsConstraint(t *testing.T) {
 		t.Fatalf("budget %d of %d after reload, want 3 of 10", got.Budget, got.StaticBudget)
 	}
 }
+
+// A lane configured with no slots is closed and refuses at once; one that
+// Constrain narrowed to none waits for its slots to come back.
+func TestClosedLaneRefusesAtOnce(t *testing.T) {
+	l := stormLimits()
+	l.Lane[Export] = LaneLimits{Max: 0, Queue: 4, QueueTimeout: 30 * time.Second}
+	c, clock := newTest(t, l)
+	_, err := c.Acquire(context.Background(), Request{Lane: Export})
+	if shed, ok := err.(*ShedError); !ok || shed.Err != ErrQueueFull {
+		t.Fatalf("export on a closed lane: got %v, want refused at once as queue full", err)
+	}
+	c.Constrain(0)
+	ch := enqueue(t, context.Background(), c, clock, Core, 0)
+	c.Constrain(-1)
+	if r := recv(t, ch); r.err != nil {
+		t.Fatalf("core narrowed to no slots, then given them back: %v", r.err)
+	} else {
+		r.p.Release()
+	}
+}

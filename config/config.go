@@ -207,7 +207,7 @@ type LoginLane struct {
 	// Reserved slots are for logins only; nil derives them.
 	Reserved *int `env:"RESERVED" derived:"budget/8, at least 1 and at most the lane's max; 0 when the budget is 1" reload:"live" desc:"Slots only logins may use, so users can still sign in while pages fill the budget."`
 	// Max caps logins in flight; nil derives it.
-	Max *int `env:"MAX" derived:"min(LANEGATE_UPSTREAM_CPUS, budget/2), at least 1" reload:"live" desc:"Most logins in flight. Hashing is CPU-bound: beyond one login per core they only queue inside the app holding a connection, and half the budget keeps logins from crowding out pages."`
+	Max *int `env:"MAX" derived:"min(LANEGATE_UPSTREAM_CPUS, budget/2), at least 1" reload:"live" desc:"Most logins in flight, at least 1. Hashing is CPU-bound: beyond one login per core they only queue inside the app holding a connection, and half the budget keeps logins from crowding out pages."`
 	// Queue is how many logins may wait; nil derives it.
 	Queue *int `env:"QUEUE" derived:"8 * budget" reload:"live" desc:"Logins that may wait for a slot; more are refused with 503."`
 	// QueueTimeout is the longest a login is held in line: its
@@ -220,7 +220,7 @@ type CoreLane struct {
 	// Reserved slots are for ordinary requests only; nil derives them.
 	Reserved *int `env:"RESERVED" derived:"min(budget/2, budget - login reserved - export reserved), at most the lane's max" reload:"live" desc:"Slots only ordinary pages and API calls may use, so logins and exports can never take the whole budget."`
 	// Max caps ordinary requests in flight; nil derives it.
-	Max *int `env:"MAX" derived:"budget" reload:"live" desc:"Most ordinary requests in flight; by default they may use every slot not reserved for another lane."`
+	Max *int `env:"MAX" derived:"budget" reload:"live" desc:"Most ordinary requests in flight, at least 1; by default they may use every slot not reserved for another lane."`
 	// Queue is how many ordinary requests may wait; nil derives it.
 	Queue *int `env:"QUEUE" derived:"8 * budget" reload:"live" desc:"Ordinary requests that may wait for a slot; more are refused with 503."`
 	// QueueTimeout is the longest an ordinary request waits for a slot.
@@ -232,7 +232,7 @@ type ExportLane struct {
 	// Reserved slots are for exports only; nil means none.
 	Reserved *int `env:"RESERVED" derived:"0" reload:"live" desc:"Slots only exports may use. None by default: exports borrow idle slots and wait when there are none."`
 	// Max caps exports in flight; nil derives it.
-	Max *int `env:"MAX" derived:"budget/4, at least 1" reload:"live" desc:"Most exports in flight, so slow reports can never hold most of the pool."`
+	Max *int `env:"MAX" derived:"budget/4, at least 1" reload:"live" desc:"Most exports in flight, so slow reports can never hold most of the pool. 0 closes the lane: exports are refused at once with 503."`
 	// Queue is how many exports may wait; nil derives it.
 	Queue *int `env:"QUEUE" derived:"budget/2, at least 1" reload:"live" desc:"Exports that may wait for a slot; more are refused with 503."`
 	// QueueTimeout is the longest an export waits for a slot.

@@ -240,6 +240,17 @@ func TestLoadErrors(t *testing.T) {
 			not:  []string{"LANEGATE_LOGIN_RESERVED"},
 		},
 		{
+			name: "login max 0",
+			env:  map[string]string{"LANEGATE_LOGIN_MAX": "0"},
+			want: []string{"LANEGATE_LOGIN_MAX=0: must be at least 1: with 0, every login request would be refused"},
+		},
+		{
+			name: "core max 0",
+			env:  map[string]string{"LANEGATE_CORE_MAX": "0", "LANEGATE_EXPORT_MAX": "0"},
+			want: []string{"LANEGATE_CORE_MAX=0: must be at least 1"},
+			not:  []string{"LANEGATE_EXPORT_MAX"},
+		},
+		{
 			name: "headroom 100",
 			env:  map[string]string{"LANEGATE_POOL_HEADROOM": "100"},
 			want: []string{"LANEGATE_POOL_HEADROOM=100: must be a percentage from 0 to 99"},

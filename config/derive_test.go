@@ -110,9 +110,8 @@ func TestDerivedReservationsClamp(t *testing.T) {
 		loginMax, coreMax           int
 	}{
 		{"login max 1", []string{"LANEGATE_LOGIN_MAX=1"}, 1, 8, 1, 16},
-		{"login max 0", []string{"LANEGATE_LOGIN_MAX=0"}, 0, 8, 0, 16},
 		{"core max 3", []string{"LANEGATE_CORE_MAX=3"}, 2, 3, 8, 3},
-		{"core max 0", []string{"LANEGATE_CORE_MAX=0"}, 2, 0, 8, 0},
+		{"core max 1", []string{"LANEGATE_CORE_MAX=1"}, 2, 1, 8, 1},
 		{"login reserved set", []string{"LANEGATE_LOGIN_RESERVED=6"}, 6, 8, 8, 16},
 		{"export reserved leaves core less", []string{"LANEGATE_EXPORT_RESERVED=4", "LANEGATE_LOGIN_RESERVED=8"}, 8, 4, 8, 16},
 	}

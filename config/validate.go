@@ -296,6 +296,13 @@ func (v *validator) lanes() {
 			case v.skip(name):
 			case x.n < 0:
 				v.fail(name, "must not be negative")
+			case x.what == laneVarMax && x.n == 0 && l != admission.Export && v.r.vars[name].source == fromSet:
+				// A login or core lane that may never hold a slot
+				// refuses every request: a login held 30 s and told to
+				// retry in 1 s, for ever. (The export lane may be
+				// closed: its requests are refused at once.) A derived
+				// 0 comes from a bad budget, reported there.
+				v.fail(name, "must be at least 1: with 0, every %s request would be refused", l)
 			case x.what == laneVarQueue && x.n > maxQueue:
 				v.fail(name, "must be at most %d", maxQueue)
 			}
