@@ -23,17 +23,33 @@ func (a app) run(ctx context.Context, args []string) error {
 	fs.SetOutput(a.stderr)
 	envFile := fs.String("env-file", "", "dotenv `file` read before the environment (the environment wins)")
 	markdown := fs.Bool("markdown", false, "with config: print the reference table of every variable as Markdown")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: lanegate [--env-file FILE] [serve | config [--markdown] | doctor [--app URL] [--timeout D] [--conn-max-age N|None]]")
-		fs.PrintDefaults()
-	}
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() { usage(fs) }
 	if err := fs.Parse(args); err != nil {
 		return helpOrReported(err)
+	}
+	if *showVersion {
+		fmt.Fprintln(a.stdout, version())
+		return nil
 	}
 	cmd := "serve"
 	rest := fs.Args()
 	if len(rest) > 0 {
 		cmd, rest = rest[0], rest[1:]
+	}
+	switch cmd {
+	case "help":
+		fs.SetOutput(a.stdout)
+		usage(fs)
+		return nil
+	case "version":
+		fmt.Fprintln(a.stdout, version())
+		return nil
+	case "serve", "config", "doctor", "healthcheck":
+	default:
+		fmt.Fprintf(a.stderr, "lanegate: unknown command %q\n\n", cmd)
+		usage(fs)
+		return errReported
 	}
 	if cmd == "doctor" { // before the parse below: it has flags of its own
 		return a.doctor(ctx, *envFile, rest)
@@ -49,6 +65,8 @@ func (a app) run(ctx context.Context, args []string) error {
 	switch cmd {
 	case "config":
 		return a.printConfig(ctx, *envFile, *markdown)
+	case "healthcheck":
+		return a.healthcheck(ctx, *envFile)
 	case "serve":
 		cfg, err := config.Load(config.LoadOptions{EnvFile: *envFile, Environ: a.environ})
 		if err != nil {
@@ -56,10 +74,8 @@ func (a app) run(ctx context.Context, args []string) error {
 			return errReported
 		}
 		return a.serve(ctx, cfg, *envFile)
-	default:
-		fs.Usage()
-		return errReported
 	}
+	return nil // unreachable: cmd was checked above
 }
 
 // helpOrReported turns a flag parsing error, which the flag set has

@@ -154,7 +154,7 @@ func TestCommandLineErrors(t *testing.T) {
 		{
 			name:    "unknown command",
 			args:    []string{"frobnicate"},
-			stderrs: []string{"usage: lanegate"},
+			stderrs: []string{`unknown command "frobnicate"`, "usage: lanegate"},
 		},
 		{
 			name:    "unknown flag",
@@ -249,6 +249,56 @@ func TestHelp(t *testing.T) {
 			if !strings.Contains(stderr, "usage: lanegate") || !strings.Contains(stderr, "-env-file") {
 				t.Errorf("stderr does not show the usage and flags:\n%s", stderr)
 			}
+			for _, want := range []string{"doctor", "healthcheck", "LANEGATE_DB_POOL_SIZE", "config --markdown"} {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("usage does not mention %s:\n%s", want, stderr)
+				}
+			}
 		})
+	}
+}
+
+// help and version are commands, answered on stdout with exit status 0.
+func TestHelpAndVersionCommands(t *testing.T) {
+	stdout, _, err := runOnce(t, nil, "help")
+	if err != nil || !strings.Contains(stdout, "usage: lanegate") || !strings.Contains(stdout, "LANEGATE_PGBOUNCER_URL") {
+		t.Errorf("help: error %v, stdout:\n%s", err, stdout)
+	}
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		stdout, _, err := runOnce(t, nil, args...)
+		if err != nil || !strings.HasPrefix(stdout, "lanegate ") || !strings.Contains(stdout, "go1.") {
+			t.Errorf("%v: error %v, stdout %q", args, err, stdout)
+		}
+	}
+}
+
+// healthcheck exits 0 while the admin listener says ready, and 1 once it
+// does not (draining, or nothing listening).
+func TestHealthcheck(t *testing.T) {
+	ctx := testContext(t)
+	up := newUpstream(t)
+	in := start(ctx, t, environ(up.URL, "LANEGATE_ADMIN_TOKEN=health-token-0123456789"))
+	env := environ(up.URL, "LANEGATE_ADMIN_LISTEN="+in.addrs.Admin, "LANEGATE_ADMIN_TOKEN=health-token-0123456789")
+	stdout, stderr, err := runOnce(t, env, "healthcheck")
+	if err != nil || !strings.HasPrefix(stdout, "ok") {
+		t.Fatalf("healthcheck of a ready lanegate: error %v, stdout %q, stderr %q", err, stdout, stderr)
+	}
+	in.cancel()
+	if err := in.wait(ctx, t); err != nil {
+		t.Fatalf("lanegate: %v", err)
+	}
+	if _, stderr, err := runOnce(t, env, "healthcheck"); err == nil || !strings.Contains(stderr, "healthcheck") {
+		t.Fatalf("healthcheck with nothing listening: error %v, stderr %q; want a failure", err, stderr)
+	}
+}
+
+func TestDialable(t *testing.T) {
+	for in, want := range map[string]string{
+		":9090": "127.0.0.1:9090", "0.0.0.0:9090": "127.0.0.1:9090", "[::]:9090": "127.0.0.1:9090",
+		"127.0.0.1:9091": "127.0.0.1:9091", "[::1]:9090": "[::1]:9090", "admin.internal:9090": "admin.internal:9090",
+	} {
+		if got := dialable(in); got != want {
+			t.Errorf("dialable(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

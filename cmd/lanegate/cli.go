@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"runtime/debug"
+	"time"
+
+	"github.com/lanegate/lanegate/config"
+)
+
+// usage prints what lanegate does, its commands, its flags and where its
+// configuration is documented: everything else is a LANEGATE_* variable.
+func usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprintf(w, `lanegate: an auth-aware reverse proxy that admits requests to a Django app by
+lane, under a concurrency budget sized to its database pool.
+
+usage: lanegate [--env-file FILE] [command]
+
+commands:
+  serve          run the proxy (the default)
+  config         print the configuration in force, each value with where it came from
+                 (set, default, derived; sized from PgBouncer when LANEGATE_PGBOUNCER_URL is set)
+  config --markdown
+                 print the reference table of every variable
+  doctor [--app URL] [--timeout D] [--conn-max-age N|None]
+                 check the configuration against PgBouncer's console and the app server;
+                 exit status 1 when something must change
+  healthcheck    exit 0 when the admin listener's /readyz answers 200, else 1
+                 (for container health checks)
+  version        print the version
+  help           print this
+
+flags:
+`)
+	fs.PrintDefaults()
+	fmt.Fprintf(w, `
+configuration: %d LANEGATE_* environment variables, read under the optional
+--env-file (the environment wins); an unknown LANEGATE_* variable is an error.
+The essentials:
+  LANEGATE_LISTEN        client address (:8080)
+  LANEGATE_UPSTREAM      the Django app server (http://127.0.0.1:8000)
+  LANEGATE_DB_POOL_SIZE  PgBouncer's pool for the app (20); the budget and lanes derive from it
+  LANEGATE_PGBOUNCER_URL PgBouncer's admin console, to size from it and follow it
+  LANEGATE_ADMIN_LISTEN  /healthz, /readyz, /status, /metrics (127.0.0.1:9090)
+'lanegate config --markdown' lists them all; README.md explains the model.
+`, len(config.Variables()))
+}
+
+// version says which lanegate this is: the module version and VCS
+// revision the binary was built from, when the build recorded them.
+func version() string {
+	v, rev, dirty := "(devel)", "", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" {
+			v = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+				if len(rev) > 12 {
+					rev = rev[:12]
+				}
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "+modified"
+				}
+			}
+		}
+	}
+	out := "lanegate " + v
+	if rev != "" {
+		out += " (" + rev + dirty + ")"
+	}
+	return out + " " + runtime.Version()
+}
+
+// healthTimeout bounds healthcheck's request: a container runtime runs it
+// every few seconds and must not pile them up.
+const healthTimeout = 3 * time.Second
+
+// healthcheck asks the admin listener of the lanegate configured here
+// whether it is ready, for a container's HEALTHCHECK: the image has no
+// shell or curl. It sends the admin token when one is set, although
+// /readyz does not need it.
+func (a app) healthcheck(ctx context.Context, envFile string) error {
+	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
+	if err != nil {
+		fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
+		return errReported
+	}
+	url := "http://" + dialable(cfg.Admin.Listen) + "/readyz"
+	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	if cfg.Admin.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+cfg.Admin.Token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "lanegate: healthcheck: %v\n", err)
+		return errReported
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(a.stderr, "lanegate: healthcheck: %s answered %d: %s", url, resp.StatusCode, body)
+		return errReported
+	}
+	fmt.Fprintf(a.stdout, "%s", body)
+	return nil
+}
+
+// dialable turns a listen address into one to connect to: a listener on
+// every address (":9090", "0.0.0.0:9090", "[::]:9090") is reached on
+// loopback.
+func dialable(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
