@@ -29,9 +29,69 @@ func (c *Controller) Constrain(n int) {
 		return
 	}
 	c.ceiling = n
-	eff := constrain(*configured, n)
+	eff := c.effective(configured)
 	c.limits.Store(&eff)
 	c.dispatch(&eff)
+}
+
+// Share is one replica's part of limits shared by a fleet: per lane, the
+// most it may hold and its part of the lane's reservation. The fleet
+// coordinator hands each replica one, so that the replicas together never
+// admit more than one lanegate alone would.
+type Share struct {
+	// Lane holds each lane's share, indexed by Lane.
+	Lane [numLanes]LaneShare
+}
+
+// LaneShare is a replica's part of one lane.
+type LaneShare struct {
+	// Max is the most requests of the lane the replica may hold.
+	Max int
+	// Reserved is its part of the lane's reservation, at most Max.
+	Reserved int
+}
+
+// SetShare narrows the configured limits to a fleet share: each lane's max
+// and reservation become the share's (never above the configured ones), and
+// the budget their sum. A nil share lifts it. Like Constrain, it drops
+// nothing in flight, admits waiters at once when it grows, and takes the
+// controller's lock: call it from the coordinator's loop. An effective
+// budget set by Constrain applies on top.
+func (c *Controller) SetShare(sh *Share) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.share = sh
+	eff := c.effective(c.configured.Load())
+	c.limits.Store(&eff)
+	c.dispatch(&eff)
+}
+
+// effective is lim narrowed by the share and then the ceiling. Callers hold
+// mu.
+func (c *Controller) effective(lim *Limits) Limits {
+	return constrain(shared(*lim, c.share), c.ceiling)
+}
+
+// shared returns lim narrowed to sh.
+func shared(lim Limits, sh *Share) Limits {
+	if sh == nil {
+		return lim
+	}
+	out := lim
+	out.Budget = 0
+	for _, l := range Lanes() {
+		ll := &out.Lane[l]
+		ll.Max = max(min(ll.Max, sh.Lane[l].Max), 0)
+		ll.Reserved = max(min(sh.Lane[l].Reserved, ll.Max), 0)
+		out.Budget += ll.Max
+	}
+	out.Budget = min(out.Budget, lim.Budget)
+	if lim.AnonMax > 0 {
+		// Zero would mean no cap; with no core slot nothing is admitted
+		// anyway.
+		out.AnonMax = max(1, min(lim.AnonMax, out.Lane[Core].Max))
+	}
+	return out
 }
 
 // StaticBudget returns the configured budget, which Constrain never

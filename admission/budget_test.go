@@ -174,3 +174,42 @@ func TestClosedLaneRefusesAtOnce(t *testing.T) {
 		r.p.Release()
 	}
 }
+
+// A fleet share narrows each lane to its part; Constrain applies on top,
+// and lifting the share gives the configured limits back with waiters
+// admitted at once.
+func TestShareNarrowsLanes(t *testing.T) {
+	c, clock := newTest(t, stormLimits())
+	c.SetShare(&Share{Lane: [numLanes]LaneShare{
+		Login: {Max: 1, Reserved: 1},
+		Core:  {Max: 2, Reserved: 1},
+		// Export: nothing; a share above the configured max is cut.
+	}})
+	lim := c.Limits()
+	if lim.Budget != 3 || lim.Lane[Login].Max != 1 || lim.Lane[Core].Max != 2 || lim.Lane[Core].Reserved != 1 || lim.Lane[Export].Max != 0 {
+		t.Fatalf("limits under the share: %+v", lim)
+	}
+	if err := lim.Validate(); err != nil {
+		t.Fatalf("limits under the share do not validate: %v", err)
+	}
+	p1, p2 := mustAcquire(t, c, Core), mustAcquire(t, c, Core)
+	ch := enqueue(t, context.Background(), c, clock, Core, 0)
+	login := mustAcquire(t, c, Login) // its reserved slot
+	c.Constrain(2)
+	if got := c.Limits().Budget; got != 2 {
+		t.Fatalf("share of 3 constrained to 2: budget %d", got)
+	}
+	c.Constrain(-1)
+	c.SetShare(nil)
+	if r := recv(t, ch); r.err != nil {
+		t.Fatalf("queued core after the share was lifted: %v", r.err)
+	} else {
+		r.p.Release()
+	}
+	if got := c.Limits().Budget; got != 8 {
+		t.Fatalf("budget after lifting the share: %d, want 8", got)
+	}
+	for _, p := range []*Permit{p1, p2, login} {
+		p.Release()
+	}
+}

@@ -25,6 +25,9 @@ type Controller struct {
 	limits     atomic.Pointer[Limits]
 	configured atomic.Pointer[Limits]
 	ceiling    int
+	// share is the fleet's share of the configured limits (see
+	// SetShare), nil outside a fleet; it changes under mu.
+	share *Share
 	buckets    atomic.Pointer[buckets]
 	closed     atomic.Bool
 	clock      clockwork.Clock
@@ -96,7 +99,7 @@ func (c *Controller) Reconfigure(limits Limits) error {
 	}
 	c.buckets.Store(b)
 	c.configured.Store(&limits)
-	eff := constrain(limits, c.ceiling)
+	eff := c.effective(&limits)
 	c.limits.Store(&eff)
 	c.dispatch(&eff)
 	return nil
