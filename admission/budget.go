@@ -41,6 +41,8 @@ func (c *Controller) Constrain(n int) {
 type Share struct {
 	// Lane holds each lane's share, indexed by Lane.
 	Lane [numLanes]LaneShare
+	// Budget, when positive, caps the sum of the lanes' maxima.
+	Budget int
 }
 
 // LaneShare is a replica's part of one lane.
@@ -86,6 +88,9 @@ func shared(lim Limits, sh *Share) Limits {
 		out.Budget += ll.Max
 	}
 	out.Budget = min(out.Budget, lim.Budget)
+	if sh.Budget > 0 {
+		out.Budget = min(out.Budget, sh.Budget)
+	}
 	if lim.AnonMax > 0 {
 		// Zero would mean no cap; with no core slot nothing is admitted
 		// anyway.

@@ -213,3 +213,11 @@ func TestShareNarrowsLanes(t *testing.T) {
 		p.Release()
 	}
 }
+
+func TestShareBudgetCapsTheLanes(t *testing.T) {
+	c, _ := newTest(t, stormLimits())
+	c.SetShare(&Share{Budget: 2, Lane: [numLanes]LaneShare{Login: {Max: 1}, Core: {Max: 2}, Export: {Max: 1}}})
+	if lim := c.Limits(); lim.Budget != 2 || lim.Lane[Core].Max != 2 {
+		t.Fatalf("share capped at 2: %+v", lim)
+	}
+}
