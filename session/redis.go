@@ -118,9 +118,34 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	return newRedis(opts, nil)
 }
 
+// NewRedisClient returns a client for the deployment opts.URL names, with
+// the limits NewRedis gives its own (every step bounded by opts.Timeout,
+// no retries, a hard cap on connections), for the other parts of lanegate
+// that share Redis: the fleet's leases. KeyPrefix is not used.
+func NewRedisClient(opts RedisOptions) (redis.UniversalClient, error) {
+	return newRedisClient(opts, nil)
+}
+
 // newRedis is NewRedis with a custom dialer for single-server and cluster
 // URLs; dial nil means go-redis's own.
 func newRedis(opts RedisOptions, dial dialFunc) (*Redis, error) {
+	client, err := newRedisClient(opts, dial)
+	if err != nil {
+		return nil, err
+	}
+	prefix := opts.KeyPrefix
+	if prefix == "" {
+		prefix = DefaultRedisKeyPrefix
+	}
+	return &Redis{
+		client: client,
+		prefix: prefix,
+		put:    redis.NewScript(redisPutScript),
+		now:    time.Now,
+	}, nil
+}
+
+func newRedisClient(opts RedisOptions, dial dialFunc) (redis.UniversalClient, error) {
 	if opts.Timeout < 0 {
 		return nil, fmt.Errorf("session: redis: negative timeout %s", opts.Timeout)
 	}
@@ -134,10 +159,6 @@ func newRedis(opts RedisOptions, dial dialFunc) (*Redis, error) {
 	poolSize := opts.PoolSize
 	if poolSize == 0 {
 		poolSize = 10 * runtime.GOMAXPROCS(0) // go-redis's default, made explicit to cap it
-	}
-	prefix := opts.KeyPrefix
-	if prefix == "" {
-		prefix = DefaultRedisKeyPrefix
 	}
 
 	t, err := parseRedisURL(opts.URL)
@@ -190,12 +211,7 @@ func newRedis(opts RedisOptions, dial dialFunc) (*Redis, error) {
 		o.PipelinePoolSize = -1
 		client = redis.NewFailoverClient(o)
 	}
-	return &Redis{
-		client: client,
-		prefix: prefix,
-		put:    redis.NewScript(redisPutScript),
-		now:    time.Now,
-	}, nil
+	return client, nil
 }
 
 // redisTarget is what a URL names: exactly one field is set.
