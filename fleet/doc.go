@@ -24,9 +24,9 @@
 // the in flight it last reported. With H(l) the sum of h over the live
 // members, the fleet's budget B, and lane l's reservation R(l) and max M(l):
 //
-//	sum over l of H(l)          <= B     (the budget)
-//	H(l)                        <= M(l)  (each lane's max, fleet-wide)
-//	sum over l of max(H(l), R(l)) <= B   (no lane holds another's reservation)
+//	sum over l of H(l)             <= B     (the budget)
+//	H(l)                           <= M(l)  (each lane's max, fleet-wide)
+//	sum over l of max(H(l), R(l))  <= B     (no lane holds another's reservation)
 //
 // Why holdings and not grants: a member admits only under its grant, so
 // its actual in flight never exceeds max(its grant, its in flight at its
@@ -94,6 +94,22 @@
 // it), so each comes back with at most its old grant, and after one lease
 // every grant made before has either been reported again or expired. The
 // price: a fleet started from nothing admits nothing for its first lease.
+//
+// # Where the guarantee ends
+//
+//   - A member that admits past its lease (the fallback below) does so
+//     outside the fleet's accounting: its in flight counts again only when
+//     it renews, and renewals grow nothing into the excess.
+//   - A Redis that fails over with asynchronous replication may come back
+//     without the last renewals. The member that made one notices at its
+//     next renewal (it holds more than the fleet says) and the fleet
+//     relearns; a member renewing before that may be granted what a lost
+//     renewal granted. The window is one renewal period; closing it would
+//     take a WAIT for a replica on every renewal.
+//   - Leases are timed by one clock: a Redis clock that jumps forward ends
+//     leases early (with ClockTime, so does a member's clock that runs
+//     ahead of the others').
+//   - Leave stops counting the member's in flight: call it once drained.
 //
 // # Not here
 //
