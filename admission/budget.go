@@ -41,7 +41,8 @@ func (c *Controller) Constrain(n int) {
 type Share struct {
 	// Lane holds each lane's share, indexed by Lane.
 	Lane [numLanes]LaneShare
-	// Budget, when positive, caps the sum of the lanes' maxima.
+	// Budget, when not zero, caps the sum of the lanes' maxima; negative
+	// means nothing at all.
 	Budget int
 }
 
@@ -68,6 +69,41 @@ func (c *Controller) SetShare(sh *Share) {
 	c.dispatch(&eff)
 }
 
+// Freeze holds every lane to what it has in flight now, for the moment a
+// fleet coordinator renews its lease: the fleet may hand the rest of this
+// replica's share to others before the answer arrives, so until SetShare
+// gives the new share, freed slots are not refilled. It returns each
+// lane's in-flight count, read after the hold took effect, and its queued
+// count (anonymous core requests included), the demand to report.
+//
+// An admission decided against the previous limits in the same instant
+// may still land after the hold; the next renewal reports it.
+func (c *Controller) Freeze() (inFlight, queued [numLanes]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	eff := c.limits.Load()
+	s := c.state.Load()
+	sh := &Share{}
+	for _, l := range Lanes() {
+		m := min(eff.Lane[l].Max, inFlightOf(s, l))
+		sh.Lane[l] = LaneShare{Max: m, Reserved: min(eff.Lane[l].Reserved, m)}
+		sh.Budget += m
+	}
+	if sh.Budget == 0 {
+		sh.Budget = -1 // nothing at all, not "the lanes' sum"
+	}
+	c.share = sh
+	frozen := c.effective(c.configured.Load())
+	c.limits.Store(&frozen)
+	s = c.state.Load()
+	for _, l := range Lanes() {
+		inFlight[l] = inFlightOf(s, l)
+		queued[l] = int(c.lanes[l].queued.Load())
+	}
+	queued[Core] += int(c.anonQueued.Load())
+	return inFlight, queued
+}
+
 // effective is lim narrowed by the share and then the ceiling. Callers hold
 // mu.
 func (c *Controller) effective(lim *Limits) Limits {
@@ -88,8 +124,8 @@ func shared(lim Limits, sh *Share) Limits {
 		out.Budget += ll.Max
 	}
 	out.Budget = min(out.Budget, lim.Budget)
-	if sh.Budget > 0 {
-		out.Budget = min(out.Budget, sh.Budget)
+	if sh.Budget != 0 {
+		out.Budget = max(min(out.Budget, sh.Budget), 0)
 	}
 	if lim.AnonMax > 0 {
 		// Zero would mean no cap; with no core slot nothing is admitted

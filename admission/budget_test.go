@@ -221,3 +221,36 @@ func TestShareBudgetCapsTheLanes(t *testing.T) {
 		t.Fatalf("share capped at 2: %+v", lim)
 	}
 }
+
+// Freeze holds each lane to what it has in flight and reports it: a slot
+// freed meanwhile may be refilled, but no lane grows past its count until
+// the next share.
+func TestFreezeHoldsInFlight(t *testing.T) {
+	c, clock := newTest(t, stormLimits())
+	p1 := mustAcquire(t, c, Core)
+	mustAcquire(t, c, Login).Release()
+	login := mustAcquire(t, c, Login)
+	in, q := c.Freeze()
+	if in[Core] != 1 || in[Login] != 1 || in[Export] != 0 || q != [numLanes]int{} {
+		t.Fatalf("frozen at in flight %v, queued %v", in, q)
+	}
+	first := enqueue(t, context.Background(), c, clock, Core, 0)
+	second := enqueue(t, context.Background(), c, clock, Core, 1)
+	p1.Release() // refilled by the first waiter: the lane stays at 1
+	r1 := recv(t, first)
+	if r1.err != nil {
+		t.Fatal(r1.err)
+	}
+	checkInFlight(t, c, map[Lane]int{Core: 1, Login: 1})
+	if _, q := c.Freeze(); q[Core] != 1 {
+		t.Fatalf("queued core while frozen: %d, want 1", q[Core])
+	}
+	c.SetShare(&Share{Lane: [numLanes]LaneShare{Core: {Max: 2, Reserved: 1}, Login: {Max: 1, Reserved: 1}}})
+	r2 := recv(t, second)
+	if r2.err != nil {
+		t.Fatal(r2.err)
+	}
+	for _, p := range []*Permit{r1.p, r2.p, login} {
+		p.Release()
+	}
+}
