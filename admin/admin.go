@@ -73,6 +73,9 @@ type Options struct {
 	SessionStore string
 	// Pool, when set, is the pool watcher /status and /readyz report on.
 	Pool Pool
+	// Fleet, when set, is fleet mode's coordinator, for /status and
+	// /readyz.
+	Fleet Fleet
 }
 
 // Server serves lanegate's operational endpoints: metrics, health, status
@@ -192,6 +195,11 @@ func (a *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	if a.opts.Pool != nil && a.opts.Pool.Status().Degraded() {
 		degraded = append(degraded, "PgBouncer's console unreadable, static budget in force")
 	}
+	// Out of the fleet, this replica admits under the fleet's limits
+	// divided by the last known members: less, not nothing.
+	if a.opts.Fleet != nil && a.opts.Fleet.Status().Degraded() {
+		degraded = append(degraded, "fleet's Redis unreachable, fallback share in force")
+	}
 	if len(degraded) > 0 {
 		io.WriteString(w, "ok (degraded: "+strings.Join(degraded, "; ")+")\n")
 		return
@@ -232,6 +240,8 @@ type Status struct {
 	Sessions     *SessionStatus        `json:"sessions,omitempty"`
 	// Pool is absent without LANEGATE_PGBOUNCER_URL.
 	Pool *PoolStatus `json:"pool,omitempty"`
+	// Fleet is absent unless LANEGATE_FLEET=redis.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
 	// LastReload is absent until the first SIGHUP.
 	LastReload *ReloadStatus `json:"last_reload,omitempty"`
 }
@@ -282,6 +292,9 @@ func (a *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if a.opts.Pool != nil {
 		st.Pool = poolStatus(a.opts.Pool.Status())
+	}
+	if a.opts.Fleet != nil {
+		st.Fleet = fleetStatus(r.Context(), a.opts.Fleet)
 	}
 	st.Bypassed = a.plane.Bypassed()
 	for _, ln := range snap.Lanes {

@@ -65,6 +65,8 @@ type Config struct {
 	Session Session
 	// PgBouncer configures the pool watcher.
 	PgBouncer PgBouncer
+	// Fleet configures the replicas' shared budget.
+	Fleet Fleet
 	// Log configures logging.
 	Log Log
 
@@ -274,7 +276,7 @@ type Session struct {
 	// IdentitySecret is the keyring shared with Django.
 	IdentitySecret string `env:"IDENTITY_SECRET" secret:"true" desc:"Secrets shared with Django's LANEGATE_IDENTITY_SECRET, comma-separated, each kid:secret (or a bare secret), at least 32 bytes each. The first signs; all verify, so a new secret can be rolled out before the old one is removed. Required unless LANEGATE_SESSION_STORE=off."`
 	// RedisURL locates the shared store.
-	RedisURL string `env:"REDIS_URL" secret:"true" desc:"Redis for LANEGATE_SESSION_STORE=redis: redis://[user:pass@]host:port/db, rediss:// for TLS, redis+cluster://host:port?addr=host2:port for Cluster, redis+sentinel://host:port,host2:port/master/db for Sentinel. Give lanegate its own database."`
+	RedisURL string `env:"REDIS_URL" secret:"true" desc:"Redis for LANEGATE_SESSION_STORE=redis and LANEGATE_FLEET=redis: redis://[user:pass@]host:port/db, rediss:// for TLS, redis+cluster://host:port?addr=host2:port for Cluster, redis+sentinel://host:port,host2:port/master/db for Sentinel. Give lanegate its own database."`
 	// RedisTimeout bounds every Redis call.
 	RedisTimeout time.Duration `env:"REDIS_TIMEOUT" envDefault:"100ms" desc:"Longest wait for Redis on a request (connect, read, write, pool). Past it the request goes to Django without identity, and Redis is left alone for a second."`
 	// RedisPoolSize bounds connections to Redis.
@@ -301,6 +303,27 @@ type PgBouncer struct {
 	// Stale is how long the last good reading is trusted.
 	Stale time.Duration `env:"PGBOUNCER_STALE" envDefault:"2s" desc:"How long the last good reading of the console steers the budget while reads fail; past it lanegate works on its static budget, reports itself degraded in /readyz (still 200) and /status, and logs it, until the console answers again."`
 }
+
+// Fleet configures fleet mode: several lanegates in front of one pool share
+// its budget through Redis.
+type Fleet struct {
+	// Mode is off or redis.
+	Mode string `env:"FLEET" envDefault:"off" desc:"off: this lanegate's budget is its own. redis: every lanegate with the same LANEGATE_FLEET_NAME and LANEGATE_REDIS_URL shares one budget, the lanes' reservations and maxima, and the login rate: each holds a lease on a share of each lane, renewed in Redis, in proportion to its demand. Needs LANEGATE_REDIS_URL and a shared LANEGATE_TICKET_SECRET (or LANEGATE_IDENTITY_SECRET)."`
+	// Name keys the fleet in Redis.
+	Name string `env:"FLEET_NAME" envDefault:"lanegate" desc:"The fleet's name: lanegates with the same name and Redis share one budget, so two sites (or staging and production) on one Redis need two names. Letters, digits, '.', '_' and '-'."`
+	// InstanceID names this replica in the fleet.
+	InstanceID string `env:"INSTANCE_ID" desc:"This replica's name in the fleet, unique within it. Empty: the host name and the process id."`
+	// Lease is how long a replica's share outlives its last renewal.
+	Lease time.Duration `env:"FLEET_LEASE" envDefault:"3s" desc:"How long a replica's share stays its own after its last renewal: a replica that dies or loses Redis keeps it this long, then the others take it over."`
+	// Renew is how often a replica renews its lease.
+	Renew time.Duration `env:"FLEET_RENEW" envDefault:"300ms" desc:"How often each replica renews its lease in Redis (one script call), reporting its demand and taking its new share; at most a third of LANEGATE_FLEET_LEASE, so that two renewals may fail before the lease runs out."`
+}
+
+// The fleet modes.
+const (
+	FleetOff   = "off"
+	FleetRedis = "redis"
+)
 
 // Warnings returns what Load found doubtful but not wrong, one sentence
 // each naming its variables; lanegate logs them at start.

@@ -53,6 +53,8 @@ func reloadEnv(t *testing.T) (base map[string]string, values map[string][]string
 		varIdentitySecret: {"reload-test-other-identity-secret-0123"},
 		varRedisURL:       {"redis://127.0.0.1:6379/1"},
 		varPgBouncerURL:   {"postgres://stats@127.0.0.1:6432/pgbouncer"},
+		varFleet:          {FleetRedis},
+		varFleetRenew:     {"500ms"},
 		varLogFormat:      {"console"},
 		varLogLevel:       {"debug"},
 	}

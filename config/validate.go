@@ -59,6 +59,7 @@ func (c Config) validate(failed map[string]bool) ([]error, []string) {
 	v.routes()
 	v.session()
 	v.pgBouncer()
+	v.fleet()
 	v.tickets()
 	v.log()
 	return v.errs, v.warnings

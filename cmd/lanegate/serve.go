@@ -59,6 +59,11 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	if err := s.listen(cfg); err != nil {
 		return err
 	}
+	if s.fleet != nil {
+		// Before the listeners serve: a replica admits nothing it has not
+		// been granted.
+		s.fleet.start(ctx, log, memberID(cfg))
+	}
 	errc := s.start()
 	s.watch(ctx, cfg)
 	s.announce(cfg)
@@ -88,6 +93,8 @@ type server struct {
 	reader    *poolwatch.Reader
 	watcher   *poolwatch.Watcher
 	stopWatch func()
+	// fleet is fleet mode's, nil unless LANEGATE_FLEET=redis.
+	fleet *fleetPart
 
 	srv, adminSrv *http.Server
 	ln, adminLn   net.Listener
@@ -132,6 +139,15 @@ func build(cfg config.Config, log *zap.Logger, reader *poolwatch.Reader) (_ *ser
 			return nil, err
 		}
 		adminOpts.Pool = s.watcher
+	}
+	if s.fleet, err = newFleet(cfg, s.ctrl, log.Named("fleet")); err != nil {
+		return nil, err
+	}
+	if s.fleet != nil {
+		if err := m.RegisterFleet(s.reg, s.fleet.Coordinator); err != nil {
+			return nil, err
+		}
+		adminOpts.Fleet = s.fleet
 	}
 	if s.sessions != nil {
 		opts.Sessions = s.sessions
@@ -241,6 +257,9 @@ func (a app) until(ctx context.Context, errc <-chan error, s *server, cfg config
 				rs.Error = err.Error()
 			} else {
 				applied = next
+				if s.fleet != nil {
+					s.fleet.setLimits(next)
+				}
 			}
 			s.admin.SetReload(rs)
 		}
@@ -266,6 +285,12 @@ func (s *server) shutdown(timeout time.Duration) {
 		s.log.Warn("drain timed out; closing remaining connections", zap.Error(err))
 		s.srv.Close()
 	}
+	if s.fleet != nil {
+		// Drained: leave, so the others take this replica's share now
+		// rather than when its lease runs out.
+		s.fleet.close()
+		s.fleet = nil
+	}
 	s.adminSrv.Shutdown(ctx)
 	s.adminSrv.Close()
 }
@@ -289,6 +314,9 @@ func (s *server) close() {
 	}
 	if s.reader != nil {
 		s.reader.Close()
+	}
+	if s.fleet != nil {
+		s.fleet.close()
 	}
 }
 
