@@ -28,10 +28,11 @@ type Controller struct {
 	// share is the fleet's share of the configured limits (see
 	// SetShare), nil outside a fleet; it changes under mu.
 	share *Share
-	buckets    atomic.Pointer[buckets]
-	closed     atomic.Bool
-	clock      clockwork.Clock
-	epoch      time.Time // start of the milliseconds in laneStats.progress
+
+	buckets atomic.Pointer[buckets]
+	closed  atomic.Bool
+	clock   clockwork.Clock
+	epoch   time.Time // start of the milliseconds in laneStats.progress
 
 	// mu guards queues and seq, and serialises every state change made
 	// while a request is queued. queues[l] holds lane l's waiters;
