@@ -196,6 +196,10 @@ func (t *h1Transport) roundTrip(c *h1Conn, req *http.Request) (*http.Response, e
 	c.SetReadDeadline(headerDeadline)
 	if err := ctx.Err(); err != nil {
 		stop()
+		if t.holdAfterTimeout > 0 {
+			// Sent whole: the app works on it all the same (see below).
+			return nil, t.hold(c, req.Method, err)
+		}
 		return nil, err
 	}
 	var resp *http.Response

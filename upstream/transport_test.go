@@ -572,6 +572,9 @@ func TestTransportHoldAfterClientLeaves(t *testing.T) {
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
 		br.ReadByte() // until lanegate closes
 	})
+	var once sync.Once
+	finish := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(finish) // before the server's cleanup waits for its handler
 	tr := newTestTransport(s.ln.Addr().String())
 	tr.responseHeaderTimeout = time.Minute
 	tr.holdAfterTimeout = time.Minute
@@ -600,7 +603,7 @@ func TestTransportHoldAfterClientLeaves(t *testing.T) {
 		t.Fatal("hold done before the app was")
 	default:
 	}
-	close(release)
+	finish()
 	select {
 	case <-done:
 	case <-time.After(testTimeout):
