@@ -144,6 +144,12 @@ func (c *Controller) StaticBudget() int { return c.configured.Load().Budget }
 // database pool says.
 func (c *Controller) InFlight() int { return totalOf(c.state.Load()) }
 
+// Narrowed returns l narrowed to a budget of n by the rules Constrain
+// follows: reservations in proportion, each lane that has one keeping one
+// while n allows, maxima capped at n. A negative n, or one at or above
+// l.Budget, returns l. A fleet narrows its shared limits with it.
+func (l Limits) Narrowed(n int) Limits { return constrain(l, n) }
+
 // constrain returns lim narrowed to a budget of n; a negative n, or one at
 // or above lim.Budget, returns lim.
 func constrain(lim Limits, n int) Limits {

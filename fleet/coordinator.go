@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -16,6 +17,7 @@ type Renewer interface {
 	Renew(ctx context.Context, member string, lim Limits, d Demand) (Grant, error)
 	Leave(ctx context.Context, member string) error
 	LastMembers() int
+	Members(ctx context.Context) ([]Member, error)
 }
 
 // Target is what the coordinator steers: the admission controller.
@@ -90,6 +92,9 @@ type Coordinator struct {
 	lastLog time.Time
 	mu      sync.Mutex
 	status  Status
+	// others is what the other members had in flight at their last
+	// renewals, as read after this member's own.
+	others atomic.Int64
 
 	// afterRenew, when a test sets it, runs at the end of every renewal.
 	afterRenew func()
@@ -167,6 +172,7 @@ func (c *Coordinator) renew(ctx context.Context) {
 		return
 	}
 	c.target.SetShare(shareOf(g))
+	c.readOthers(ctx)
 	c.mu.Lock()
 	recovered := c.status.State == StateDegraded
 	c.status.State, c.status.Grant, c.status.At, c.status.Demand = StateOK, g, now, d
@@ -237,6 +243,33 @@ func shareOf(g Grant) *admission.Share {
 	}
 	return sh
 }
+
+// readOthers reads what the other members have in flight, for the pool
+// watcher: the pool's clients that are the fleet's requests are not the
+// pool's "others". On failure the last count stands.
+func (c *Coordinator) readOthers(ctx context.Context) {
+	rctx, cancel := clockwork.WithTimeout(ctx, c.clock, c.opts.Timeout)
+	defer cancel()
+	ms, err := c.leases.Members(rctx)
+	if err != nil {
+		return
+	}
+	n := 0
+	for _, m := range ms {
+		if m.ID == c.opts.Member {
+			continue
+		}
+		for _, l := range admission.Lanes() {
+			n += m.Demand[l].InFlight
+		}
+	}
+	c.others.Store(int64(n))
+}
+
+// OthersInFlight is how many requests the fleet's other members had in
+// flight at their last renewals: with this replica's own, what the pool
+// serves of the fleet's.
+func (c *Coordinator) OthersInFlight() int { return int(c.others.Load()) }
 
 // Status returns the coordinator's state now.
 func (c *Coordinator) Status() Status {

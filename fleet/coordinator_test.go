@@ -263,6 +263,9 @@ func (r *renewer) Renew(_ context.Context, _ string, _ Limits, d Demand) (Grant,
 }
 
 func (r *renewer) Leave(context.Context, string) error { return nil }
+func (r *renewer) Members(context.Context) ([]Member, error) {
+	return []Member{{ID: "a"}, {ID: "b", Demand: Demand{core: {InFlight: 3}, login: {InFlight: 1}}}}, nil
+}
 func (r *renewer) LastMembers() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -317,6 +320,9 @@ func TestCoordinatorFailsStatic(t *testing.T) {
 	}
 	if st := next(); st.State != StateOK || ctrl.Limits().Budget != 4 {
 		t.Fatalf("first renewal: %+v, budget %d", st, ctrl.Limits().Budget)
+	}
+	if got := co.OthersInFlight(); got != 4 {
+		t.Fatalf("the other members' in flight: %d, want b's 3 + 1", got)
 	}
 	p := mustAcquireCore(t, ctrl)
 	rn.mu.Lock()

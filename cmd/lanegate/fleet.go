@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/config"
 	"github.com/lanegate/lanegate/fleet"
 	"github.com/lanegate/lanegate/session"
@@ -23,8 +24,12 @@ type fleetPart struct {
 	client redis.UniversalClient
 	*fleet.Leases
 	*fleet.Coordinator
-	limits atomic.Pointer[fleet.Limits]
-	stop   func()
+	// limits are the configuration's; ceiling is the pool watcher's
+	// effective budget for the whole fleet, negative for none.
+	limits  atomic.Pointer[admission.Limits]
+	ceiling atomic.Int64
+	ctrl    *admission.Controller
+	stop    func()
 }
 
 // memberID is this replica's name in the fleet: LANEGATE_INSTANCE_ID, or
@@ -43,7 +48,7 @@ func memberID(cfg config.Config) string {
 
 // newFleet builds fleet mode for cfg and ctrl, nil when LANEGATE_FLEET is
 // off. Nothing runs until start.
-func newFleet(cfg config.Config, ctrl fleet.Target, log *zap.Logger) (*fleetPart, error) {
+func newFleet(cfg config.Config, ctrl *admission.Controller, log *zap.Logger) (*fleetPart, error) {
 	if cfg.Fleet.Mode != config.FleetRedis {
 		return nil, nil
 	}
@@ -60,11 +65,12 @@ func newFleet(cfg config.Config, ctrl fleet.Target, log *zap.Logger) (*fleetPart
 		client.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
-	f := &fleetPart{client: client, Leases: leases}
+	f := &fleetPart{client: client, Leases: leases, ctrl: ctrl}
+	f.ceiling.Store(-1)
 	f.setLimits(cfg)
 	f.Coordinator = fleet.NewCoordinator(leases, ctrl, fleet.CoordinatorOptions{
 		Member:  memberID(cfg),
-		Limits:  func() fleet.Limits { return *f.limits.Load() },
+		Limits:  f.fleetLimits,
 		Renew:   cfg.Fleet.Renew,
 		Timeout: cfg.Fleet.Renew,
 		Log:     log,
@@ -75,9 +81,29 @@ func newFleet(cfg config.Config, ctrl fleet.Target, log *zap.Logger) (*fleetPart
 // setLimits makes cfg's limits the fleet's: what one lanegate would admit
 // alone, the fleet shares.
 func (f *fleetPart) setLimits(cfg config.Config) {
-	lim := fleet.LimitsOf(cfg.Limits())
+	lim := cfg.Limits()
 	f.limits.Store(&lim)
 }
+
+// fleetLimits are the limits the fleet shares now: the configuration's,
+// narrowed to the pool watcher's effective budget. A fleet's budget is at
+// least one slot, so the watcher's floor of zero is one here.
+func (f *fleetPart) fleetLimits() fleet.Limits {
+	lim := *f.limits.Load()
+	if n := f.ceiling.Load(); n >= 0 {
+		lim = lim.Narrowed(max(int(n), 1))
+	}
+	return fleet.LimitsOf(lim)
+}
+
+// poolTarget is what the pool watcher steers in fleet mode: the fleet's
+// budget, not this replica's, and the fleet's requests in flight, all of
+// which are lanegate's and none the pool's "others".
+type poolTarget struct{ f *fleetPart }
+
+func (p poolTarget) Constrain(n int)   { p.f.ceiling.Store(int64(n)) }
+func (p poolTarget) StaticBudget() int { return p.f.limits.Load().Budget }
+func (p poolTarget) InFlight() int     { return p.f.ctrl.InFlight() + p.f.OthersInFlight() }
 
 // start runs the coordinator until stop, which leaves the fleet.
 func (f *fleetPart) start(ctx context.Context, log *zap.Logger, member string) {

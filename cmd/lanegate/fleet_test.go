@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/lanegate/lanegate/admin"
+	"github.com/lanegate/lanegate/internal/pgbouncertest"
 	"github.com/lanegate/lanegate/session/redistest"
 )
 
@@ -86,5 +87,41 @@ func TestFleetNeedsRedisAndASharedSecret(t *testing.T) {
 		if err == nil || !strings.Contains(stderr, tc.want) {
 			t.Errorf("%v: error %v, stderr %q; want %q", tc.env, err, stderr, tc.want)
 		}
+	}
+}
+
+// In a fleet, the pool watcher narrows the fleet's budget, not each
+// replica's: with a background job holding 3 of a pool of 4, the two
+// replicas' shares add up to the one connection left.
+func TestFleetFollowsThePool(t *testing.T) {
+	ctx := testContext(t)
+	srv := redistest.Start(t)
+	pb := pgbouncertest.Start(t, pgbouncertest.Options{PoolSize: 4})
+	up := newUpstream(t)
+	env := func(id string) []string {
+		e := append(environ(up.URL), fleetEnv(srv, "pool", id)...)
+		e = append(e, poolEnv(pb)...)
+		return append(e, "LANEGATE_BUDGET=") // sized from the pool: 4
+	}
+	a := start(ctx, t, env("a"))
+	b := start(ctx, t, env("b"))
+	c := newClient(t)
+	ready := func(st admin.Status) bool {
+		return st.Fleet != nil && st.Fleet.State == "ok" && st.Fleet.Members == 2 && st.Pool != nil && st.Pool.State == "ok"
+	}
+	pollStatus(ctx, t, c, a, "a in the fleet, watching the pool", ready)
+	pollStatus(ctx, t, c, b, "b in the fleet, watching the pool", ready)
+
+	hold(ctx, t, pb, 3)
+	narrowed := func(st admin.Status) bool { return st.Pool.Others == 3 && st.Pool.EffectiveBudget == 1 }
+	pollStatus(ctx, t, c, a, "a seeing the job", narrowed)
+	pollStatus(ctx, t, c, b, "b seeing the job", narrowed)
+	sa := pollStatus(ctx, t, c, a, "a's share narrowed", func(st admin.Status) bool { return st.Fleet.Budget <= 1 })
+	sb := pollStatus(ctx, t, c, b, "b's share narrowed", func(st admin.Status) bool { return st.Fleet.Budget <= 1 })
+	if sa.Fleet.Budget+sb.Fleet.Budget > 1 {
+		t.Fatalf("shares %d + %d with one connection left", sa.Fleet.Budget, sb.Fleet.Budget)
+	}
+	if r := do(ctx, c, http.MethodGet, a.proxyURL("/page"), ""); r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
+		t.Fatalf("GET through a: %d %v", r.status, r.err)
 	}
 }

@@ -127,8 +127,23 @@ func build(cfg config.Config, log *zap.Logger, reader *poolwatch.Reader) (_ *ser
 		}
 	}
 	adminOpts := admin.Options{Token: cfg.Admin.Token, Gatherer: s.reg, Upstream: cfg.Upstream.URL}
+	if s.fleet, err = newFleet(cfg, s.ctrl, log.Named("fleet")); err != nil {
+		return nil, err
+	}
+	if s.fleet != nil {
+		if err := m.RegisterFleet(s.reg, s.fleet.Coordinator); err != nil {
+			return nil, err
+		}
+		adminOpts.Fleet = s.fleet
+	}
 	if reader != nil {
-		s.watcher = poolwatch.New(reader, s.ctrl, poolwatch.Options{
+		// In a fleet the watcher narrows the fleet's budget, which the
+		// leases then share; alone, this controller's.
+		var target poolwatch.Target = s.ctrl
+		if s.fleet != nil {
+			target = poolTarget{s.fleet}
+		}
+		s.watcher = poolwatch.New(reader, target, poolwatch.Options{
 			Poll:    cfg.PgBouncer.Poll,
 			Timeout: cfg.PgBouncer.Timeout,
 			Stale:   cfg.PgBouncer.Stale,
@@ -139,15 +154,6 @@ func build(cfg config.Config, log *zap.Logger, reader *poolwatch.Reader) (_ *ser
 			return nil, err
 		}
 		adminOpts.Pool = s.watcher
-	}
-	if s.fleet, err = newFleet(cfg, s.ctrl, log.Named("fleet")); err != nil {
-		return nil, err
-	}
-	if s.fleet != nil {
-		if err := m.RegisterFleet(s.reg, s.fleet.Coordinator); err != nil {
-			return nil, err
-		}
-		adminOpts.Fleet = s.fleet
 	}
 	if s.sessions != nil {
 		opts.Sessions = s.sessions
