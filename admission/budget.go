@@ -95,7 +95,13 @@ func (c *Controller) Freeze() (inFlight, queued [numLanes]int) {
 	c.share = sh
 	frozen := c.effective(c.configured.Load())
 	c.limits.Store(&frozen)
-	s = c.state.Load()
+	return c.Demand()
+}
+
+// Demand returns each lane's in-flight and queued counts (anonymous core
+// requests included), as Freeze does, without holding anything.
+func (c *Controller) Demand() (inFlight, queued [numLanes]int) {
+	s := c.state.Load()
 	for _, l := range Lanes() {
 		inFlight[l] = inFlightOf(s, l)
 		queued[l] = int(c.lanes[l].queued.Load())
@@ -120,7 +126,7 @@ func shared(lim Limits, sh *Share) Limits {
 	for _, l := range Lanes() {
 		ll := &out.Lane[l]
 		ll.Max = max(min(ll.Max, sh.Lane[l].Max), 0)
-		ll.Reserved = max(min(sh.Lane[l].Reserved, ll.Max), 0)
+		ll.Reserved = max(min(sh.Lane[l].Reserved, ll.Reserved, ll.Max), 0)
 		out.Budget += ll.Max
 	}
 	out.Budget = min(out.Budget, lim.Budget)

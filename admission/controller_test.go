@@ -937,3 +937,21 @@ func TestFailedPermitCountsNoCompletion(t *testing.T) {
 	var nilPermit *Permit
 	nilPermit.Failed() // safe
 }
+
+// A failed request is not progress either: while the app hangs on one
+// request and fails the others, waits must still look as long as the hang.
+func TestFailedPermitIsNotProgress(t *testing.T) {
+	c, clock := newTest(t, testLimits())
+	p := mustAcquire(t, c, Core)
+	clock.Advance(100 * time.Millisecond)
+	p.Release() // service time 100 ms
+	hung := mustAcquire(t, c, Core)
+	failing := mustAcquire(t, c, Core)
+	clock.Advance(3 * time.Second)
+	failing.Failed()
+	failing.Release()
+	if got := c.expectedWait(Core, 1, c.state.Load(), clock.Now()); got < 2*time.Second {
+		t.Fatalf("expected wait with the app hung for 3 s: %s, want it to show the hang", got)
+	}
+	hung.Release()
+}

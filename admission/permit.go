@@ -55,7 +55,7 @@ func (p *Permit) Upgraded() {
 }
 
 // Failed marks the request as one the app did not complete: the upstream
-// failed or timed out, or the app answered with a server error. Its hold
+// refused it or failed before answering. Its hold
 // time then says nothing of how long the app takes, and a login that
 // failed did not move the line on: Release counts neither into the lane's
 // service time or the waiting room's completion rate, which would
@@ -94,7 +94,9 @@ func (p *Permit) ReleaseAt(now time.Time) {
 	}
 	if p.delta != 0 {
 		if was == permitHeld {
-			c.lanes[p.lane].unhold(c.sinceEpoch(now), true)
+			// A failure is not progress: an app that only fails must
+			// not look as if it were keeping up.
+			c.lanes[p.lane].unhold(c.sinceEpoch(now), !p.failed.Load())
 		}
 		c.release(p.delta)
 	}

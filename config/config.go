@@ -312,7 +312,7 @@ type Fleet struct {
 	// Name keys the fleet in Redis.
 	Name string `env:"FLEET_NAME" envDefault:"lanegate" desc:"The fleet's name: lanegates with the same name and Redis share one budget, so two sites (or staging and production) on one Redis need two names. Letters, digits, '.', '_' and '-'."`
 	// InstanceID names this replica in the fleet.
-	InstanceID string `env:"INSTANCE_ID" desc:"This replica's name in the fleet, unique within it. Empty: the host name and the process id."`
+	InstanceID string `env:"INSTANCE_ID" desc:"This replica's name in the fleet, unique within it. Empty: the host name, the process id and a random suffix."`
 	// Lease is how long a replica's share outlives its last renewal.
 	Lease time.Duration `env:"FLEET_LEASE" envDefault:"3s" desc:"How long a replica's share stays its own after its last renewal: a replica that dies or loses Redis keeps it this long, then the others take it over."`
 	// Renew is how often a replica renews its lease.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -39,11 +40,14 @@ func (c Config) Watched() bool { return len(c.PgBouncer.URLs) > 0 }
 // unless set, PgBouncer's query_wait_timeout, so neither is typed twice
 // and neither goes stale when PgBouncer's configuration changes. Every
 // value derived from them follows, and the result is validated again: a
-// pool of zero connections is an error naming where it came from.
+// pool of zero connections, or one too small for a lane value the
+// operator set, is an error naming where it came from, and c comes back
+// unchanged with it.
 func (c Config) WithPool(p Pool) (Config, error) {
 	if !c.Watched() {
 		return c, nil
 	}
+	orig := c
 	from := map[string]string{}
 	if _, set := c.origin[varPoolSize]; !set && c.Admission.Budget == nil {
 		c.Admission.DBPoolSize = p.Size
@@ -54,13 +58,14 @@ func (c Config) WithPool(p Pool) (Config, error) {
 		c.Admission.PgBouncerQueryWaitTimeout = &qw
 		from[varQueryWait] = "derived from PgBouncer: query_wait_timeout of " + p.Name
 	}
-	c.fromPool = from
-	errs, warnings := c.validate(nil)
+	sized := c
+	sized.fromPool = from
+	errs, warnings := sized.validate(nil)
 	if len(errs) > 0 {
-		return Config{}, fmt.Errorf("sizing from PgBouncer's pool %s (pool_size %d): %w", p.Name, p.Size, errors.Join(errs...))
+		return orig, fmt.Errorf("sizing from PgBouncer's pool %s (pool_size %d): %w", p.Name, p.Size, errors.Join(errs...))
 	}
-	c.warnings = warnings
-	return c, nil
+	sized.warnings = warnings
+	return sized, nil
 }
 
 // pgBouncer checks the pool watcher's variables.
@@ -74,7 +79,10 @@ func (v *validator) pgBouncer() {
 				// pasted in the wrong variable: show only where it
 				// points, when it points anywhere.
 				shown := ""
-				if u, perr := url.Parse(raw); perr == nil && u.Scheme != "" && u.Host != "" {
+				// An "@" the parser did not take as the end of the
+				// user info means the host it found may be a password.
+				if u, perr := url.Parse(raw); perr == nil && u.Scheme != "" && u.Host != "" &&
+					(u.User != nil || !strings.Contains(raw, "@")) {
 					shown = " (" + u.Scheme + "://" + u.Host + ")"
 				}
 				v.report(varPgBouncerURL, fmt.Sprintf("%s: URL %d%s: %v", varPgBouncerURL, i+1, shown, err))

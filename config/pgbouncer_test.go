@@ -93,10 +93,23 @@ func TestWithPoolOfNothingIsAnError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = cfg.WithPool(Pool{Size: 0, Name: "app/app at 127.0.0.1:6432"})
+	got, err := cfg.WithPool(Pool{Size: 0, Name: "app/app at 127.0.0.1:6432"})
 	if err == nil || !strings.Contains(err.Error(), "PgBouncer's pool app/app at 127.0.0.1:6432 (pool_size 0)") ||
 		!strings.Contains(err.Error(), "LANEGATE_DB_POOL_SIZE=0") {
 		t.Fatalf("pool of 0: got %v", err)
+	}
+	// The configuration comes back as it was, not emptied.
+	if got.Server.Listen != ":8080" || got.Admission.DBPoolSize != 20 || got.Limits().Budget != cfg.Limits().Budget {
+		t.Fatalf("after a refused sizing: listen %q, pool %d, budget %d; want the configuration unchanged",
+			got.Server.Listen, got.Admission.DBPoolSize, got.Limits().Budget)
+	}
+	// A lane value set above what the pool allows is refused the same way.
+	cfg, err = Load(LoadOptions{Environ: []string{"LANEGATE_PGBOUNCER_URL=" + consoleURLWithPassword, "LANEGATE_LOGIN_MAX=4"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := cfg.WithPool(Pool{Size: 2, Name: "app"}); err == nil || got.Admission.DBPoolSize != 20 {
+		t.Fatalf("pool of 2 under LANEGATE_LOGIN_MAX=4: got %v, pool %d", err, got.Admission.DBPoolSize)
 	}
 }
 
@@ -109,6 +122,7 @@ func TestPgBouncerVariablesValidated(t *testing.T) {
 		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://a@h/pgbouncer,postgres://stats:hunter2-secret@h:6432/app"}, "URL 2 (postgres://h:6432): database must be pgbouncer"},
 		{[]string{"LANEGATE_PGBOUNCER_URL=postgres:///pgbouncer"}, "has no host"},
 		{[]string{"LANEGATE_PGBOUNCER_URL=hunter2-secret"}, "LANEGATE_PGBOUNCER_URL: URL 1: scheme must be postgres or postgresql"},
+		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://u:1234/x@h/pgbouncer"}, "LANEGATE_PGBOUNCER_URL: URL 1: database must be pgbouncer"},
 		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://h/app?password=hunter2-secret"}, "URL 1 (postgres://h): database must be pgbouncer"},
 		{[]string{"LANEGATE_PGBOUNCER_URL=postgres://h:99999/pgbouncer"}, `port "99999" is not a port number`},
 		{[]string{"LANEGATE_PGBOUNCER_POLL=0s"}, "LANEGATE_PGBOUNCER_POLL=0s: must be positive"},

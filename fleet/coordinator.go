@@ -25,6 +25,8 @@ type Target interface {
 	// Freeze holds each lane to what it has in flight, for the
 	// renewal, and returns each lane's in-flight and queued counts.
 	Freeze() (inFlight, queued [lanes]int)
+	// Demand returns the same counts without holding anything.
+	Demand() (inFlight, queued [lanes]int)
 	// SetShare applies a share of the fleet's limits.
 	SetShare(*admission.Share)
 }
@@ -158,7 +160,17 @@ func (c *Coordinator) Run(ctx context.Context) {
 // replaces the freeze.
 func (c *Coordinator) renew(ctx context.Context) {
 	lim := c.opts.Limits()
-	in, queued := c.target.Freeze()
+	// Only a replica inside the fleet's accounting has a share others
+	// could grow into during the call; one joining or on its fallback
+	// share has none, and freezing it would only flicker its admission
+	// between renewals.
+	c.mu.Lock()
+	inside := c.status.Grant.Valid(c.clock.Now()) && c.status.State == StateOK
+	c.mu.Unlock()
+	in, queued := c.target.Demand()
+	if inside {
+		in, queued = c.target.Freeze()
+	}
 	var d Demand
 	for _, l := range admission.Lanes() {
 		d[l] = LaneDemand{InFlight: in[l], Queued: queued[l]}

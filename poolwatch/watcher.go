@@ -142,12 +142,12 @@ func New(src Source, target Target, opts Options) *Watcher {
 	}
 }
 
-// Run polls until ctx ends, then gives the controller its static budget
-// back.
+// Run polls until ctx ends. The controller keeps the budget last set: Run
+// ends when lanegate shuts down, and lifting the budget then would send
+// every queued request into a pool the others may still hold.
 func (w *Watcher) Run(ctx context.Context) {
 	t := w.clock.NewTicker(w.opts.Poll)
 	defer t.Stop()
-	defer w.target.Constrain(-1)
 	for {
 		w.poll(ctx)
 		if w.afterPoll != nil {

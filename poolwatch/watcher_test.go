@@ -171,8 +171,8 @@ func TestWatcherSteersTheController(t *testing.T) {
 		t.Fatalf("with 2 of lanegate's in flight: others %d, budget %d; want 6, 2", st.Others, st.Effective)
 	}
 	h.stop()
-	if got, _ := h.target.last(); got != -1 {
-		t.Fatalf("after Run ended the controller is constrained to %d, want the static budget back", got)
+	if got, _ := h.target.last(); got != 2 {
+		t.Fatalf("after Run ended the controller is constrained to %d, want the last budget kept (2)", got)
 	}
 }
 

@@ -36,6 +36,9 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		reply.Error(w, r, status, msg)
 		return
 	}
+	if rec, ok := w.(*recorder); ok && (kind == "refused" || kind == "failed") {
+		rec.upstreamFailed = true
+	}
 	h.metrics.UpstreamError(kind)
 	h.log.Warn("upstream error", zap.String("kind", kind), zap.String("path", h.logPath(r.URL.Path)), zap.Error(err))
 	reply.Error(w, r, status, msg)

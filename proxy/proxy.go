@@ -565,9 +565,10 @@ func (h *Handler) upstreamDone(rec *recorder, permit *admission.Permit, start, e
 		return
 	}
 	rec.upstreamDone = true
-	if rec.status >= http.StatusInternalServerError {
-		// lanegate's own 502 and 504, or the app's 5xx: not a request
-		// the app completed, for the estimates.
+	if rec.upstreamFailed {
+		// Refused, or broken before any answer: not a request the app
+		// completed, for the estimates. (A 504 is not: the app worked
+		// on it, and its hold says how long.)
 		permit.Failed()
 	}
 	if hold := rec.hold; hold != nil && permit != nil {

@@ -49,6 +49,9 @@ type recorder struct {
 
 	// upstreamDone is set once the request's slot is released.
 	upstreamDone bool
+	// upstreamFailed says the upstream refused the request or failed
+	// before answering it.
+	upstreamFailed bool
 
 	// buffered is the request's body read before admission, whose
 	// memory is given back when the request ends at the latest; nil when
@@ -67,7 +70,7 @@ func (r *recorder) reset(w http.ResponseWriter) {
 	if r.bufs != nil {
 		r.buf.Release(r.bufs) // nothing is left unless the request failed
 	}
-	r.bufs, r.buffering, r.upstreamDone = nil, false, false
+	r.bufs, r.buffering, r.upstreamDone, r.upstreamFailed = nil, false, false, false
 }
 
 func (r *recorder) WriteHeader(code int) {

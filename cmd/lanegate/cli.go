@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/lanegate/lanegate/config"
@@ -106,7 +107,10 @@ func (a app) healthcheck(ctx context.Context, envFile string) error {
 	if cfg.Admin.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+cfg.Admin.Token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Never through an HTTP proxy from the environment: the token goes
+	// to the admin listener only.
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(a.stderr, "lanegate: healthcheck: %v\n", err)
 		return errReported
@@ -114,7 +118,7 @@ func (a app) healthcheck(ctx context.Context, envFile string) error {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(a.stderr, "lanegate: healthcheck: %s answered %d: %s", url, resp.StatusCode, body)
+		fmt.Fprintf(a.stderr, "lanegate: healthcheck: %s answered %d: %s\n", url, resp.StatusCode, strings.TrimSpace(string(body)))
 		return errReported
 	}
 	fmt.Fprintf(a.stdout, "%s", body)

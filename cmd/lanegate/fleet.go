@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strconv"
@@ -43,7 +45,11 @@ func memberID(cfg config.Config) string {
 	if err != nil || host == "" {
 		host = "lanegate"
 	}
-	return host + "-" + strconv.Itoa(os.Getpid())
+	// Containers on one host's network share its name and often run as
+	// pid 1: the suffix keeps two replicas from sharing one lease.
+	var b [3]byte
+	rand.Read(b[:])
+	return host + "-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b[:])
 }
 
 // newFleet builds fleet mode for cfg and ctrl, nil when LANEGATE_FLEET is
@@ -55,7 +61,7 @@ func newFleet(cfg config.Config, ctrl *admission.Controller, log *zap.Logger) (*
 	// A renewal may take up to one renewal interval; a request never
 	// waits for it.
 	client, err := session.NewRedisClient(session.RedisOptions{
-		URL: cfg.Session.RedisURL, Timeout: cfg.Fleet.Renew, PoolSize: 2,
+		URL: cfg.Session.RedisURL, Timeout: cfg.Fleet.Renew, PoolSize: 4, // renewals, and /status
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: LANEGATE_REDIS_URL: %w", err)
@@ -105,8 +111,11 @@ func (p poolTarget) Constrain(n int)   { p.f.ceiling.Store(int64(n)) }
 func (p poolTarget) StaticBudget() int { return p.f.limits.Load().Budget }
 func (p poolTarget) InFlight() int     { return p.f.ctrl.InFlight() + p.f.OthersInFlight() }
 
-// start runs the coordinator until stop, which leaves the fleet.
+// start runs the coordinator until stop, which leaves the fleet. The
+// controller admits nothing from here until the first grant: serving
+// starts right after, and the coordinator's goroutine may not have run.
 func (f *fleetPart) start(ctx context.Context, log *zap.Logger, member string) {
+	f.ctrl.SetShare(&admission.Share{Budget: -1})
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lanegate/lanegate/admin"
 	"github.com/lanegate/lanegate/internal/pgbouncertest"
@@ -124,4 +125,42 @@ func TestFleetFollowsThePool(t *testing.T) {
 	if r := do(ctx, c, http.MethodGet, a.proxyURL("/page"), ""); r.status != http.StatusOK && r.status != http.StatusServiceUnavailable {
 		t.Fatalf("GET through a: %d %v", r.status, r.err)
 	}
+}
+
+// A replica told to stop drains before it leaves the fleet: while its
+// last request is in flight, the others still count its share as its.
+func TestFleetLeavesAfterDraining(t *testing.T) {
+	ctx := testContext(t)
+	srv := redistest.Start(t)
+	up := newUpstream(t)
+	a := start(ctx, t, append(environ(up.URL), fleetEnv(srv, "drain", "a")...))
+	b := start(ctx, t, append(environ(up.URL), fleetEnv(srv, "drain", "b")...))
+	c := newClient(t)
+	two := func(st admin.Status) bool { return st.Fleet != nil && st.Fleet.State == "ok" && st.Fleet.Members == 2 }
+	pollStatus(ctx, t, c, a, "a in a fleet of two", two)
+	pollStatus(ctx, t, c, b, "b in a fleet of two", two)
+
+	slow := goGet(ctx, c, b.proxyURL("/slow/last"))
+	recv(ctx, t, up.arrived, "b's request at the app")
+	mark := b.stderr.Len()
+	b.cancel() // SIGTERM: b drains
+	b.stderr.waitFor(ctx, t, mark, "shutting down")
+	// Renewals go on while b drains: over several of a's renewals (50 ms
+	// each), a still sees two members.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for range 20 {
+		if st := status(ctx, t, c, a); st.Fleet.Members != 2 {
+			t.Fatalf("b left the fleet with a request in flight: a sees %d members", st.Fleet.Members)
+		}
+		<-tick.C
+	}
+	up.unblock()
+	if r := recv(ctx, t, slow, "b's last request"); r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("b's last request: %d %v", r.status, r.err)
+	}
+	if err := b.wait(ctx, t); err != nil {
+		t.Fatalf("b: %v", err)
+	}
+	pollStatus(ctx, t, c, a, "a alone once b has drained and left", func(st admin.Status) bool { return st.Fleet.Members == 1 })
 }

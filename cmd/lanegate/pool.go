@@ -53,6 +53,7 @@ func sizeFromPool(ctx context.Context, cfg config.Config, r *poolwatch.Reader) (
 		reading, err = r.Read(rctx)
 		cancel()
 		if err == nil {
+			// On error WithPool gives cfg back as it was.
 			return cfg.WithPool(poolOf(reading, cfg.PgBouncer.URLs))
 		}
 	}

@@ -59,13 +59,15 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	if err := s.listen(cfg); err != nil {
 		return err
 	}
+	// The fleet's coordinator and the pool watcher run until shutdown has
+	// drained, not until the signal: a replica leaving the fleet, or a
+	// watcher lifting its budget, while requests are still in flight or
+	// queued would let more into the pool than it can hold.
 	if s.fleet != nil {
-		// Before the listeners serve: a replica admits nothing it has not
-		// been granted.
-		s.fleet.start(ctx, log, memberID(cfg))
+		s.fleet.start(context.Background(), log, memberID(cfg))
 	}
 	errc := s.start()
-	s.watch(ctx, cfg)
+	s.watch(context.Background(), cfg)
 	s.announce(cfg)
 	if a.started != nil {
 		a.started(listenAddrs{Proxy: s.ln.Addr().String(), Admin: s.adminLn.Addr().String()})
@@ -278,9 +280,6 @@ func (a app) until(ctx context.Context, errc <-chan error, s *server, cfg config
 // once rather than waiting out the drain.
 func (s *server) shutdown(timeout time.Duration) {
 	s.log.Info("shutting down", zap.Duration("timeout", timeout))
-	if s.stopWatch != nil {
-		s.stopWatch()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	s.admin.SetDraining()
@@ -290,6 +289,10 @@ func (s *server) shutdown(timeout time.Duration) {
 	if err := <-done; err != nil {
 		s.log.Warn("drain timed out; closing remaining connections", zap.Error(err))
 		s.srv.Close()
+	}
+	if s.stopWatch != nil {
+		s.stopWatch()
+		s.stopWatch = nil
 	}
 	if s.fleet != nil {
 		// Drained: leave, so the others take this replica's share now
