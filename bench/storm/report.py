@@ -1002,7 +1002,7 @@ def hog_checks(modes):
             out.append((m["5xx"] == 0, f"{n}: 5xx other than sheds: {m['5xx']} ({m['500']} HTTP 500)"))
             out.append((x["refusals"] == x["refusals_ra"],
                         f"{n}: every 503/429 with Retry-After: {x['refusals_ra']} of {x['refusals']}"))
-            out.append((x["clw_peak"] == 0 if x["clw_peak"] is not None else None,
+            out.append((Goal(x["clw_peak"] == 0) if x["clw_peak"] is not None else None,
                         f"{n}: peak cl_waiting {num(x['clw_peak'])}, {sec(x['clw_s'])} with any client waiting "
                         f"(longest {sec(x['clw_longest'])}); the app's clients: peak {num(x['app_clw_peak'])}, "
                         f"{sec(x['app_clw_s'])} (longest {sec(x['app_clw_longest'])})"))
@@ -1355,8 +1355,25 @@ def plots(run_dir, modes):
 # ---------------------------------------------------------------- report
 
 
+class Goal:
+    """A check that is a goal of lanegate's performance (core latency under the storm, throughput against
+    HAProxy), not a criterion of correctness: marked GOAL MET or GOAL MISSED, never PASS or FAIL, so that the
+    report and the CI smoke, which fails only on the criteria, say the same thing."""
+
+    def __init__(self, met):
+        self.met = bool(met)
+
+
+def mark_of(ok):
+    if ok is None:
+        return ""
+    if isinstance(ok, Goal):
+        return "GOAL MET " if ok.met else "GOAL MISSED "
+    return "PASS " if ok else "FAIL "
+
+
 def verdicts(by_name, phys_limit, cpus=None, hash_s=None):
-    """What the storm benchmark must show, checked on this run."""
+    """What the storm benchmark must show, checked on this run: criteria (PASS or FAIL) and goals."""
     out = []
     d, h, lg = by_name.get("direct"), by_name.get("haproxy"), by_name.get("lanegate")
     if d:
@@ -1378,14 +1395,14 @@ def verdicts(by_name, phys_limit, cpus=None, hash_s=None):
                     f"`lanegate`: users logged in by the end: {m['logged_in']} of {m['users']}"))
         if m["core_p95_steady"]:
             r_ = (m["core_p95_storm"] or 0) / m["core_p95_steady"]
-            out.append((r_ <= CORE_P95_LIMIT,
+            out.append((Goal(r_ <= CORE_P95_LIMIT),
                         f"`lanegate`: core p95 during the storm {ms(m['core_p95_storm'])} vs "
                         f"{ms(m['core_p95_steady'])} once everyone is in, its no-storm value "
                         f"({r_:.2f}×, limit {CORE_P95_LIMIT:g}×)"))
         else:
-            out.append((False, "`lanegate`: no storm-free window to compare core p95 with"))
+            out.append((Goal(False), "`lanegate`: no storm-free window to compare core p95 with"))
         if h:
-            out.append((m["ok_rate"] is not None and h.m["ok_rate"] is not None and m["ok_rate"] >= h.m["ok_rate"],
+            out.append((Goal(m["ok_rate"] is not None and h.m["ok_rate"] is not None and m["ok_rate"] >= h.m["ok_rate"]),
                         f"`lanegate` answered OK {num(m['ok_rate'], '{:.1f}')} req/s, "
                         f"`haproxy` {num(h.m['ok_rate'], '{:.1f}')} req/s"))
         if m["fifo_p95"]:
@@ -1559,8 +1576,11 @@ def build(run_dir):
         lines.append("## Checks")
         lines.append("")
         for ok, text in v:
-            mark = "" if ok is None else ("PASS " if ok else "FAIL ")
-            lines.append(f"- {mark}{text}")
+            lines.append(f"- {mark_of(ok)}{text}")
+        lines.append("")
+        lines.append("PASS and FAIL are criteria (no query_wait_timeout, no 5xx but sheds with Retry-After, every "
+                     "user in); GOAL MET and GOAL MISSED are performance goals, which the CI smoke does not "
+                     "enforce: its short, small storm says little about them.")
         lines.append("")
     if "lanegate" in by_name and "haproxy" in by_name:
         worse = versus(by_name["lanegate"], by_name["haproxy"])
@@ -1659,7 +1679,11 @@ def main(argv):
             print(f"smoke: FAIL {b}", file=sys.stderr)
         if bad:
             return 1
-        print("smoke: PASS (no query_wait_timeout, no 5xx but sheds with Retry-After, logins and pages served)",
+        by_name = {md.name: md for md in modes}
+        missed = [text for ok, text in verdicts(by_name, None)
+                  if isinstance(ok, Goal) and not ok.met]
+        print("smoke: PASS (no query_wait_timeout, no 5xx but sheds with Retry-After, logins and pages served)"
+              + (f"; {len(missed)} performance goal(s) missed, not enforced here: " + "; ".join(missed) if missed else ""),
               file=sys.stderr)
     return 0
 
