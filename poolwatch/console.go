@@ -467,17 +467,7 @@ func poolOf(db databaseRow, pools []poolRow, user, defaultMode string) Pool {
 			continue
 		}
 		n++
-		p.ClActive += r.clActive
-		p.ClWaiting += r.clWaiting
-		p.SvActive += r.svActive
-		p.SvIdle += r.svIdle
-		p.SvUsed += r.svUsed
-		p.SvTested += r.svTested
-		p.SvLogin += r.svLogin
-		p.MaxWait = max(p.MaxWait, r.maxWait)
-		if p.Mode == "" {
-			p.Mode = r.mode
-		}
+		p = p.add(r.figures)
 	}
 	// Each pool of the database may open pool_size connections.
 	n = max(n, 1)

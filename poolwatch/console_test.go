@@ -222,10 +222,10 @@ func TestPickDatabase(t *testing.T) {
 func TestPoolOf(t *testing.T) {
 	db := databaseRow{name: "app", poolSize: 10, reservePool: 2}
 	pools := []poolRow{
-		{database: "app", user: "django", clActive: 4, clWaiting: 1, svActive: 4, svIdle: 1, svUsed: 1, svTested: 1, svLogin: 1, maxWait: time.Second, mode: "session"},
-		{database: "app", user: "worker", clActive: 2, clWaiting: 3, svActive: 2, svIdle: 2, maxWait: 3 * time.Second, mode: "session"},
-		{database: "reports", user: "django", clActive: 7, clWaiting: 7, svActive: 7, maxWait: time.Hour},
-		{database: "pgbouncer", user: "pgbouncer", clActive: 1},
+		{database: "app", user: "django", figures: Pool{ClActive: 4, ClWaiting: 1, SvActive: 4, SvIdle: 1, SvUsed: 1, SvTested: 1, SvLogin: 1, MaxWait: time.Second, Mode: "session"}},
+		{database: "app", user: "worker", figures: Pool{ClActive: 2, ClWaiting: 3, SvActive: 2, SvIdle: 2, MaxWait: 3 * time.Second, Mode: "session"}},
+		{database: "reports", user: "django", figures: Pool{ClActive: 7, ClWaiting: 7, SvActive: 7, MaxWait: time.Hour}},
+		{database: "pgbouncer", user: "pgbouncer", figures: Pool{ClActive: 1}},
 	}
 	tests := []struct {
 		name string

@@ -19,15 +19,9 @@ import (
 // poolRow is one row of SHOW POOLS: one (database, user) pool.
 type poolRow struct {
 	database, user string
-	clActive       int
-	clWaiting      int
-	svActive       int
-	svIdle         int
-	svUsed         int
-	svTested       int
-	svLogin        int
-	maxWait        time.Duration
-	mode           string
+	// figures are the row's counts, maxwait and pool_mode, in the form
+	// they are summed in.
+	figures Pool
 }
 
 // databaseRow is one row of SHOW DATABASES.
@@ -47,23 +41,21 @@ func parsePools(rows []map[string]string) ([]poolRow, error) {
 	out := make([]poolRow, 0, len(rows))
 	for i, r := range rows {
 		f := fields{row: r}
-		p := poolRow{
-			database:  f.text("database"),
-			user:      f.text("user"),
-			clActive:  f.count("cl_active"),
-			clWaiting: f.count("cl_waiting"),
-			svActive:  f.count("sv_active"),
-			svIdle:    f.count("sv_idle"),
-			svUsed:    f.count("sv_used"),
-			svTested:  f.count("sv_tested"),
-			svLogin:   f.count("sv_login"),
-			mode:      f.optionalText("pool_mode"),
-		}
+		p := poolRow{database: f.text("database"), user: f.text("user"), figures: Pool{
+			ClActive:  f.count("cl_active"),
+			ClWaiting: f.count("cl_waiting"),
+			SvActive:  f.count("sv_active"),
+			SvIdle:    f.count("sv_idle"),
+			SvUsed:    f.count("sv_used"),
+			SvTested:  f.count("sv_tested"),
+			SvLogin:   f.count("sv_login"),
+			Mode:      f.optionalText("pool_mode"),
+		}}
 		// maxwait is whole seconds; maxwait_us (PgBouncer 1.8 and later)
 		// the microseconds past them.
-		p.maxWait = time.Duration(f.count("maxwait")) * time.Second
+		p.figures.MaxWait = time.Duration(f.count("maxwait")) * time.Second
 		if _, ok := r["maxwait_us"]; ok {
-			p.maxWait += time.Duration(f.count("maxwait_us")) * time.Microsecond
+			p.figures.MaxWait += time.Duration(f.count("maxwait_us")) * time.Microsecond
 		}
 		if f.err != nil {
 			return nil, fmt.Errorf("SHOW POOLS row %d: %w", i+1, f.err)

@@ -33,11 +33,10 @@ func with(row map[string]string, set map[string]string) map[string]string {
 }
 
 func TestParsePools(t *testing.T) {
-	want118 := poolRow{
-		database: "app", user: "django",
-		clActive: 3, clWaiting: 2, svActive: 3, svIdle: 1, svUsed: 4, svTested: 5, svLogin: 6,
-		maxWait: 2500 * time.Millisecond, mode: "session",
-	}
+	want118 := poolRow{database: "app", user: "django", figures: Pool{
+		ClActive: 3, ClWaiting: 2, SvActive: 3, SvIdle: 1, SvUsed: 4, SvTested: 5, SvLogin: 6,
+		MaxWait: 2500 * time.Millisecond, Mode: "session",
+	}}
 	tests := []struct {
 		name    string
 		row     map[string]string
@@ -53,12 +52,12 @@ func TestParsePools(t *testing.T) {
 		{
 			name: "no maxwait_us: whole seconds",
 			row:  with(poolRow118(), map[string]string{"maxwait_us": "<drop>"}),
-			want: func() poolRow { p := want118; p.maxWait = 2 * time.Second; return p }(),
+			want: func() poolRow { p := want118; p.figures.MaxWait = 2 * time.Second; return p }(),
 		},
 		{
 			name: "no pool_mode: empty",
 			row:  with(poolRow118(), map[string]string{"pool_mode": "<drop>"}),
-			want: func() poolRow { p := want118; p.mode = ""; return p }(),
+			want: func() poolRow { p := want118; p.figures.Mode = ""; return p }(),
 		},
 		{name: "missing sv_idle", row: with(poolRow118(), map[string]string{"sv_idle": "<drop>"}), wantErr: `no column "sv_idle"`},
 		{name: "missing user", row: with(poolRow118(), map[string]string{"user": "<drop>"}), wantErr: `no column "user"`},
