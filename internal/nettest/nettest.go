@@ -1,5 +1,7 @@
 // Package nettest holds what tests need of the network that no package of
-// the standard library gives: a client on a slow, narrow link.
+// the standard library gives: a client on a slow, narrow link, and a free
+// port and an output buffer for the servers tests start as processes
+// (redis-server, PgBouncer).
 package nettest
 
 import (

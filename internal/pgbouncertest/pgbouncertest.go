@@ -11,7 +11,6 @@
 package pgbouncertest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -28,6 +27,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/lanegate/lanegate/internal/nettest"
 )
 
 // RequireEnv names the environment variable that turns a missing PgBouncer
@@ -127,7 +128,7 @@ type PgBouncer struct {
 
 	mu   sync.Mutex
 	proc *process // nil while stopped
-	log  syncBuffer
+	log  nettest.SyncBuffer
 }
 
 // process is one run of pgbouncer.
@@ -169,7 +170,7 @@ func Start(t testing.TB, opts Options) *PgBouncer {
 
 	var lastErr error
 	for range startAttempts {
-		if p.port, err = freePort(); err != nil {
+		if p.port, err = nettest.FreePort(); err != nil {
 			t.Fatalf("pgbouncertest: %v", err)
 		}
 		if lastErr = p.start(); lastErr == nil {
@@ -525,34 +526,4 @@ func consoleConfig(consoleURL string) (*pgx.ConnConfig, error) {
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
 	cfg.RuntimeParams = map[string]string{}
 	return cfg, nil
-}
-
-// freePort asks the kernel for a free 127.0.0.1 port. Another process may
-// take it before PgBouncer binds it; Start retries for that.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// syncBuffer collects PgBouncer's log, written by exec's copying goroutine
-// and read by the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(data []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(data)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

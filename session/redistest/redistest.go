@@ -9,7 +9,6 @@ package redistest
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lanegate/lanegate/internal/nettest"
 )
 
 // RequireEnv names the environment variable that turns a missing
@@ -50,7 +51,7 @@ type Server struct {
 // process is one run of redis-server.
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *nettest.SyncBuffer
 	done chan struct{} // closed once cmd.Wait has returned
 }
 
@@ -73,7 +74,7 @@ func Start(t testing.TB) *Server {
 
 	var lastErr error
 	for range startAttempts {
-		port, err := freePort()
+		port, err := nettest.FreePort()
 		if err != nil {
 			t.Fatalf("redistest: %v", err)
 		}
@@ -128,7 +129,7 @@ func (s *Server) start() error {
 		"--dir", s.dir,
 		"--loglevel", "warning",
 	)
-	out := &syncBuffer{}
+	out := &nettest.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.bin, err)
@@ -193,34 +194,4 @@ func ping(addr string) error {
 		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
 	}
 	return nil
-}
-
-// freePort asks the kernel for a free 127.0.0.1 port. Another process may
-// take it before redis-server binds it; Start retries for that.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// syncBuffer collects the server's output, written by exec's copying
-// goroutine and read by the test on failure.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
