@@ -39,21 +39,30 @@ func (p *testPlane) Bypassed() uint64                                { return 0 
 // accepts connections, over a real controller.
 func newHardeningAdmin(t *testing.T, token string) (*Server, *testPlane) {
 	t.Helper()
+	var lim admission.Limits
+	lim.Budget = 1
+	lim.Lane[admission.Core] = admission.LaneLimits{Max: 1}
+	a, _, plane := newTestAdmin(t, lim, Options{Token: token})
+	return a, plane
+}
+
+// newTestAdmin is an admin server with opts, in front of an upstream that
+// accepts connections, over a real controller of lim.
+func newTestAdmin(t *testing.T, lim admission.Limits, opts Options) (*Server, *admission.Controller, *testPlane) {
+	t.Helper()
 	up := httptest.NewServer(http.NotFoundHandler())
 	t.Cleanup(up.Close)
 	u, err := url.Parse(up.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lim admission.Limits
-	lim.Budget = 1
-	lim.Lane[admission.Core] = admission.LaneLimits{Max: 1}
 	ctrl, err := admission.New(lim)
 	if err != nil {
 		t.Fatal(err)
 	}
 	plane := &testPlane{mode: admission.Enforce}
-	return New(plane, ctrl, Options{Token: token, Gatherer: prometheus.NewRegistry(), Upstream: u}, nil), plane
+	opts.Gatherer, opts.Upstream = prometheus.NewRegistry(), u
+	return New(plane, ctrl, opts, nil), ctrl, plane
 }
 
 func adminDo(a *Server, method, target, auth, body string) *httptest.ResponseRecorder {

@@ -3,14 +3,10 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/poolwatch"
@@ -36,22 +32,12 @@ func (p *fakePool) set(st poolwatch.Status) {
 
 func newPoolAdmin(t *testing.T, pool Pool) (*Server, *admission.Controller) {
 	t.Helper()
-	up := httptest.NewServer(http.NotFoundHandler())
-	t.Cleanup(up.Close)
-	u, err := url.Parse(up.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var lim admission.Limits
 	lim.Budget = 8
 	lim.Lane[admission.Core] = admission.LaneLimits{Reserved: 4, Max: 8}
 	lim.Lane[admission.Login] = admission.LaneLimits{Reserved: 1, Max: 2}
-	ctrl, err := admission.New(lim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plane := &testPlane{mode: admission.Enforce}
-	return New(plane, ctrl, Options{Gatherer: prometheus.NewRegistry(), Upstream: u, Pool: pool}, nil), ctrl
+	a, ctrl, _ := newTestAdmin(t, lim, Options{Pool: pool})
+	return a, ctrl
 }
 
 func TestStatusShowsThePool(t *testing.T) {

@@ -67,15 +67,14 @@ func (a app) run(ctx context.Context, args []string) error {
 		return a.printConfig(ctx, *envFile, *markdown)
 	case "healthcheck":
 		return a.healthcheck(ctx, *envFile)
-	case "serve":
-		cfg, err := config.Load(config.LoadOptions{EnvFile: *envFile, Environ: a.environ})
-		if err != nil {
-			fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
-			return errReported
-		}
-		return a.serve(ctx, cfg, *envFile)
 	}
-	return nil // unreachable: cmd was checked above
+	// serve: the commands were checked above.
+	cfg, err := config.Load(config.LoadOptions{EnvFile: *envFile, Environ: a.environ})
+	if err != nil {
+		fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
+		return errReported
+	}
+	return a.serve(ctx, cfg, *envFile)
 }
 
 // helpOrReported turns a flag parsing error, which the flag set has

@@ -48,11 +48,8 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 		cfg = sized
 	}
 
-	s, err := build(cfg, log, reader)
+	s, err := build(cfg, log, reader) // closes reader if it fails
 	if err != nil {
-		if reader != nil {
-			reader.Close()
-		}
 		return err
 	}
 	defer s.close()
