@@ -578,20 +578,7 @@ func TestTransportHoldAfterClientLeaves(t *testing.T) {
 	tr := newTestTransport(s.ln.Addr().String())
 	tr.responseHeaderTimeout = time.Minute
 	tr.holdAfterTimeout = time.Minute
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() {
-		_, _, err := doGet(t, tr, ctx, s.ln.Addr().String())
-		errc <- err
-	}()
-	<-arrived
-	cancel()
-	var err error
-	select {
-	case err = <-errc:
-	case <-time.After(testTimeout):
-		t.Fatal("request not ended by its client leaving")
-	}
+	err := leaveOnArrival(t, tr, s.ln.Addr().String(), arrived)
 	var h *Hold
 	if !errors.As(err, &h) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want a hold of a cancelled request", err)
@@ -621,17 +608,31 @@ func TestTransportNoHoldWhenOff(t *testing.T) {
 	})
 	tr := newTestTransport(s.ln.Addr().String())
 	tr.responseHeaderTimeout = time.Minute
+	err := leaveOnArrival(t, tr, s.ln.Addr().String(), arrived)
+	var h *Hold
+	if err == nil || errors.As(err, &h) {
+		t.Fatalf("got %v, want an error that holds nothing", err)
+	}
+}
+
+// leaveOnArrival sends a GET to addr through tr, cancels it once the
+// server says it arrived, and returns the transport's error.
+func leaveOnArrival(t *testing.T, tr http.RoundTripper, addr string, arrived <-chan struct{}) error {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	errc := make(chan error, 1)
 	go func() {
-		_, _, err := doGet(t, tr, ctx, s.ln.Addr().String())
+		_, _, err := doGet(t, tr, ctx, addr)
 		errc <- err
 	}()
 	<-arrived
 	cancel()
-	err := <-errc
-	var h *Hold
-	if err == nil || errors.As(err, &h) {
-		t.Fatalf("got %v, want an error that holds nothing", err)
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(testTimeout):
+		t.Fatal("request not ended by its client leaving")
+		return nil
 	}
 }
