@@ -47,6 +47,8 @@ type h1Transport struct {
 	idle  []*h1Conn  // most recently used last
 	sweep *time.Timer
 	held  map[*h1Conn]struct{}
+	// closed is set by Close: no hold is taken after it.
+	closed bool
 }
 
 type h1Conn struct {
@@ -300,6 +302,14 @@ func (h *Hold) finish() {
 func (t *h1Transport) hold(c *h1Conn, method string, err error) *Hold {
 	h := &Hold{err: err}
 	t.mu.Lock()
+	if t.closed {
+		// Close has ended every hold already; one made after it, by a
+		// request that ended as the proxy shut down, would outlive it.
+		t.mu.Unlock()
+		c.Close()
+		h.finish()
+		return h
+	}
 	if t.held == nil {
 		t.held = make(map[*h1Conn]struct{})
 	}
@@ -533,6 +543,7 @@ func (t *h1Transport) Close() {
 
 func (t *h1Transport) closeHeld() {
 	t.mu.Lock()
+	t.closed = true
 	held := make([]*h1Conn, 0, len(t.held))
 	for c := range t.held {
 		held = append(held, c)

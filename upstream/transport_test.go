@@ -636,3 +636,38 @@ func leaveOnArrival(t *testing.T, tr http.RoundTripper, addr string, arrived <-c
 		return nil
 	}
 }
+
+// A hold that would begin after Close ends at once: Close has already
+// ended the others, and this one would outlive the proxy's shutdown.
+func TestTransportNoHoldAfterClose(t *testing.T) {
+	arrived, closed := make(chan struct{}), make(chan struct{})
+	s := newRawServer(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		close(arrived)
+		br.ReadByte() // until lanegate closes
+		close(closed)
+	})
+	tr := newTestTransport(s.ln.Addr().String())
+	tr.responseHeaderTimeout = time.Minute
+	tr.holdAfterTimeout = time.Minute
+	shut := make(chan struct{})
+	go func() {
+		<-arrived
+		tr.Close() // before the client leaves
+		close(shut)
+	}()
+	err := leaveOnArrival(t, tr, s.ln.Addr().String(), shut)
+	var h *Hold
+	if !errors.As(err, &h) {
+		t.Fatalf("got %v, want a hold", err)
+	}
+	done := make(chan struct{})
+	h.OnDone(func() { close(done) })
+	for _, ch := range []chan struct{}{done, closed} {
+		select {
+		case <-ch:
+		case <-time.After(testTimeout):
+			t.Fatal("a hold begun after Close was kept")
+		}
+	}
+}
