@@ -28,7 +28,7 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 	var tok tokens
 	// A login back with a good ticket paid its token when its place was
 	// made.
-	if l == Login && r.Ticket == 0 {
+	if l == Login && (r.Ticket == 0 || r.Fleet != nil && r.Fleet.Fresh) {
 		var wait time.Duration
 		if tok, wait = c.buckets.Load().take(now, r.Client); wait > 0 {
 			return nil, c.shed(l, ErrRateLimited, wait)
@@ -40,7 +40,7 @@ func (c *Controller) Acquire(ctx context.Context, r Request) (*Permit, error) {
 		// Reconfigure that shrinks them is judged by the new ones.
 		lim := c.limits.Load()
 		s := c.state.Load()
-		if queuedOf(s) != 0 || !canAdmitReq(s, lim, &r) {
+		if queuedOf(s) != 0 || !canAdmitReq(s, lim, &r) || !c.turnCame(&r) {
 			break
 		}
 		if c.state.CompareAndSwap(s, s+d) {
@@ -72,6 +72,18 @@ func (c *Controller) ahead(r *Request) int {
 // the ticket's first arrival; otherwise now. A ticket refused here
 // (already in line, already used) is dropped from r.
 func (c *Controller) arrival(r *Request, now time.Time) time.Time {
+	if r.Lane == Login && r.Fleet != nil {
+		// The fleet's clock ranks, and may run a little ahead of this
+		// replica's: only the age bound applies.
+		r.fleetAt = now
+		if now.Sub(r.Fleet.Arrival) > MaxPlaceAge {
+			r.Fleet, r.Ticket = nil, 0
+			return now
+		}
+		arrival, id := c.room.arrive(r.Fleet.ID, r.Fleet.Arrival, now)
+		r.Ticket = id
+		return arrival
+	}
 	if r.Lane != Login || r.Ticket == 0 || !placeUsable(r.Arrival, now) {
 		r.Ticket = 0
 		return now
@@ -95,13 +107,26 @@ func (c *Controller) redeem(r *Request) {
 // turn; page says the place was made by the waiting page. Callers hold
 // mu.
 func (c *Controller) place(r *Request, s uint64, now time.Time, page bool) *Place {
-	ahead := c.queues[Login].countBefore(r.Arrival) + c.awayAhead(r)
+	ahead := c.loginAhead(r, now)
 	wait := c.loginWait(ahead, s, now)
 	p := c.room.keep(Place{
 		ID: r.Ticket, Arrival: r.Arrival, Position: ahead + 1, Wait: wait,
 		Until: placeUntil(r.Arrival, now.Add(wait+placeGrace(c.limits.Load().Lane[Login].QueueTimeout))),
 	}, r.Client, page)
 	return &p
+}
+
+// loginAhead counts the logins ahead of r in line at now: waiting here or
+// away, or, in a fleet that shares the line, as many as the fleet counted
+// on r's arrival less those it has completed since, whichever is more.
+// Callers hold mu.
+func (c *Controller) loginAhead(r *Request, now time.Time) int {
+	ahead := c.queues[Login].countBefore(r.Arrival) + c.awayAhead(r)
+	if r.Fleet != nil {
+		gone := int(c.fleetLoginRate() * now.Sub(r.fleetAt).Seconds())
+		ahead = max(ahead, r.Fleet.Ahead-gone)
+	}
+	return ahead
 }
 
 func (c *Controller) awayAhead(r *Request) int {
@@ -180,7 +205,7 @@ func (c *Controller) admitOrQueue(ctx context.Context, r *Request, now time.Time
 	d := delta(r)
 	for {
 		s := c.state.Load()
-		if c.ahead(r) == 0 && canAdmitReq(s, lim, r) {
+		if c.ahead(r) == 0 && canAdmitReq(s, lim, r) && c.turnCame(r) {
 			if c.state.CompareAndSwap(s, s+d) {
 				return outcome{at: now}, nil, time.Time{}
 			}
@@ -229,7 +254,7 @@ func (c *Controller) refuseEarly(r *Request, s uint64, lim *Limits, now, deadlin
 func (c *Controller) queueWait(r *Request, s uint64, ll LaneLimits, now time.Time) time.Duration {
 	switch {
 	case r.Lane == Login:
-		return c.loginWait(c.ahead(r)+c.awayAhead(r), s, now)
+		return c.loginWait(c.loginAhead(r, now), s, now)
 	case inFlightOf(s, r.Lane) >= ll.Max:
 		// Only a lane at its own cap drains at the pace of its own
 		// slots. Below it, the lane waits for a slot any lane frees

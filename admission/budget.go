@@ -1,5 +1,7 @@
 package admission
 
+import "time"
+
 // Constrain sets the effective budget: the most requests the controller
 // admits at once, below the configured budget, because something outside
 // lanegate (the database pool's other clients) holds the rest of what the
@@ -44,6 +46,27 @@ type Share struct {
 	// Budget, when not zero, caps the sum of the lanes' maxima; negative
 	// means nothing at all.
 	Budget int
+	// Login is the replica's part of the fleet's login rate, when the
+	// fleet shares one (Login.Rate above 0): the global login bucket runs
+	// at it instead of the configured rate. The fleet hands each replica a
+	// part in proportion to the logins arriving there, so the parts add
+	// up to the configured rate.
+	Login RateLimit
+	// Members, when above one, divides the per-client login rate: where a
+	// client's logins land is not known without asking Redis on every
+	// one, so each replica allows a client its part, and the rate holds
+	// fleet-wide however the balancer spreads them.
+	Members int
+	// LoginRate is the fleet's login completion rate per second, the sum
+	// of its members' measured rates; when above zero the login line's
+	// estimates use it, since the places ahead of a login are counted
+	// fleet-wide.
+	LoginRate float64
+	// LoginBefore, when not zero, holds back every login that arrived
+	// after it, even with a login slot free: an older login waits at
+	// another replica of the fleet, and the fleet's next renewal moves the
+	// slot there. Logins still rank and queue as usual.
+	LoginBefore time.Time
 }
 
 // LaneShare is a replica's part of one lane.
@@ -64,9 +87,41 @@ func (c *Controller) SetShare(sh *Share) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.share = sh
+	c.fleetShare.Store(sh)
+	var before int64
+	if sh != nil && !sh.LoginBefore.IsZero() {
+		before = sh.LoginBefore.UnixMicro()
+	}
+	c.loginBefore.Store(before)
 	eff := c.effective(c.configured.Load())
+	if b, err := c.buckets.Load().reconfigure(c.clock.Now(), eff); err == nil {
+		// It fails only for a client cache of no size, which the
+		// configured limits were validated against already.
+		c.buckets.Store(b)
+	}
 	c.limits.Store(&eff)
 	c.dispatch(&eff)
+}
+
+// turnCame reports whether r may be admitted as far as the fleet's line
+// says: any request but a login, or a login no later than the oldest
+// waiting at another replica (see Share.LoginBefore).
+func (c *Controller) turnCame(r *Request) bool {
+	if r.Lane != Login {
+		return true
+	}
+	b := c.loginBefore.Load()
+	return b == 0 || r.Arrival.UnixMicro() <= b
+}
+
+// fleetLoginRate is the fleet's login completion rate the share carries,
+// zero outside a fleet. Callers hold mu, or read a stale value harmlessly:
+// it feeds an estimate.
+func (c *Controller) fleetLoginRate() float64 {
+	if sh := c.fleetShare.Load(); sh != nil {
+		return sh.LoginRate
+	}
+	return 0
 }
 
 // Freeze holds every lane to what it has in flight now, for the moment a
@@ -91,6 +146,9 @@ func (c *Controller) Freeze() (inFlight, queued [numLanes]int) {
 	}
 	if sh.Budget == 0 {
 		sh.Budget = -1 // nothing at all, not "the lanes' sum"
+	}
+	if old := c.share; old != nil {
+		sh.Login, sh.Members, sh.LoginRate = old.Login, old.Members, old.LoginRate
 	}
 	c.share = sh
 	frozen := c.effective(c.configured.Load())
@@ -137,6 +195,13 @@ func shared(lim Limits, sh *Share) Limits {
 		// Zero would mean no cap; with no core slot nothing is admitted
 		// anyway.
 		out.AnonMax = max(1, min(lim.AnonMax, out.Lane[Core].Max))
+	}
+	if lim.LoginRate.Enabled() && sh.Login.Enabled() {
+		out.LoginRate = RateLimit{Rate: min(sh.Login.Rate, lim.LoginRate.Rate), Burst: max(1, min(sh.Login.Burst, lim.LoginRate.Burst))}
+	}
+	if lim.LoginPerClient.Enabled() && sh.Members > 1 {
+		out.LoginPerClient.Rate /= float64(sh.Members)
+		out.LoginPerClient.Burst = max(1, out.LoginPerClient.Burst/sh.Members)
 	}
 	return out
 }

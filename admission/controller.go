@@ -28,6 +28,10 @@ type Controller struct {
 	// share is the fleet's share of the configured limits (see
 	// SetShare), nil outside a fleet; it changes under mu.
 	share *Share
+	// fleetShare is share, for readers outside mu, and loginBefore its
+	// LoginBefore in Unix microseconds, 0 for none.
+	fleetShare  atomic.Pointer[Share]
+	loginBefore atomic.Int64
 
 	buckets atomic.Pointer[buckets]
 	closed  atomic.Bool
@@ -94,13 +98,14 @@ func (c *Controller) Reconfigure(limits Limits) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b, err := c.buckets.Load().reconfigure(c.clock.Now(), limits)
+	// The buckets run at the fleet's part of the rates, if any.
+	eff := c.effective(&limits)
+	b, err := c.buckets.Load().reconfigure(c.clock.Now(), eff)
 	if err != nil {
 		return fmt.Errorf("admission: login buckets: %w", err)
 	}
 	c.buckets.Store(b)
 	c.configured.Store(&limits)
-	eff := c.effective(&limits)
 	c.limits.Store(&eff)
 	c.dispatch(&eff)
 	return nil
@@ -134,6 +139,12 @@ type Request struct {
 	// lanes ignore both.
 	Ticket  uint64
 	Arrival time.Time
+	// Fleet, for a login in a fleet that shares one line, is the rank the
+	// fleet gave it on arrival; the proxy then sets Ticket and Arrival
+	// from it. Nil for a lanegate alone, or when the fleet could not be
+	// asked: the login then ranks in this replica's line only.
+	Fleet   *Rank
+	fleetAt time.Time // when the controller took Fleet's figures
 	// Returns says a login sent away is handed its place to come back
 	// with (the waiting room is on). The token the login paid then stays
 	// with the place, so its return with the ticket is free; it is not

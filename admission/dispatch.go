@@ -40,7 +40,7 @@ func (c *Controller) dispatch(lim *Limits) {
 				continue
 			}
 			w := c.head(s, lim, l)
-			if w == nil {
+			if w == nil || !c.turnCame(&w.req) {
 				continue
 			}
 			reserved := inFlightOf(s, l) < lim.Lane[l].Reserved

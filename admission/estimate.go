@@ -134,6 +134,18 @@ func (c *Controller) loginWait(ahead int, s uint64, now time.Time) time.Duration
 // its turn is held, then admitted.
 func (c *Controller) loginRate(now time.Time) float64 {
 	rate := c.room.rate(now)
+	if sh := c.fleetShare.Load(); sh != nil && sh.Members > 0 {
+		// In a fleet the places ahead are counted fleet-wide, and so is
+		// the pace. This replica's share of the login lane says nothing
+		// of whether the fleet's is busy (an idle replica holds none), so
+		// the floor is the fleet's lane, by this replica's slot time,
+		// unless logins wait here.
+		rate = sh.LoginRate
+		if svc := time.Duration(c.lanes[Login].service.Load()); svc > 0 && c.lanes[Login].queued.Load() == 0 {
+			rate = max(rate, float64(c.configured.Load().Lane[Login].Max)/svc.Seconds())
+		}
+		return rate
+	}
 	if c.lanes[Login].queued.Load() > 0 || !canAdmit(c.state.Load(), c.limits.Load(), Login) {
 		return rate // the lane is busy: what it completes is what it can
 	}

@@ -333,3 +333,28 @@ func (c *Controller) roomStats(s uint64) RoomStats {
 // LoginHold is how long a login is held in line before it is sent away
 // with its place: the login lane's queue timeout.
 func (c *Controller) LoginHold() time.Duration { return c.limits.Load().Lane[Login].QueueTimeout }
+
+// Rank is a login's place in a line that a fleet of lanegates shares, as
+// the fleet gave it on the login's arrival (see Request.Fleet).
+type Rank struct {
+	// ID names the place fleet-wide, and Arrival is when the login first
+	// arrived, by the fleet's one clock: ranks compare across replicas.
+	ID      uint64
+	Arrival time.Time
+	// Ahead counts the places ahead of it across the fleet, waiting or
+	// away, when it arrived.
+	Ahead int
+	// Fresh says the login took a new place (it had no good ticket), so
+	// it pays its login token as any new arrival does.
+	Fresh bool
+}
+
+// LoginPace returns the measured login completion rate per second, and how
+// many logins have arrived in all (every one ends in one decision): what a
+// fleet member reports, for the line's pace and its part of the login rate.
+func (c *Controller) LoginPace() (rate float64, arrivals uint64) {
+	for d := range c.lanes[Login].decisions {
+		arrivals += c.lanes[Login].decisions[d].Load()
+	}
+	return c.room.rate(c.clock.Now()), arrivals
+}
