@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,7 +15,7 @@ import (
 
 // Renewer keeps a member's lease; *Leases is the real one.
 type Renewer interface {
-	Renew(ctx context.Context, member string, lim Limits, d Demand) (Grant, error)
+	Renew(ctx context.Context, member string, lim Limits, d Demand, p Pace) (Grant, error)
 	Leave(ctx context.Context, member string) error
 	LastMembers() int
 	Members(ctx context.Context) ([]Member, error)
@@ -29,6 +30,9 @@ type Target interface {
 	Demand() (inFlight, queued [lanes]int)
 	// SetShare applies a share of the fleet's limits.
 	SetShare(*admission.Share)
+	// LoginPace returns the measured login completion rate per second,
+	// and how many logins have arrived in all.
+	LoginPace() (rate float64, arrivals uint64)
 }
 
 // CoordinatorOptions configure a Coordinator.
@@ -92,8 +96,13 @@ type Coordinator struct {
 	log    *zap.Logger
 
 	lastLog time.Time
-	mu      sync.Mutex
-	status  Status
+	// arrivals and arrivedAt are the login arrivals counted at the last
+	// renewal and when; arrivalRate their smoothed rate per second.
+	arrivals    uint64
+	arrivedAt   time.Time
+	arrivalRate float64
+	mu          sync.Mutex
+	status      Status
 	// others is what the other members had in flight at their last
 	// renewals, as read after this member's own.
 	others atomic.Int64
@@ -176,7 +185,7 @@ func (c *Coordinator) renew(ctx context.Context) {
 		d[l] = LaneDemand{InFlight: in[l], Queued: queued[l]}
 	}
 	rctx, cancel := clockwork.WithTimeout(ctx, c.clock, c.opts.Timeout)
-	g, err := c.leases.Renew(rctx, c.opts.Member, lim, d)
+	g, err := c.leases.Renew(rctx, c.opts.Member, lim, d, c.pace())
 	cancel()
 	now := c.clock.Now()
 	if err != nil {
@@ -196,6 +205,25 @@ func (c *Coordinator) renew(ctx context.Context) {
 		c.log.Info("fleet: Redis answers again; this replica's lease is renewed", zap.Int("members", g.Members), zap.Int("budget", g.Budget))
 		c.lastLog = time.Time{}
 	}
+}
+
+// paceWindow is how long the login arrival rate reported to the fleet
+// remembers: a storm moving between replicas moves its rate share within
+// about this long, and one renewal's few arrivals do not swing it.
+const paceWindow = 2 * time.Second
+
+// pace is this replica's login pace to report: the controller's measured
+// completion rate, and its arrivals per second smoothed over paceWindow.
+func (c *Coordinator) pace() Pace {
+	done, n := c.target.LoginPace()
+	now := c.clock.Now()
+	if !c.arrivedAt.IsZero() && now.After(c.arrivedAt) {
+		dt := now.Sub(c.arrivedAt).Seconds()
+		a := 1 - math.Exp(-dt/paceWindow.Seconds())
+		c.arrivalRate += a * (float64(n-c.arrivals)/dt - c.arrivalRate)
+	}
+	c.arrivals, c.arrivedAt = n, now
+	return Pace{Completions: done, Arrivals: c.arrivalRate}
 }
 
 // failed applies what the lease still allows after a failed renewal: the
@@ -233,6 +261,9 @@ func (c *Coordinator) failed(now time.Time, lim Limits, d Demand, cut Grant, err
 func fallback(lim Limits, members int) Grant {
 	members = max(members, 1)
 	g := Grant{Members: members, Budget: max(1, lim.Budget/members)}
+	if lim.Login.Enabled() {
+		g.Login = admission.RateLimit{Rate: lim.Login.Rate / float64(members), Burst: max(1, lim.Login.Burst/members)}
+	}
 	for _, l := range admission.Lanes() {
 		ll := lim.Lane[l]
 		m := ll.Max / members
@@ -246,7 +277,8 @@ func fallback(lim Limits, members int) Grant {
 
 // shareOf is the admission share a grant allows.
 func shareOf(g Grant) *admission.Share {
-	sh := &admission.Share{Budget: g.Budget}
+	sh := &admission.Share{Budget: g.Budget, Login: g.Login, Members: g.Members, LoginRate: g.LoginRate,
+		LoginBefore: g.LoginBefore}
 	for _, l := range admission.Lanes() {
 		sh.Lane[l] = admission.LaneShare{Max: g.Lane[l].Max, Reserved: g.Lane[l].Reserved}
 	}

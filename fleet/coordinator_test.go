@@ -243,7 +243,7 @@ type renewer struct {
 	clock   clockwork.Clock
 }
 
-func (r *renewer) Renew(_ context.Context, _ string, _ Limits, d Demand) (Grant, error) {
+func (r *renewer) Renew(_ context.Context, _ string, _ Limits, d Demand, _ Pace) (Grant, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.down {

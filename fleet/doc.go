@@ -49,9 +49,9 @@
 // # The allocation
 //
 // Each renewal computes a target for the renewing member from every live
-// member's demand (in flight plus queued, per lane; a member with no demand
-// at all counts one in the core lane, so it keeps a slot for its next first
-// request):
+// member's demand (in flight plus queued, per lane; every member counts at
+// least one in the core lane, so it keeps a slot for its next page even
+// while it is busy with logins only):
 //
 //  1. Fleet-wide, a lane with demand gets its reservation; a lane without
 //     keeps its reservation unallocated: no other lane may use it, exactly

@@ -29,7 +29,7 @@ func TestRedisFaults(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		start := time.Now()
-		g, err := l.Renew(ctx, "a", lim, d)
+		g, err := l.Renew(ctx, "a", lim, d, Pace{})
 		return g, time.Since(start), err
 	}
 	// back renews after a fault has ended: the first call may meet a
@@ -128,7 +128,7 @@ func TestRedisTime(t *testing.T) {
 		t.Fatalf("TIME: %v", err)
 	}
 	local := time.Now()
-	g, err := l.Renew(ctx, "a", readmeLimits(), queued(100, 0, 0))
+	g, err := l.Renew(ctx, "a", readmeLimits(), queued(100, 0, 0), Pace{})
 	if err != nil {
 		t.Fatalf("Renew: %v", err)
 	}

@@ -88,7 +88,7 @@ func newFixture(t *testing.T) *fixture {
 // renew renews member with demand d and fails the test on an error.
 func (f *fixture) renew(member string, d Demand) Grant {
 	f.t.Helper()
-	g, err := f.leases.Renew(context.Background(), member, f.lim, d)
+	g, err := f.leases.Renew(context.Background(), member, f.lim, d, Pace{})
 	if err != nil {
 		f.t.Fatalf("Renew %s: %v", member, err)
 	}

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,9 @@ type Leases struct {
 	renew     *redis.Script
 	read      *redis.Script
 	leave     *redis.Script
+	// line holds the login line's keys, of which the renewal reads the
+	// waiting logins and where they wait.
+	line []string
 
 	members atomic.Int64 // last known number of live members
 
@@ -113,6 +117,7 @@ func NewLeases(client redis.Scripter, fleet string, lease time.Duration, clock c
 		renew:  redis.NewScript(leaseLua),
 		read:   redis.NewScript(readLua),
 		leave:  redis.NewScript(leaveLua),
+		line:   lineKeys(fleet),
 		held:   map[string]Grant{},
 	}
 	for _, o := range opts {
@@ -146,13 +151,13 @@ func (l *Leases) LastMembers() int { return int(l.members.Load()) }
 // known then, and this grant is safe either way.
 //
 // d's counts above about a million are taken as a million.
-func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand) (Grant, error) {
+func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand, p Pace) (Grant, error) {
 	start := l.clock.Now()
 	held := l.current(member, start)
 	if err := checkMember(member); err != nil {
 		return held, fmt.Errorf("fleet: renew: %w", err)
 	}
-	if err := errors.Join(lim.Validate(), d.validate()); err != nil {
+	if err := errors.Join(lim.Validate(), d.validate(), p.validate()); err != nil {
 		return held, fmt.Errorf("fleet: renew %s: %w", member, err)
 	}
 	for _, ln := range admission.Lanes() {
@@ -164,7 +169,7 @@ func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand)
 	if l.clockTime {
 		now = strconv.FormatInt(start.UnixMilli(), 10)
 	}
-	args := make([]any, 0, 20)
+	args := make([]any, 0, 25)
 	args = append(args, memberPrefix+member, now, l.lease.Milliseconds(), lim.Budget)
 	for ln := range lanes {
 		args = append(args, lim.Lane[ln].Reserved, lim.Lane[ln].Max)
@@ -172,11 +177,12 @@ func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand)
 	for ln := range lanes {
 		args = append(args, d[ln].InFlight, d[ln].Queued, held.Lane[ln].Max)
 	}
-	args = append(args, int(admission.Core))
+	args = append(args, int(admission.Core), perKilo(p.Completions), perKilo(p.Arrivals),
+		perKilo(lim.Login.Rate), max(lim.Login.Burst, 0), int(admission.Login))
 
-	res, err := l.renew.Run(ctx, l.client, []string{l.key}, args...).Int64Slice()
-	if err == nil && len(res) != 2*lanes+4 {
-		err = fmt.Errorf("script returned %d values, want %d", len(res), 2*lanes+4)
+	res, err := l.renew.Run(ctx, l.client, []string{l.key, l.line[1], l.line[2]}, args...).Int64Slice()
+	if err == nil && len(res) != 2*lanes+8 {
+		err = fmt.Errorf("script returned %d values, want %d", len(res), 2*lanes+8)
 	}
 	if err != nil {
 		g := l.cut(member, d)
@@ -190,6 +196,13 @@ func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand)
 	}
 	g.Members = int(res[2*lanes])
 	g.Learning = res[2*lanes+3] == 1
+	g.LoginRate = float64(res[2*lanes+4]) / 1000
+	if lim.Login.Enabled() {
+		g.Login = admission.RateLimit{Rate: float64(res[2*lanes+5]) / 1000, Burst: int(res[2*lanes+6])}
+	}
+	if b := res[2*lanes+7]; b >= 0 {
+		g.LoginBefore = time.UnixMicro(b)
+	}
 	// The member's lease ends when the fleet's does, counted from before
 	// the call: never later than in Redis. With ClockTime both are whole
 	// milliseconds of the same clock.
@@ -266,6 +279,8 @@ type Member struct {
 	Age time.Duration
 	// Remaining is how long its lease has left.
 	Remaining time.Duration
+	// Pace is its login pace at its last renewal.
+	Pace Pace
 }
 
 // Members returns the fleet's live members, ordered by id: one read, no
@@ -297,6 +312,7 @@ func (l *Leases) Members(ctx context.Context) ([]Member, error) {
 			m.Lane[ln] = LaneGrant{Max: e.granted[ln], Reserved: e.reserved[ln]}
 			m.Demand[ln] = LaneDemand{InFlight: e.inflight[ln], Queued: e.queued[ln]}
 		}
+		m.Pace = Pace{Completions: float64(e.done) / 1000, Arrivals: float64(e.arrived) / 1000}
 		out = append(out, m)
 	}
 	l.members.Store(int64(len(out)))
@@ -310,6 +326,10 @@ func checkMember(id string) error {
 	}
 	return nil
 }
+
+// perKilo is x per second as a whole number per 1000 s, for the script's
+// integers; 0.001/s is fine enough for a login pace.
+func perKilo(x float64) int64 { return int64(math.Round(min(max(x, 0), maxDemand) * 1000)) }
 
 // millis is d in whole milliseconds, rounded up.
 func millis(d time.Duration) int64 {

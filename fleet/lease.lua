@@ -3,6 +3,8 @@
 -- (doc.go); the comments here say which line does what.
 --
 -- KEYS[1]       the fleet's hash: field "epoch", and one field per member
+-- KEYS[2]       the login line's waiting logins (line.lua), by arrival
+-- KEYS[3]       the member each waiting login waits at (line.lua)
 -- ARGV[1]       the member's field
 -- ARGV[2]       now, in ms; empty for Redis's own clock (TIME)
 -- ARGV[3]       the lease, in ms
@@ -10,16 +12,27 @@
 -- ARGV[5..10]   reserved, max of lanes 0, 1, 2
 -- ARGV[11..19]  in flight, queued, held (the grant in use) of lanes 0, 1, 2
 -- ARGV[20]      the lane (0-based) an idle member's floor is in
+-- ARGV[21]      the member's login completions, per 1000 s (its pace)
+-- ARGV[22]      the member's login arrivals, per 1000 s
+-- ARGV[23]      the fleet's login rate, per 1000 s; 0 for none
+-- ARGV[24]      the fleet's login burst
+-- ARGV[25]      the login lane (0-based)
 --
 -- Returns {max, reserved of lane 0, of 1, of 2, members, expires, now,
--- learning (1 or 0)}.
+-- learning (1 or 0), the fleet's login completions per 1000 s, the
+-- member's part of the login rate per 1000 s, and of the burst, and the
+-- arrival (µs) before which the member may admit its own logins, or -1}.
 --
 -- A member's value: format, expires, renewed, then granted, reserved, in
--- flight and queued of each lane, all integers joined by commas.
+-- flight and queued of each lane, then its login completions and arrivals
+-- per 1000 s, all integers joined by commas.
 
 local LANES = 3
-local FORMAT = 1
-local FIELDS = 3 + 4 * LANES
+local FORMAT = 2
+local FIELDS = 3 + 4 * LANES + 2
+local DONE, ARRIVED = FIELDS - 1, FIELDS
+-- How many of the line's oldest waiting logins a renewal reads.
+local LINEHEAD = 64
 local GRANTED, RESERVED, INFLIGHT, QUEUED = 3, 3 + LANES, 3 + 2 * LANES, 3 + 3 * LANES
 
 local function arg(i)
@@ -132,6 +145,9 @@ for l = 1, LANES do
   inflight[l], queued[l], held[l] = arg(8 + 3 * l), arg(9 + 3 * l), arg(10 + 3 * l)
 end
 local floorLane = arg(20) + 1
+local myDone, myArrived = arg(21), arg(22)
+local loginRate, loginBurst = arg(23), arg(24)
+local LOGIN = arg(25) + 1
 
 -- Read the fleet; drop the members whose lease has run out.
 local all = redis.call('HGETALL', key)
@@ -178,17 +194,13 @@ if lost then
 end
 local learning = now < epoch + lease
 
--- Demand per member and lane (in flight plus queued); a member with none
--- counts one in the floor lane, so that it keeps a slot for a first request.
+-- Demand per member and lane (in flight plus queued); every member counts
+-- at least one in the floor lane (core), so that it keeps a slot there for
+-- its next first request: a member busy with logins only would otherwise
+-- hold no core slot, and its next page would wait for renewals.
 local names, weight = {}, {}
 local function demand(d)
-  local idle = true
-  for l = 1, LANES do
-    if d[l] > 0 then
-      idle = false
-    end
-  end
-  if idle then
+  if d[floorLane] < 1 then
     d[floorLane] = 1
   end
   return d
@@ -304,6 +316,48 @@ while S > 0 do
   end
 end
 
+-- The login lane follows the fleet's one line: of its slots not in use,
+-- each goes to the member where one of the logins that have waited
+-- longest, fleet-wide, waits. What is left then goes by demand.
+local busy, lin, head = 0, {}, {}
+for k, o in ipairs(others) do
+  lin[k] = o[2][INFLIGHT + LOGIN]
+end
+lin[self] = inflight[LOGIN]
+for k = 1, self do
+  busy, head[k] = busy + lin[k], 0
+end
+-- And between renewals a member admits none of its own logins that
+-- arrived after the oldest one waiting at another live member (before):
+-- its slot then idles until the renewals move it, rather than let a later
+-- login overtake. Logins waiting at a member no longer alive are passed
+-- over; their places lapse.
+local free, before = T[LOGIN] - busy, -1
+local line = redis.call('ZRANGE', KEYS[2], 0, LINEHEAD - 1, 'WITHSCORES')
+if #line > 0 then
+  local at, ids = {}, {}
+  for k = 1, self do
+    at[names[k]] = k
+  end
+  for k = 1, #line, 2 do
+    ids[#ids + 1] = line[k]
+  end
+  for n, o in ipairs(redis.call('HMGET', KEYS[3], unpack(ids))) do
+    local k = o and at[o]
+    if k then
+      if free > 0 then
+        head[k], free = head[k] + 1, free - 1
+      end
+      if k ~= self and before < 0 then
+        before = tonumber(line[2 * n])
+      end
+    end
+  end
+  if before < 0 and #ids == LINEHEAD then
+    before = tonumber(line[#line])
+  end
+end
+
 -- This member's target in each lane: its part of the lane's total.
 local target = {}
 for l = 1, LANES do
@@ -311,7 +365,20 @@ for l = 1, LANES do
   for k = 1, self do
     w[k] = weight[k][l]
   end
-  target[l] = floored(T[l], w, names, self)
+  if l == LOGIN then
+    local first, sum = {}, 0
+    for k = 1, self do
+      first[k] = lin[k] + head[k]
+      sum = sum + first[k]
+    end
+    if sum >= T[l] then
+      target[l] = split(T[l], first, names, self)
+    else
+      target[l] = first[self] + floored(T[l] - sum, w, names, self)
+    end
+  else
+    target[l] = floored(T[l], w, names, self)
+  end
   if learning then
     target[l] = math.min(target[l], held[l])
   end
@@ -377,12 +444,32 @@ for l = 1, LANES do
   end
 end
 
+-- The login rate: the fleet's, divided in proportion to where logins
+-- arrive, with a tenth of it spread evenly so a member where none arrived
+-- lately still lets its next one through. The parts add up to the rate.
+-- The pace behind the line's estimates: the members' completions, summed.
+local pace, arrived = myDone, myArrived
+for _, o in ipairs(others) do
+  pace, arrived = pace + o[2][DONE], arrived + o[2][ARRIVED]
+end
+local rateShare, burstShare = 0, 0
+if loginRate > 0 then
+  if arrived > 0 then
+    rateShare = loginRate * (0.9 * myArrived / arrived + 0.1 / self)
+  else
+    rateShare = loginRate / self
+  end
+  rateShare = math.max(1, math.floor(rateShare))
+  burstShare = math.max(1, math.floor(loginBurst * rateShare / loginRate + 0.5))
+end
+
 local expires = now + lease
 local e = { FORMAT, expires, now }
 for l = 1, LANES do
   e[GRANTED + l], e[RESERVED + l] = grant[l], reserved[l]
   e[INFLIGHT + l], e[QUEUED + l] = inflight[l], queued[l]
 end
+e[DONE], e[ARRIVED] = myDone, myArrived
 if lost then
   redis.call('HSET', key, field, encode(e), 'epoch', string.format('%.0f', epoch))
 else
@@ -400,4 +487,5 @@ local learned = 0
 if learning then
   learned = 1
 end
-return { grant[1], reserved[1], grant[2], reserved[2], grant[3], reserved[3], self, expires, now, learned }
+return { grant[1], reserved[1], grant[2], reserved[2], grant[3], reserved[3], self, expires, now, learned,
+  pace, rateShare, burstShare, before }

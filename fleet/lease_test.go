@@ -43,9 +43,10 @@ func TestAloneGetsWholeBudget(t *testing.T) {
 		t.Errorf("core alone: got core, login, export %v, want %v", got, want)
 	}
 
-	// Export only: no more than its max.
+	// Export only: no more than its max; the core lane, where every
+	// member keeps a floor for its next page, has the rest.
 	g = f.renew("a", queued(0, 0, 100))
-	if got, want := lanesOf(g), [3]int{0, 0, 4}; got != want {
+	if got, want := lanesOf(g), [3]int{10, 0, 4}; got != want {
 		t.Errorf("export alone: got core, login, export %v, want %v", got, want)
 	}
 
@@ -354,7 +355,7 @@ func TestRenewValidates(t *testing.T) {
 		{"negative demand", "a", readmeLimits(), queued(0, -1, 0), "login demand 0 in flight, -1 queued"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := f.leases.Renew(context.Background(), tc.member, tc.lim, tc.d)
+			_, err := f.leases.Renew(context.Background(), tc.member, tc.lim, tc.d, Pace{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error with %q", err, tc.want)
 			}
@@ -408,7 +409,7 @@ func TestUnreadableLeaseRefused(t *testing.T) {
 			t.Fatalf("HSET: %v", err)
 		}
 		before := f.client.HGetAll(ctx, f.leases.key).Val()
-		_, err := f.leases.Renew(ctx, "a", f.lim, queued(10, 0, 0))
+		_, err := f.leases.Renew(ctx, "a", f.lim, queued(10, 0, 0), Pace{})
 		if err == nil || !strings.Contains(err.Error(), "unreadable lease m:z") {
 			t.Fatalf("value %q: got %v, want an unreadable lease error", v, err)
 		}
@@ -498,6 +499,7 @@ func encodeTestEntry(e entry) string {
 			n = append(n, int64(a[l]))
 		}
 	}
+	n = append(n, e.done, e.arrived)
 	s := make([]string, len(n))
 	for k, x := range n {
 		s[k] = strconv.FormatInt(x, 10)

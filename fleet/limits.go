@@ -3,6 +3,7 @@ package fleet
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/lanegate/lanegate/admission"
@@ -38,6 +39,9 @@ type Limits struct {
 	Budget int
 	// Lane holds each lane's rules, indexed by admission.Lane.
 	Lane [lanes]LaneLimits
+	// Login is the fleet's login rate: the members' buckets run at parts
+	// of it that add up to it. Zero rate for none.
+	Login admission.RateLimit
 }
 
 // LimitsOf returns the budget, reservations and maxima of lim, read as the
@@ -48,6 +52,7 @@ func LimitsOf(lim admission.Limits) Limits {
 	for _, l := range admission.Lanes() {
 		out.Lane[l] = LaneLimits{Reserved: lim.Lane[l].Reserved, Max: lim.Lane[l].Max}
 	}
+	out.Login = lim.LoginRate
 	return out
 }
 
@@ -74,6 +79,9 @@ func (l Limits) Validate() error {
 	}
 	if sum > l.Budget {
 		errs = append(errs, fmt.Errorf("reservations sum to %d, more than budget %d", sum, l.Budget))
+	}
+	if l.Login.Rate < 0 || l.Login.Enabled() && l.Login.Burst < 1 || math.IsNaN(l.Login.Rate) {
+		errs = append(errs, fmt.Errorf("login rate %g/s, burst %d: the rate must not be negative, the burst at least 1", l.Login.Rate, l.Login.Burst))
 	}
 	return errors.Join(errs...)
 }
@@ -102,6 +110,21 @@ func (d Demand) validate() error {
 	return errors.Join(errs...)
 }
 
+// Pace is a member's login pace, per second: the logins it completes (its
+// measured completion rate) and those that arrive at it. The fleet sums
+// the first into the line's pace, and divides its login rate by the
+// second.
+type Pace struct {
+	Completions, Arrivals float64
+}
+
+func (p Pace) validate() error {
+	if !(p.Completions >= 0 && p.Arrivals >= 0) {
+		return fmt.Errorf("login pace %g completed, %g arrived per second: must not be negative", p.Completions, p.Arrivals)
+	}
+	return nil
+}
+
 // LaneGrant is a member's share of one lane: its local limits for the lane.
 type LaneGrant struct {
 	// Max is the most requests of the lane the member may have in flight.
@@ -127,6 +150,17 @@ type Grant struct {
 	// Learning reports that the fleet is relearning what its members
 	// hold (see the package doc): no grant grows until it ends.
 	Learning bool
+	// Login is the member's part of the fleet's login rate; zero when the
+	// fleet has none.
+	Login admission.RateLimit
+	// LoginRate is the fleet's login completion rate per second: the sum
+	// of its members' paces.
+	LoginRate float64
+	// LoginBefore is the first arrival of the oldest login waiting at
+	// another member: until its next renewal, the member admits none of
+	// its own logins that arrived later, so none overtakes it. Zero when
+	// no other member has a login waiting.
+	LoginBefore time.Time
 }
 
 // Valid reports whether the grant may still be used at now.

@@ -9,11 +9,12 @@ import (
 
 // entryFormat starts every member's value; lease.lua refuses any other, so
 // that a lanegate never counts a value it cannot read as free capacity.
-const entryFormat = 1
+const entryFormat = 2
 
 // entryFields is how many integers a member's value holds: format,
-// expires, renewed, then granted, reserved, in flight and queued per lane.
-const entryFields = 3 + 4*lanes
+// expires, renewed, then granted, reserved, in flight and queued per lane,
+// then its login completions and arrivals per 1000 s.
+const entryFields = 3 + 4*lanes + 2
 
 // entry is one member's value in the fleet's hash, as lease.lua writes it.
 type entry struct {
@@ -21,6 +22,7 @@ type entry struct {
 	expires, renewed  int64 // ms, on the script's clock
 	granted, reserved [lanes]int
 	inflight, queued  [lanes]int
+	done, arrived     int64 // per 1000 s
 }
 
 // state is the fleet's hash as read at one moment.
@@ -93,6 +95,7 @@ func decodeEntry(id, v string) (entry, error) {
 		e.inflight[l] = int(n[3+2*lanes+l])
 		e.queued[l] = int(n[3+3*lanes+l])
 	}
+	e.done, e.arrived = n[entryFields-2], n[entryFields-1]
 	return e, nil
 }
 

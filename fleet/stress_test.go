@@ -313,7 +313,7 @@ func (s *sim) renew(m *simMember) {
 	}
 	pre := s.pre(m, d, now)
 
-	g, err := s.leases.Renew(context.Background(), m.id, s.lim, d)
+	g, err := s.leases.Renew(context.Background(), m.id, s.lim, d, Pace{})
 	if err != nil {
 		t.Fatalf("Renew %s: %v", m.id, err)
 	}
