@@ -10,6 +10,8 @@ import (
 // FleetSource is what the fleet metrics read from the coordinator.
 type FleetSource interface {
 	Status() fleet.Status
+	// LineStats are the shared login line's counters.
+	LineStats() fleet.LineStats
 }
 
 var (
@@ -21,6 +23,10 @@ var (
 		"1 while this replica's lease is renewed in Redis; 0 while it is joining or works on the fallback share (the fleet's limits ÷ the last known members).", nil, nil)
 	descFleetRenewals = prometheus.NewDesc("lanegate_fleet_renewals_total",
 		"Lease renewals by result: ok or error.", []string{"result"}, nil)
+	descFleetLogin = prometheus.NewDesc("lanegate_fleet_login_rate",
+		"Logins per second: this replica's part of the fleet's login rate (share; 0 without one) and the fleet's login completion rate its line's estimates use (pace).", []string{"kind"}, nil)
+	descFleetLine = prometheus.NewDesc("lanegate_fleet_line_total",
+		"Logins and reports of the fleet's shared login line: ranked (by the fleet, one Redis round trip each), local (the fleet could not rank them in time; ranked in this replica's line), reported (outcomes sent, in batches) and dropped (outcomes lost; their places lapse on their own).", []string{"result"}, nil)
 )
 
 // fleetCollector exports fleet mode's state at scrape time.
@@ -28,7 +34,7 @@ type fleetCollector struct{ src FleetSource }
 
 // Describe sends every descriptor the collector may export.
 func (c fleetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFleetShare, descFleetMembers, descFleetUp, descFleetRenewals} {
+	for _, d := range []*prometheus.Desc{descFleetShare, descFleetMembers, descFleetUp, descFleetRenewals, descFleetLogin, descFleetLine} {
 		ch <- d
 	}
 }
@@ -47,6 +53,15 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descFleetUp, prometheus.GaugeValue, up)
 	ch <- prometheus.MustNewConstMetric(descFleetRenewals, prometheus.CounterValue, float64(st.Renewals-st.Failures), "ok")
 	ch <- prometheus.MustNewConstMetric(descFleetRenewals, prometheus.CounterValue, float64(st.Failures), "error")
+	ch <- prometheus.MustNewConstMetric(descFleetLogin, prometheus.GaugeValue, st.Grant.Login.Rate, "share")
+	ch <- prometheus.MustNewConstMetric(descFleetLogin, prometheus.GaugeValue, st.Grant.LoginRate, "pace")
+	ls := c.src.LineStats()
+	for _, r := range []struct {
+		name string
+		n    uint64
+	}{{"ranked", ls.Arrived}, {"local", ls.Failed}, {"reported", ls.Reported}, {"dropped", ls.Dropped}} {
+		ch <- prometheus.MustNewConstMetric(descFleetLine, prometheus.CounterValue, float64(r.n), r.name)
+	}
 }
 
 // RegisterFleet adds fleet mode's metrics: this replica's share per lane,

@@ -34,6 +34,23 @@ type Admitter interface {
 	Pass(r admission.Request) *admission.Permit
 }
 
+// FleetLine is the login line a fleet of lanegates shares (fleet.Line): a
+// login is ranked there on its arrival, one round trip, and how it left is
+// reported afterwards, off its path.
+type FleetLine interface {
+	// Arrive ranks a login, with the ticket it presents (id 0 for none).
+	Arrive(ctx context.Context, id uint64, arrival time.Time) (admission.Rank, error)
+	// Used, Away, Gone and Drop report how a ranked login left the line:
+	// admitted; sent away with its place until until; gone before its
+	// turn (its place kept a while); refused without a place.
+	Used(admission.Rank)
+	Away(r admission.Rank, until time.Time)
+	Gone(admission.Rank)
+	Drop(admission.Rank)
+	// Kept reports a place kept for someone on the waiting page.
+	Kept(admission.Place)
+}
+
 // Sessions is what the handler needs of the session cache.
 type Sessions interface {
 	// Begin looks up the request's session cookie.
@@ -120,6 +137,11 @@ type Options struct {
 	WaitingRoom bool
 	// Tickets signs and verifies waiting-room tickets.
 	Tickets *session.Keyring
+	// FleetLine, when set, is the login line the fleet shares: logins are
+	// ranked in it (in enforce mode), and waiting-page places are
+	// reported to it. A login it cannot rank in time ranks in this
+	// replica's line.
+	FleetLine FleetLine
 }
 
 // Handler is lanegate's data-plane http.Handler.
@@ -149,6 +171,8 @@ type Handler struct {
 
 	// room is the waiting room's HTTP side; nil when it is off.
 	room *waitroom.Room
+	// fleetLine is the fleet's shared login line; nil outside a fleet.
+	fleetLine FleetLine
 }
 
 // New returns a handler forwarding to opts.Upstream under ctrl.
@@ -175,6 +199,7 @@ func New(ctrl Admitter, opts Options, log *zap.Logger, metrics *metrics.Registry
 		redact:     opts.RedactPaths,
 		log:        log,
 		metrics:    metrics,
+		fleetLine:  opts.FleetLine,
 
 		sessions:      opts.Sessions,
 		sessionCookie: opts.SessionCookie,
@@ -214,6 +239,9 @@ func (h *Handler) gates(ctrl Admitter, opts Options) error {
 		line, ok := ctrl.(waitroom.Line)
 		if !ok || opts.Tickets == nil {
 			return errors.New("proxy: the waiting room needs a ticket keyring and a controller with a login line")
+		}
+		if opts.FleetLine != nil {
+			line = fleetRoomLine{line, opts.FleetLine}
 		}
 		h.room = waitroom.New(line, opts.Tickets, h.clientHTTPS)
 		h.metrics.SetRoom(h.room)
@@ -470,14 +498,22 @@ func (h *Handler) admit(rec *recorder, r *http.Request, req admission.Request, m
 		d, permit = h.ctrl.Shadow(req)
 		rec.ev.decision = d.String()
 	default:
+		presented := req.Ticket != 0
+		if req.Lane == admission.Login && h.fleetLine != nil {
+			h.rankInFleet(r, &req)
+		}
 		var err error
-		if permit, err = h.ctrl.Acquire(r.Context(), req); err != nil {
+		permit, err = h.ctrl.Acquire(r.Context(), req)
+		if req.Fleet != nil {
+			h.reportToFleet(*req.Fleet, err)
+		}
+		if err != nil {
 			h.refuse(rec, r, err)
 			return nil, false
 		}
 		rec.ev.decision = admission.Admitted.String()
 		rec.ev.queueWait = permit.Waited()
-		if req.Ticket != 0 {
+		if presented {
 			waitroom.DropTicket(rec) // used up
 		}
 		h.metrics.ObserveQueueWait(rec.ev.class.label(), rec.ev.queueWait)
@@ -492,6 +528,55 @@ func (h *Handler) admit(rec *recorder, r *http.Request, req admission.Request, m
 		return nil, false
 	}
 	return permit, true
+}
+
+// rankInFleet ranks a login in the fleet's line: its place and first
+// arrival are then the fleet's. When the fleet cannot rank it, it ranks in
+// this replica's line, as a lanegate alone.
+func (h *Handler) rankInFleet(r *http.Request, req *admission.Request) {
+	rank, err := h.fleetLine.Arrive(r.Context(), req.Ticket, req.Arrival)
+	if err != nil {
+		return
+	}
+	req.Fleet = &rank
+	req.Ticket, req.Arrival = rank.ID, rank.Arrival
+}
+
+// reportToFleet tells the fleet's line how a login ranked there left the
+// controller: err is Acquire's.
+func (h *Handler) reportToFleet(rank admission.Rank, err error) {
+	var se *admission.ShedError
+	switch {
+	case err == nil:
+		h.fleetLine.Used(rank)
+	case errors.As(err, &se) && se.Place != nil:
+		h.fleetLine.Away(rank, se.Place.Until)
+	case errors.As(err, &se):
+		h.fleetLine.Drop(rank)
+	default:
+		// The client left the line; the controller keeps the place of a
+		// login that came with a ticket, and so does the fleet, a while.
+		h.fleetLine.Gone(rank)
+	}
+}
+
+// fleetRoomLine is the waiting room's line in a fleet: the controller's,
+// with every place it keeps also reported to the fleet's line, so it
+// counts ahead of later logins on every replica.
+type fleetRoomLine struct {
+	waitLine
+	fleet FleetLine
+}
+
+// waitLine names the embedded line apart from its Line method.
+type waitLine = waitroom.Line
+
+func (l fleetRoomLine) Keep(client string, id uint64, arrival, until time.Time) (admission.Place, error) {
+	p, err := l.waitLine.Keep(client, id, arrival, until)
+	if err == nil {
+		l.fleet.Kept(p)
+	}
+	return p, err
 }
 
 // forward relays r to the upstream, then releases permit (nil for a

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/jonboulle/clockwork"
@@ -26,6 +27,8 @@ type fleetPart struct {
 	client redis.UniversalClient
 	*fleet.Leases
 	*fleet.Coordinator
+	// line is the login line the fleet shares.
+	line *fleet.Line
 	// limits are the configuration's; ceiling is the pool watcher's
 	// effective budget for the whole fleet, negative for none.
 	limits  atomic.Pointer[admission.Limits]
@@ -59,9 +62,10 @@ func newFleet(cfg config.Config, ctrl *admission.Controller, log *zap.Logger) (*
 		return nil, nil
 	}
 	// A renewal may take up to one renewal interval; a request never
-	// waits for it.
+	// waits for it. Logins do wait for their one arrival step, so the
+	// pool has room for a burst of them besides renewals and /status.
 	client, err := session.NewRedisClient(session.RedisOptions{
-		URL: cfg.Session.RedisURL, Timeout: cfg.Fleet.Renew, PoolSize: 4, // renewals, and /status
+		URL: cfg.Session.RedisURL, Timeout: cfg.Fleet.Renew, PoolSize: 16,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fleet: LANEGATE_REDIS_URL: %w", err)
@@ -71,11 +75,24 @@ func newFleet(cfg config.Config, ctrl *admission.Controller, log *zap.Logger) (*
 		client.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
+	member := memberID(cfg)
 	f := &fleetPart{client: client, Leases: leases, ctrl: ctrl}
 	f.ceiling.Store(-1)
 	f.setLimits(cfg)
+	f.line, err = fleet.NewLine(client, cfg.Fleet.Name, member, fleet.LineOptions{
+		// A login waits on Redis no longer than a renewal may take; past
+		// that it ranks in this replica's line.
+		Timeout: cfg.Fleet.Renew,
+		Hold:    ctrl.LoginHold,
+		Up:      f.up,
+		Log:     log,
+	})
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
 	f.Coordinator = fleet.NewCoordinator(leases, ctrl, fleet.CoordinatorOptions{
-		Member:  memberID(cfg),
+		Member:  member,
 		Limits:  f.fleetLimits,
 		Renew:   cfg.Fleet.Renew,
 		Timeout: cfg.Fleet.Renew,
@@ -83,6 +100,13 @@ func newFleet(cfg config.Config, ctrl *admission.Controller, log *zap.Logger) (*
 	})
 	return f, nil
 }
+
+// up reports whether the fleet answers: the lease is renewed. While it is
+// not, logins rank in this replica's line without trying Redis.
+func (f *fleetPart) up() bool { return f.Coordinator.Status().State == fleet.StateOK }
+
+// LineStats are the shared login line's counters, for metrics.
+func (f *fleetPart) LineStats() fleet.LineStats { return f.line.Stats() }
 
 // setLimits makes cfg's limits the fleet's: what one lanegate would admit
 // alone, the fleet shares.
@@ -117,14 +141,12 @@ func (p poolTarget) InFlight() int     { return p.f.ctrl.InFlight() + p.f.Others
 func (f *fleetPart) start(ctx context.Context, log *zap.Logger, member string) {
 	f.ctrl.SetShare(&admission.Share{Budget: -1})
 	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.Coordinator.Run(ctx)
-	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { f.Coordinator.Run(ctx) })
+	wg.Go(func() { f.line.Run(ctx) })
 	f.stop = func() {
 		cancel()
-		<-done
+		wg.Wait()
 	}
 	log.Info("fleet: joined", zap.String("member", member))
 }

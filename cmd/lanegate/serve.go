@@ -130,10 +130,11 @@ func build(cfg config.Config, log *zap.Logger, reader *poolwatch.Reader) (_ *ser
 		return nil, err
 	}
 	if s.fleet != nil {
-		if err := m.RegisterFleet(s.reg, s.fleet.Coordinator); err != nil {
+		if err := m.RegisterFleet(s.reg, s.fleet); err != nil {
 			return nil, err
 		}
 		adminOpts.Fleet = s.fleet
+		opts.FleetLine = s.fleet.line
 	}
 	if reader != nil {
 		// In a fleet the watcher narrows the fleet's budget, which the
