@@ -15,7 +15,10 @@ Writes
                    over lanes), queued_core (the core lane's), login_in_flight
                    (the login lane's), from --metrics-url every
                    --metrics-every polls; a gauge lanegate does not export
-                   is left empty
+                   is left empty. --metrics-url may be given once per
+                   replica of a fleet: each gauge is then the sum over the
+                   replicas (the fleet's budget is the sum of their shares),
+                   and a poll in which any replica did not answer is left out
 
 Stops on SIGTERM; reconnects while PgBouncer is down.
 """
@@ -62,7 +65,8 @@ def main(argv):
     ap.add_argument("--db", required=True, help="the app's database: only its pools are kept")
     ap.add_argument("--interval", type=float, default=0.25)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--metrics-url")
+    ap.add_argument("--metrics-url", action="append", default=[],
+                    help="lanegate's /metrics; once per replica of a fleet, summed")
     ap.add_argument("--metrics-out")
     ap.add_argument("--metrics-every", type=int, default=2)
     a = ap.parse_args(argv)
@@ -98,7 +102,10 @@ def main(argv):
             conn = None
         if mout and tick % a.metrics_every == 0:
             try:
-                v = read_metrics(a.metrics_url, min(1.0, 4 * a.interval))
+                v = {}
+                for url in a.metrics_url:
+                    for g, x in read_metrics(url, min(1.0, 4 * a.interval)).items():
+                        v[g] = v.get(g, 0.0) + x
                 mout.write(f"{now:.3f}\t" + "\t".join(
                     "" if g not in v else f"{v[g]:g}" for g in COLUMNS) + "\n")
             except Exception:  # lanegate not up yet, or gone

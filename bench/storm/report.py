@@ -5,7 +5,8 @@ Usage: /usr/bin/python3 bench/storm/report.py RUN_DIR [--publish [DEST]] [--chec
 
 Reads RUN_DIR/run.env and, per mode, RUN_DIR/<mode>/ (mode.env, Locust's CSV
 files, the locustfile's requests.csv and logins.csv, pools.tsv polled from
-PgBouncer's SHOW POOLS, pgbouncer.log, django-error.log), and writes
+PgBouncer's SHOW POOLS, pgbouncer.log, django-error.log; for the fleet modes
+also fleet-metrics.tsv and each replica's replica-I/ files), and writes
 RUN_DIR/report.md, RUN_DIR/timeline.png, RUN_DIR/pgbouncer.png and
 RUN_DIR/logins.png.
 
@@ -31,7 +32,21 @@ LOGIN_HELD = "[AUTH] Login held"
 LOGIN_WAITING = "[AUTH] Login waiting"
 ROOM_NAMES = (LOGIN_SHED, LOGIN_HELD, LOGIN_WAITING)  # waiting-room answers: not failures
 SHED_SUFFIX = " (shed)"
-MODE_ORDER = ["direct", "haproxy", "lanegate", "lanegate-off", "lanegate-static", "lanegate-watch"]
+MODE_ORDER = ["direct", "haproxy", "lanegate", "fleet", "fleet-one", "lanegate-off", "lanegate-static",
+              "lanegate-watch"]
+# The fleet modes (N lanegate replicas sharing one budget through Redis, behind
+# HAProxy), and the single-replica modes they are compared with, the first
+# present: the same configuration in one lanegate.
+FLEET_MODES = ("fleet", "fleet-one")
+FLEET_REFERENCE = ("lanegate", "lanegate-static")
+# The fleet's goals (the issue's): time to log in p95 at most this many times
+# its FIFO bound, at most this share of out-of-order pairs, core p95 at most
+# this many times the single lanegate's, and answered OK per second at least
+# this share of the single lanegate's.
+FLEET_FIFO_LIMIT = 1.10
+FLEET_INV_LIMIT = 0.02
+FLEET_CORE_P95_LIMIT = 1.2
+FLEET_OK_RATE_SHARE = 0.95
 POOLS_COLUMNS_118 = [
     "database", "user", "cl_active", "cl_waiting", "cl_active_cancel_req", "cl_waiting_cancel_req",
     "sv_active", "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used", "sv_tested",
@@ -289,6 +304,7 @@ class Mode:
         self.hog = read_hog(os.path.join(self.dir, "hog.tsv"))
         if self.hog is not None:
             self.hog_m = hog_figures(self)
+        self.fleet = fleet_figures(self) if self.env.get("REPLICAS") else None
 
     def compute(self):
         R = self.requests
@@ -554,7 +570,8 @@ def peak_rate(times, window):
 # ---------------------------------------------------------------- the hog
 
 COLORS = {"direct": "tab:red", "haproxy": "tab:orange", "lanegate": "tab:green", "lanegate-off": "tab:blue",
-          "lanegate-static": "tab:purple", "lanegate-watch": "tab:green"}
+          "lanegate-static": "tab:purple", "lanegate-watch": "tab:green", "fleet": "tab:cyan",
+          "fleet-one": "tab:brown"}
 PGB_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC ")
 PGB_PORT = re.compile(r"@[0-9a-fA-F.:\[\]]+:(\d+) ")
 CORE_MIN = 20  # fewer core requests than this in a window: no percentile
@@ -1059,6 +1076,301 @@ def hog_plot(run_dir, modes):
     return "hog.png"
 
 
+# ---------------------------------------------------------------- the fleet
+
+PROM_LINE = re.compile(r"^([a-z_]+)(\{([^}]*)\})?\s+(\S+)")
+
+
+def read_prom(path):
+    """A Prometheus text exposition: [(name, {label: value}, value)], None without the file."""
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = PROM_LINE.match(line)
+                if not m:
+                    continue
+                labels = dict(re.findall(r'([a-z_]+)="([^"]*)"', m.group(3) or ""))
+                v = fnum(m.group(4))
+                if v is not None:
+                    out.append((m.group(1), labels, v))
+    except FileNotFoundError:
+        return None
+    return out
+
+
+def read_json(path):
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def config_value(path, var):
+    """VAR's value in `lanegate config` output (VAR=value   # where from), None if absent."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(var + "="):
+                    v = line[len(var) + 1:].split("#", 1)[0].strip()
+                    return v.strip("'\"")
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def fleet_figures(md):
+    """The fleet modes: did every replica join and stay, and how the fleet
+    shared its budget, from the runner's files:
+      mode.env                 REPLICAS, FLEET_ROUTING
+      replica-I/status-joined.json   /status when the runner saw all joined
+      replica-I/lanegate-status.json /status at the end
+      replica-I/metrics-end.txt      /metrics at the end (decisions, renewals)
+      replica-I/lanegate-config.txt  the configuration in force
+      fleet-metrics.tsv        every replica's fleet gauges, each second"""
+    env = md.env
+    n = int(fnum(env.get("REPLICAS"), 0))
+    x = {"n": n, "routing": env.get("FLEET_ROUTING", "?")}
+    # Joined before the load: the runner's word, and each replica's /status.
+    joined = []
+    for i in range(1, n + 1):
+        st = read_json(os.path.join(md.dir, f"replica-{i}", "status-joined.json")) or {}
+        f = st.get("fleet") or {}
+        joined.append(f.get("state") == "ok" and f.get("members") == n and bool(f.get("budget")))
+    x["joined"] = sum(joined)
+    # At the end.
+    x["end_state"] = []
+    for i in range(1, n + 1):
+        st = read_json(os.path.join(md.dir, f"replica-{i}", "lanegate-status.json")) or {}
+        f = st.get("fleet") or {}
+        x["end_state"].append((f.get("state"), f.get("members")))
+    # Configured (fleet-wide) limits, from replica 1.
+    cfg = os.path.join(md.dir, "replica-1", "lanegate-config.txt")
+    x["budget_cfg"] = fnum(config_value(cfg, "LANEGATE_BUDGET"))
+    x["login_max_cfg"] = fnum(config_value(cfg, "LANEGATE_LOGIN_MAX"))
+    # Decisions and renewals per replica, from /metrics at the end.
+    x["per"] = []
+    for i in range(1, n + 1):
+        prom = read_prom(os.path.join(md.dir, f"replica-{i}", "metrics-end.txt"))
+        r = {"replica": i, "have": prom is not None}
+        prom = prom or []
+        req = [(lab, v) for name, lab, v in prom if name == "lanegate_requests_total"]
+        r["admitted"] = sum(v for lab, v in req if lab.get("decision") == "admitted")
+        r["login_admitted"] = sum(v for lab, v in req if lab.get("lane") == "login" and lab.get("decision") == "admitted")
+        r["login_other"] = sum(v for lab, v in req if lab.get("lane") == "login" and lab.get("decision") != "admitted")
+        r["core_other"] = sum(v for lab, v in req if lab.get("lane") == "core" and lab.get("decision") != "admitted")
+        ren = {lab.get("result"): v for name, lab, v in prom if name == "lanegate_fleet_renewals_total"}
+        r["renew_ok"], r["renew_err"] = ren.get("ok"), ren.get("error")
+        x["per"].append(r)
+    # The gauges over the load.
+    samples = read_tsv(os.path.join(md.dir, "fleet-metrics.tsv"))
+    t0 = md.t_start
+    t1 = (md.t_start + md.duration) if md.t_start and md.duration else md.t_end
+    if samples is not None and t0 is not None and t1 is not None:
+        samples = [r for r in samples if t0 <= r["time"] <= t1]
+    x["samples"] = samples or []
+    by_t = {}
+    for r in x["samples"]:
+        by_t.setdefault(r["time"], []).append(r)
+    full = [rs for t, rs in sorted(by_t.items()) if len(rs) == n]
+    x["polls"], x["polls_full"] = len(by_t), len(full)
+    x["members_min"] = min((r["members"] for r in x["samples"] if r["members"] is not None), default=None)
+    x["members_max"] = max((r["members"] for r in x["samples"] if r["members"] is not None), default=None)
+    x["up_min"] = min((r["up"] for r in x["samples"] if r["up"] is not None), default=None)
+    x["down_polls"] = sum(1 for rs in by_t.values() if len(rs) < n or any(r["up"] != 1 for r in rs))
+
+    def summed(key):
+        return [sum(r[key] or 0 for r in rs) for rs in full]
+
+    budget, inflight, login_share, login_inflight = (summed("budget"), summed("in_flight"), summed("share_login"),
+                                                     summed("in_flight_login"))
+    x["budget_min"], x["budget_p50"], x["budget_max"] = (min(budget, default=None), percentile(budget, 50),
+                                                         max(budget, default=None))
+    x["inflight_max"] = max(inflight, default=None)
+    x["login_share_max"] = max(login_share, default=None)
+    x["login_inflight_max"] = max(login_inflight, default=None)
+    # During the login storm: each replica's mean login share, and the
+    # seconds in which some replica had logins queued while another held
+    # login share it was not using.
+    last = md.m.get("last_login") or t1
+    storm = [rs for rs in full if t0 is not None and last is not None and t0 <= rs[0]["time"] <= last]
+    x["storm_polls"] = len(storm)
+    x["login_share_mean"] = []
+    for i in range(1, n + 1):
+        v = [r["share_login"] for rs in storm for r in rs if r["replica"] == i and r["share_login"] is not None]
+        x["login_share_mean"].append(sum(v) / len(v) if v else None)
+    # Over the load: polls in which some replica had requests queued while
+    # the replicas' shares added up to less than the configured budget.
+    cfg_budget = x["budget_cfg"]
+    x["queued_unallocated"] = sum(
+        1 for rs in full
+        if cfg_budget is not None and sum(r["budget"] or 0 for r in rs) < cfg_budget
+        and any((r["queued_core"] or 0) + (r["queued_login"] or 0) + (r["queued_export"] or 0) > 0 for r in rs))
+    x["login_stranded"] = sum(
+        1 for rs in storm
+        if any((r["queued_login"] or 0) > 0 for r in rs)
+        and any((r["share_login"] or 0) > (r["in_flight_login"] or 0) for r in rs if not (r["queued_login"] or 0)))
+    return x
+
+
+def read_tsv(path):
+    """fleet-metrics.tsv: a header line, then numbers; [{column: float or None}], None without the file."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return None
+    if not lines:
+        return []
+    cols = lines[0].split("\t")
+    out = []
+    for line in lines[1:]:
+        p = line.split("\t")
+        r = {c: fnum(p[k]) if k < len(p) else None for k, c in enumerate(cols)}
+        if r.get("time") is not None and r.get("replica") is not None:
+            r["replica"] = int(r["replica"])
+            out.append(r)
+    return out
+
+
+def fleet_reference(by_name):
+    """The single lanegate the fleet modes are judged against: the first of FLEET_REFERENCE in the run."""
+    return next((by_name[n] for n in FLEET_REFERENCE if n in by_name), None)
+
+
+def fleet_rows(modes):
+    F = [md for md in modes if md.fleet is not None]
+
+    def row(label, f):
+        return [label] + [f(md.fleet, md.m) for md in F]
+
+    def each(vals, fmt="{:.0f}"):
+        return " / ".join("–" if v is None else fmt.format(v) for v in vals)
+
+    return F, [
+        row("replicas; routing", lambda x, m: f"{x['n']}; " + (
+            "login POSTs to replica 1, the rest round-robin" if x["routing"] == "login-to-r1" else "round-robin")),
+        row("joined before the load (state ok, N members, a share of the budget)",
+            lambda x, m: f"{x['joined']} of {x['n']}"),
+        row("members during the load, min / max (every second, each replica's lanegate_fleet_members)",
+            lambda x, m: f"{num(x['members_min'], '{:.0f}')} / {num(x['members_max'], '{:.0f}')}"),
+        row("polls with a replica not answering or not renewing (of all)",
+            lambda x, m: f"{x['down_polls']} of {x['polls']}"),
+        row("lease renewals ok / failed, per replica",
+            lambda x, m: "; ".join(f"{num(r['renew_ok'], '{:.0f}')} / {num(r['renew_err'], '{:.0f}')}"
+                                   for r in x["per"])),
+        row("the fleet's budget (sum of the replicas' shares) min / median / max; configured",
+            lambda x, m: f"{num(x['budget_min'], '{:.0f}')} / {num(x['budget_p50'], '{:.0f}')} / "
+                         f"{num(x['budget_max'], '{:.0f}')}; {num(x['budget_cfg'], '{:.0f}')}"),
+        row("polls with requests queued at a replica while the shares added up to less than the configured budget",
+            lambda x, m: f"{x['queued_unallocated']} of {x['polls_full']}"),
+        row("peak in flight, summed over the replicas (sampled each second)",
+            lambda x, m: num(x["inflight_max"], "{:.0f}")),
+        row("login lane: shares summed, peak; configured LANEGATE_LOGIN_MAX",
+            lambda x, m: f"{num(x['login_share_max'], '{:.0f}')}; {num(x['login_max_cfg'], '{:.0f}')}"),
+        row("login share per replica, mean during the login storm",
+            lambda x, m: each(x["login_share_mean"], "{:.2f}")),
+        row("seconds of the storm with logins queued at one replica while another held unused login share",
+            lambda x, m: f"{x['login_stranded']} of {x['storm_polls']}"),
+        row("requests admitted per replica (all lanes)", lambda x, m: each([r["admitted"] for r in x["per"]])),
+        row("login lane per replica: admitted / not admitted (sent away, timed out, ...)",
+            lambda x, m: "; ".join(f"{r['login_admitted']:.0f} / {r['login_other']:.0f}" for r in x["per"])),
+        row("core lane not admitted per replica (sheds)", lambda x, m: each([r["core_other"] for r in x["per"]])),
+        row("state and members at the end, per replica",
+            lambda x, m: "; ".join(f"{s or '–'} {num(k)}" for s, k in x["end_state"])),
+    ]
+
+
+def fleet_section(modes, by_name):
+    F, rows = fleet_rows(modes)
+    if not F:
+        return []
+    ref = fleet_reference(by_name)
+    lines = ["## The fleet", ""]
+    lines.append(
+        "In the fleet modes HAProxy spreads the load over lanegate replicas that share one budget through Redis "
+        "(`LANEGATE_FLEET=redis`): each is given the `lanegate` mode's configuration, which in a fleet is the "
+        "fleet's (budget, lanes' reservations and maxima), and holds a lease on a share of it, renewed every "
+        f"{F[0].env.get('FLEET_RENEW', '?')}. `fleet` sends every request round-robin; `fleet-one` sends every "
+        "login POST (lanegate's login lane) to replica 1, so one replica takes the whole storm and the others "
+        "must give it their login share. The runner starts the load only once every replica's `/status` shows "
+        "the fleet with state ok, every member and a share. The goals below compare each fleet mode with "
+        + (f"`{ref.name}`, one lanegate with the same configuration, in this run." if ref else
+           "a single lanegate of the same run; this run has none, so those two goals are not checked."))
+    lines.append("")
+    lines.append(md_table(F, rows))
+    lines.append("")
+    lines.append(
+        "Gauges from each replica's `/metrics` every second (`fleet-metrics.tsv`); counters from `/metrics` at "
+        "the end (`replica-I/metrics-end.txt`). *Unused login share*: a second in which one replica had logins "
+        "queued while another held a login share above its logins in flight and queued none.")
+    lines.append("")
+    return lines
+
+
+def fleet_checks(by_name):
+    """The issue's goals for the fleet modes, and that each was a fleet."""
+    out = []
+    ref = fleet_reference(by_name)
+    for name in FLEET_MODES:
+        md = by_name.get(name)
+        if md is None or md.fleet is None:
+            continue
+        x, m = md.fleet, md.m
+        n = f"`{name}` ({x['n']} replicas)"
+        stayed = x["members_min"] == x["n"] and x["members_max"] == x["n"] and x["up_min"] == 1
+        out.append((x["joined"] == x["n"] and (stayed or not x["samples"]),
+                    f"{n}: replicas joined before the load: {x['joined']} of {x['n']}; members during the load "
+                    f"{num(x['members_min'], '{:.0f}')}–{num(x['members_max'], '{:.0f}')}, "
+                    f"{x['down_polls']} of {x['polls']} polls with a replica out of the fleet"))
+        qwt = (m["pgb_qwt"] or 0) + (m["dj_qwt"] or 0) + (m["dj_closed"] or 0)
+        out.append((Goal(qwt == 0), f"{n}: query_wait_timeout errors: {qwt} (PgBouncer {num(m['pgb_qwt'])}, "
+                                    f"Django {num(m['dj_qwt'])} + {num(m['dj_closed'])} 'server closed')"))
+        out.append((Goal(m["5xx"] == 0), f"{n}: 5xx other than sheds: {m['5xx']} ({m['500']} HTTP 500); "
+                                         f"503/429 without Retry-After: {m['no_ra']}"))
+        out.append((m["shed"] == m["shed_ra"], f"{n}: sheds with Retry-After: {m['shed_ra']} of {m['shed']}"))
+        out.append((m["locked"] == 0, f"{n}: accounts locked: {m['locked']}"))
+        out.append((m["users"] > 0 and m["logged_in"] == m["users"],
+                    f"{n}: users logged in by the end: {m['logged_in']} of {m['users']}"))
+        if m["cl_waiting_peak"] is not None:
+            out.append((Goal(m["cl_waiting_peak"] == 0),
+                        f"{n}: peak PgBouncer cl_waiting {m['cl_waiting_peak']} (maxwait {sec(m['maxwait_peak'])}; "
+                        f"SHOW POOLS every second)"))
+        else:
+            out.append((Goal(False), f"{n}: no SHOW POOLS samples: peak cl_waiting unknown"))
+        if m["fifo_ratio"] is not None:
+            ge = "at least " if m["ttl_censored"] else ""
+            out.append((Goal(m["fifo_ratio"] <= FLEET_FIFO_LIMIT and not m["ttl_censored"]),
+                        f"{n}: time to log in p95 {ge}{sec(m['ttl_all_p95'])} against the FIFO bound "
+                        f"{sec(m['fifo_p95'])} at its own pending rate ({m['pending_rate']:.2f} logins/s): "
+                        f"{ge}{m['fifo_ratio']:.2f}× (limit {FLEET_FIFO_LIMIT:.2f}×"
+                        + (f"; {m['ttl_censored']} users still out, so a lower bound" if m["ttl_censored"] else "")
+                        + ")"))
+        else:
+            out.append((Goal(False), f"{n}: no FIFO bound: no user logged in"))
+        out.append((Goal(m["inv_share"] is not None and m["inv_share"] <= FLEET_INV_LIMIT),
+                    f"{n}: out-of-order pairs (first attempts more than {ORDER_SLACK:g} s apart) "
+                    f"{pct1(m['inv_share'])} of {num(m['pairs'])} (limit {100 * FLEET_INV_LIMIT:g} %); "
+                    f"{pct1(m['overtaken'])} of users overtaken"))
+        if ref is None:
+            out.append((None, f"{n}: core p95 {ms(m['core_p95'])} and answered OK {num(m['ok_rate'], '{:.1f}')} "
+                              f"req/s not checked: no single lanegate ({' or '.join(FLEET_REFERENCE)}) in this run"))
+            continue
+        r = ref.m
+        out.append((Goal(m["core_p95"] is not None and r["core_p95"] is not None
+                         and m["core_p95"] <= FLEET_CORE_P95_LIMIT * r["core_p95"]),
+                    f"{n}: core p95 {ms(m['core_p95'])} against `{ref.name}`'s {ms(r['core_p95'])} "
+                    f"({ratio(m['core_p95'], r['core_p95'])}, limit {FLEET_CORE_P95_LIMIT:g}×)"))
+        out.append((Goal(m["ok_rate"] is not None and r["ok_rate"] is not None
+                         and m["ok_rate"] >= FLEET_OK_RATE_SHARE * r["ok_rate"]),
+                    f"{n}: answered OK {num(m['ok_rate'], '{:.1f}')} req/s against `{ref.name}`'s "
+                    f"{num(r['ok_rate'], '{:.1f}')} ({ratio(m['ok_rate'], r['ok_rate'], '{:.3f}×')}, at least "
+                    f"{FLEET_OK_RATE_SHARE:.2f}×)"))
+    return out
+
+
 # ---------------------------------------------------------------- formatting
 
 
@@ -1163,7 +1475,20 @@ def rows_for(modes, phys_limit, cpus=None, hash_s=None):
         row("login completion rate: mean / best 10 s, logins/s",
             lambda m: (f"{m['login_rate']:.2f} / {num(m['login_rate_peak'], '{:.1f}')}" if m["login_rate"] else "–")),
     ]
+    rows += fleet_ratio_rows(modes)
     return rows
+
+
+def fleet_ratio_rows(modes):
+    """With fleet modes in the run: answered OK and core p95 against the single lanegate's."""
+    ref = fleet_reference({md.name: md for md in modes})
+    if ref is None or not any(md.fleet is not None for md in modes):
+        return []
+    r = ref.m
+    return [
+        [f"answered OK ÷ `{ref.name}`'s"] + [ratio(md.m["ok_rate"], r["ok_rate"]) for md in modes],
+        [f"core p95 ÷ `{ref.name}`'s"] + [ratio(md.m["core_p95"], r["core_p95"]) for md in modes],
+    ]
 
 
 def summary_rows(modes):
@@ -1193,7 +1518,7 @@ def summary_rows(modes):
                       f"({ratio(m['core_p95_storm'], m['core_p95_steady'])})"),
         row("answered OK, req/s (÷ `haproxy`'s)",
             lambda m: f"{num(m['ok_rate'], '{:.1f}')} ({ratio(m['ok_rate'], hap['ok_rate']) if hap else '–'})"),
-    ]
+    ] + fleet_ratio_rows(modes)
 
 
 def md_table(modes, rows):
@@ -1522,6 +1847,7 @@ def build(run_dir):
             lines.append(f"**Mode `{n}` was skipped: {f.read().strip()}.**")
         lines.append("")
     lines += hog_section(modes, run)
+    lines += fleet_section(modes, by_name)
     lines.append("## Summary")
     lines.append("")
     lines.append(md_table(modes, summary_rows(modes)))
@@ -1571,7 +1897,7 @@ def build(run_dir):
         "ordered, inverted pairs over all n·(n−1)/2 pairs."
     )
     lines.append("")
-    v = hog_checks(modes) + verdicts(by_name, phys, cpus, hash_s)
+    v = hog_checks(modes) + verdicts(by_name, phys, cpus, hash_s) + fleet_checks(by_name)
     if v:
         lines.append("## Checks")
         lines.append("")
@@ -1581,6 +1907,16 @@ def build(run_dir):
         lines.append("PASS and FAIL are criteria (no query_wait_timeout, no 5xx but sheds with Retry-After, every "
                      "user in); GOAL MET and GOAL MISSED are performance goals, which the CI smoke does not "
                      "enforce: its short, small storm says little about them.")
+        if any(md.fleet is not None for md in modes):
+            lines.append("")
+            lines.append(
+                "For the fleet modes, the figures the fleet's issue sets are goals: no query_wait_timeout, no 5xx, "
+                f"peak cl_waiting 0, time to log in p95 within {FLEET_FIFO_LIMIT:.2f}× its FIFO bound, at most "
+                f"{100 * FLEET_INV_LIMIT:g} % of pairs out of order, core p95 within {FLEET_CORE_P95_LIMIT:g}× "
+                f"and answered OK per second at least {FLEET_OK_RATE_SHARE:.2f}× those of the single lanegate "
+                f"(`{'` or `'.join(FLEET_REFERENCE)}`) in the same run; that every replica joined the fleet and "
+                "stayed in it, sheds with Retry-After, no locked account and every user in are criteria, as for "
+                "`lanegate`.")
         lines.append("")
     if "lanegate" in by_name and "haproxy" in by_name:
         worse = versus(by_name["lanegate"], by_name["haproxy"])
@@ -1590,6 +1926,19 @@ def build(run_dir):
             lines.append("Rows where `haproxy` did better than `lanegate` in this run: " + ", ".join(worse) + ".")
         else:
             lines.append("`lanegate` did at least as well as `haproxy` on every compared row.")
+        lines.append("")
+    ref = fleet_reference(by_name)
+    for md in modes:
+        if md.fleet is None or ref is None:
+            continue
+        better = versus(md, ref)
+        lines.append(f"## {md.name} against {ref.name}")
+        lines.append("")
+        if better:
+            lines.append(f"Rows where `{ref.name}` (one replica) did better than `{md.name}` ({md.fleet['n']} "
+                         f"replicas) in this run: " + ", ".join(better) + ".")
+        else:
+            lines.append(f"`{md.name}` did at least as well as `{ref.name}` on every compared row.")
         lines.append("")
     if pictures:
         lines.append("## Pictures")
@@ -1609,6 +1958,11 @@ def build(run_dir):
         lines.append("")
     lines.append("Per-mode files: `<mode>/locust_stats.csv`, `locust_failures.csv`, `requests.csv`, "
                  "`logins.csv`, `pools.tsv`, `pgbouncer.log`, `django-error.log`.")
+    if any(md.fleet is not None for md in modes):
+        lines.append("Fleet modes: `haproxy.cfg` (the routing), `fleet-metrics.tsv` (every replica's fleet gauges "
+                     "each second) and per replica `replica-I/`: `lanegate.log`, `lanegate-config.txt`, "
+                     "`status-joined.json` and `lanegate-status.json` (`/status` before and after the load), "
+                     "`metrics-end.txt`; with the hog, `lanegate-metrics.tsv` holds the replicas' gauges summed.")
     if any(getattr(md, "hog", None) is not None for md in modes):
         lines.append("With the hog: `hog.tsv` (its bursts and every connection it opened, held and let go), "
                      "`pools.tsv` sampled by `pools.py`, and for lanegate `lanegate-metrics.tsv` (its budget, "
@@ -1680,7 +2034,7 @@ def main(argv):
         if bad:
             return 1
         by_name = {md.name: md for md in modes}
-        missed = [text for ok, text in verdicts(by_name, None)
+        missed = [text for ok, text in verdicts(by_name, None) + fleet_checks(by_name)
                   if isinstance(ok, Goal) and not ok.met]
         print("smoke: PASS (no query_wait_timeout, no 5xx but sheds with Retry-After, logins and pages served)"
               + (f"; {len(missed)} performance goal(s) missed, not enforced here: " + "; ".join(missed) if missed else ""),
