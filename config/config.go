@@ -308,7 +308,7 @@ type PgBouncer struct {
 // its budget through Redis.
 type Fleet struct {
 	// Mode is off or redis.
-	Mode string `env:"FLEET" envDefault:"off" desc:"off: this lanegate's budget is its own. redis: every lanegate with the same LANEGATE_FLEET_NAME and LANEGATE_REDIS_URL shares one budget and the lanes' reservations and maxima: each holds a lease on a share of each lane, renewed in Redis, in proportion to its demand. The login rate and the login line are still each replica's own. Needs LANEGATE_REDIS_URL and a shared LANEGATE_TICKET_SECRET (or LANEGATE_IDENTITY_SECRET)."`
+	Mode string `env:"FLEET" envDefault:"off" desc:"off: this lanegate's budget is its own. redis: every lanegate with the same LANEGATE_FLEET_NAME and LANEGATE_REDIS_URL shares one budget and the lanes' reservations and maxima: each holds a lease on a share of each lane, renewed in Redis, in proportion to its demand. The login line is one: a login is ranked by the fleet on arrival (one Redis round trip), its ticket ranks it on any replica, and logins are admitted in the fleet's arrival order; the login rate is divided among the replicas by where logins arrive, and the per-client rate by their number. Needs LANEGATE_REDIS_URL and a shared LANEGATE_TICKET_SECRET (or LANEGATE_IDENTITY_SECRET)."`
 	// Name keys the fleet in Redis.
 	Name string `env:"FLEET_NAME" envDefault:"lanegate" desc:"The fleet's name: lanegates with the same name and Redis share one budget, so two sites (or staging and production) on one Redis need two names. Letters, digits, '.', '_' and '-'."`
 	// InstanceID names this replica in the fleet.
