@@ -111,10 +111,21 @@
 //     ahead of the others').
 //   - Leave stops counting the member's in flight: call it once drained.
 //
+// # The login line and the login rate
+//
+// The lease also carries the login lane's order and pace. The renewal
+// reads the head of the fleet's login line (see Line): of the login
+// lane's slots not in use, each goes to the member where one of the
+// logins that have waited longest waits, and Grant.LoginBefore tells each
+// member the arrival of the oldest login waiting at another, before which
+// alone it may admit its own. Members report their login pace (Pace): the
+// completions are summed into Grant.LoginRate, and the fleet's login rate
+// (Limits.Login) is divided by where logins arrive into Grant.Login.
+//
 // # Not here
 //
 // What a member does when Redis is gone past its lease (fall back to the
 // budget divided by the last known number of members, Grant.Members and
-// Leases.LastMembers) is its caller's; so are wiring the grants into the
-// admission controller, and sharing the login line and token bucket.
+// Leases.LastMembers) is its caller's; so is wiring the grants into the
+// admission controller.
 package fleet
