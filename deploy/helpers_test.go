@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"maps"
@@ -121,8 +122,9 @@ func port(t *testing.T, listen string) int {
 // environment, which a container's own environment overrides and which
 // overrides any --env-file, and its user.
 type image struct {
-	env  map[string]string
-	user string
+	env        map[string]string
+	user       string
+	entrypoint []string
 }
 
 // dockerfile reads the final stage of the repository's Dockerfile.
@@ -156,7 +158,14 @@ func dockerfile(t *testing.T) image {
 			}
 		case "USER":
 			img.user = strings.TrimSpace(rest)
+		case "ENTRYPOINT":
+			if err := json.Unmarshal([]byte(rest), &img.entrypoint); err != nil {
+				t.Fatalf("Dockerfile: ENTRYPOINT %s: want the exec (JSON) form: %v", rest, err)
+			}
 		}
+	}
+	if len(img.entrypoint) == 0 {
+		t.Fatal("Dockerfile: no ENTRYPOINT in the final stage")
 	}
 	if len(img.env) == 0 {
 		t.Fatal("Dockerfile: no ENV in the final stage; the tests expect the image's LANEGATE_* defaults there")
