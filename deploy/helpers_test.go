@@ -193,13 +193,19 @@ func yamlDocs(t *testing.T, name string, r io.Reader) []map[string]any {
 	}
 }
 
-// yamlFile decodes the one document of a YAML file.
-func yamlFile(t *testing.T, path string) map[string]any {
+func readFile(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return b
+}
+
+// yamlFile decodes the one document of a YAML file.
+func yamlFile(t *testing.T, path string) map[string]any {
+	t.Helper()
+	b := readFile(t, path)
 	docs := yamlDocs(t, path, bytes.NewReader(b))
 	if len(docs) != 1 {
 		t.Fatalf("%s: %d documents, want 1", path, len(docs))
