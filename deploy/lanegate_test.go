@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -70,8 +71,10 @@ func startLanegate(t *testing.T, upstream *url.URL) *lanegate {
 	if err := m.RegisterSessions(reg, sessionsFake{}); err != nil {
 		t.Fatal(err)
 	}
-	// The store's latency histogram has a series once a call is observed.
-	m.ObserveStore("get", time.Millisecond, nil)
+	// Labelled counters and histograms have a series once something is
+	// counted: one failed store call and one upstream error.
+	m.ObserveStore("get", time.Millisecond, errors.New("store down"))
+	m.UpstreamError("refused")
 	if err := m.RegisterPool(reg, poolFake{}); err != nil {
 		t.Fatal(err)
 	}
