@@ -307,7 +307,7 @@ func TestComposeFleet(t *testing.T) {
 			t.Errorf("%s: LANEGATE_TRUSTED_PROXIES=%v: want HAProxy's address %s alone", l.name, tp, addr)
 		}
 	}
-	haproxy := tool(t, "haproxy", "Debian's haproxy package", "haproxy.cfg's syntax")
+	haproxy := tool(t, "haproxy", "haproxy", "haproxy.cfg's syntax")
 	run(t, "", haproxy, "-c", "-q", "-f", cfgPath)
 }
 

@@ -24,7 +24,7 @@ type kustomized struct {
 // kustomize renders dir with kubectl's built-in kustomize.
 func kustomize(t *testing.T, dir string) kustomized {
 	t.Helper()
-	kubectl := tool(t, "kubectl", "not a Debian package; kubectl with its built-in kustomize", "the kustomizations")
+	kubectl := tool(t, "kubectl", "", "the kustomizations")
 	out, err := exec.Command(kubectl, "kustomize", dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, out)

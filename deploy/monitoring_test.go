@@ -365,7 +365,7 @@ func TestAlertRules(t *testing.T) {
 		t.Errorf("monitoring/alerts_test.yaml has alerts firing for %v; want at least two alerts tested", slices.Sorted(maps.Keys(fired)))
 	}
 
-	promtool := tool(t, "promtool", "Debian's prometheus package", "the alerting rules")
+	promtool := tool(t, "promtool", "prometheus", "the alerting rules")
 	run(t, "", promtool, "check", "rules", alertsPath)
 	run(t, "", promtool, "test", "rules", "monitoring/alerts_test.yaml")
 	// --syntax-only: the credentials file it names lives on the
@@ -437,7 +437,7 @@ func TestDashboard(t *testing.T) {
 			fmt.Fprintf(&rules, "      - record: dashboard:panel%s_%s\n        expr: %s\n", id, ref, yamlQuote(e))
 		}
 	}
-	promtool := tool(t, "promtool", "Debian's prometheus package", "the dashboard's queries")
+	promtool := tool(t, "promtool", "prometheus", "the dashboard's queries")
 	f := filepath.Join(t.TempDir(), "dashboard-queries.yaml")
 	if err := os.WriteFile(f, []byte(rules.String()), 0o644); err != nil {
 		t.Fatal(err)

@@ -79,7 +79,7 @@ func (u unit) execPaths() []string {
 // prints (an unknown or misspelt key, a bad value, which systemd ignores
 // with exit status 0) fails the test.
 func TestSystemdUnitVerifies(t *testing.T) {
-	analyze := tool(t, "systemd-analyze", "Debian's systemd package", "the systemd unit")
+	analyze := tool(t, "systemd-analyze", "systemd", "the systemd unit")
 	root := t.TempDir()
 	for _, dir := range []string{"etc/systemd/system", "usr/lib/systemd"} {
 		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
