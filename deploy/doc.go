@@ -1,0 +1,13 @@
+// Package deploy holds lanegate's deployment files: env files per
+// environment (env/), a systemd unit (systemd/), Docker Compose stacks for
+// one lanegate and for a fleet behind HAProxy (compose/), a kustomize base
+// and fleet overlay (k8s/), Prometheus alerts and a Grafana dashboard
+// (monitoring/), and the Django companion app (django/).
+//
+// It has no code. Its tests keep the files true to lanegate: every
+// variable they name is one lanegate reads, each stack's configuration
+// loads as lanegate would load it, ports and probes are the listeners and
+// endpoints lanegate serves, stop timeouts outlast its drain, every metric
+// the dashboard and the alerts read is one it exports, and systemd-analyze,
+// promtool, haproxy and kustomize accept the files.
+package deploy

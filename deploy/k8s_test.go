@@ -1,0 +1,261 @@
+package deploy
+
+import (
+	"bytes"
+	"maps"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lanegate/lanegate/config"
+)
+
+// podName stands for the pod's name where the downward API gives it.
+const podName = "lanegate-5d8f7c9b4-x2k9q"
+
+// kustomized is the output of kustomize for one directory.
+type kustomized struct {
+	dir  string
+	docs []map[string]any
+}
+
+// kustomize renders dir with kubectl's built-in kustomize.
+func kustomize(t *testing.T, dir string) kustomized {
+	t.Helper()
+	kubectl := tool(t, "kubectl", "", "the kustomizations")
+	out, err := exec.Command(kubectl, "kustomize", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, out)
+	}
+	return kustomized{dir: dir, docs: yamlDocs(t, dir, bytes.NewReader(out))}
+}
+
+// one returns the only object of kind, failing unless there is exactly one.
+func (k kustomized) one(t *testing.T, kind string) map[string]any {
+	t.Helper()
+	var found []map[string]any
+	for _, d := range k.docs {
+		if str(d, "kind") == kind {
+			found = append(found, d)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%s: %d objects of kind %s, want 1", k.dir, len(found), kind)
+	}
+	return found[0]
+}
+
+func (k kustomized) named(kind, name string) map[string]any {
+	for _, d := range k.docs {
+		if str(d, "kind") == kind && str(d, "metadata", "name") == name {
+			return d
+		}
+	}
+	return nil
+}
+
+// pod is the lanegate container of a rendered Deployment, with the
+// environment it would start with and the configuration lanegate would
+// load from it.
+type pod struct {
+	deployment, spec, container map[string]any
+	env                         map[string]string
+	// from says where each variable of env comes from: "image",
+	// "configmap", "secret", "value" or "fieldRef:<path>".
+	from map[string]string
+	cfg  config.Config
+}
+
+// lanegatePod reads the Deployment of k. The Secret it refers to is made
+// outside the repository; secretExamples are the files that list its keys.
+func lanegatePod(t *testing.T, k kustomized, secretExamples ...string) pod {
+	t.Helper()
+	dep := k.one(t, "Deployment")
+	p := pod{deployment: dep, env: map[string]string{}, from: map[string]string{}}
+	p.spec, _ = get(dep, "spec", "template", "spec").(map[string]any)
+	for _, c := range list(p.spec, "containers") {
+		if str(c, "name") == "lanegate" {
+			p.container = c.(map[string]any)
+		}
+	}
+	if p.container == nil {
+		t.Fatalf("%s: no container named lanegate", k.dir)
+	}
+	set := func(k, v, from string) { p.env[k], p.from[k] = v, from }
+	img := dockerfile(t)
+	for k, v := range img.env {
+		set(k, v, "image")
+	}
+	secrets := map[string]string{}
+	for _, f := range secretExamples {
+		maps.Copy(secrets, readEnvFile(t, f))
+	}
+	// envFrom in order (a later source wins), then env, which wins over
+	// all of it, as the kubelet builds the environment.
+	for _, src := range list(p.container, "envFrom") {
+		switch {
+		case get(src, "configMapRef") != nil:
+			cm := k.named("ConfigMap", str(src, "configMapRef", "name"))
+			if cm == nil {
+				t.Fatalf("%s: envFrom names ConfigMap %q, which kustomize did not make", k.dir, str(src, "configMapRef", "name"))
+			}
+			data, _ := get(cm, "data").(map[string]any)
+			for key := range data {
+				set(key, str(data, key), "configmap")
+			}
+		case get(src, "secretRef") != nil:
+			if len(secrets) == 0 {
+				t.Fatalf("%s: envFrom names Secret %q, and no example lists its keys", k.dir, str(src, "secretRef", "name"))
+			}
+			for key, v := range secrets {
+				set(key, v, "secret")
+			}
+		}
+	}
+	for _, e := range list(p.container, "env") {
+		name := str(e, "name")
+		switch {
+		case get(e, "valueFrom", "fieldRef") != nil:
+			path := str(e, "valueFrom", "fieldRef", "fieldPath")
+			if path != "metadata.name" {
+				t.Fatalf("%s: %s from fieldRef %s: the test knows only metadata.name", k.dir, name, path)
+			}
+			set(name, podName, "fieldRef:"+path)
+		case get(e, "valueFrom") != nil:
+			t.Fatalf("%s: %s: valueFrom other than fieldRef is not understood here", k.dir, name)
+		default:
+			set(name, str(e, "value"), "value")
+		}
+	}
+	p.cfg = load(t, "", p.env)
+	return p
+}
+
+// containerPort resolves a probe's or a Service's port, by name or
+// number, to the container's port number; 0 when nothing matches.
+func (p pod) containerPort(ref any) int {
+	for _, cp := range list(p.container, "ports") {
+		n, _ := strconv.Atoi(str(cp, "containerPort"))
+		if str(cp, "name") == str(ref) || str(cp, "containerPort") == str(ref) {
+			return n
+		}
+	}
+	return 0
+}
+
+// subset reports whether every label of sel is on labels, and sel has one.
+func subset(sel, labels any) bool {
+	s, _ := sel.(map[string]any)
+	l, _ := labels.(map[string]any)
+	if len(s) == 0 {
+		return false
+	}
+	for k, v := range s {
+		if l[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// checkKustomization checks a rendered lanegate Deployment, Service and
+// PodDisruptionBudget against the configuration the pod loads.
+func checkKustomization(t *testing.T, k kustomized, p pod) {
+	t.Helper()
+	img := dockerfile(t)
+	podLabels := get(p.deployment, "spec", "template", "metadata", "labels")
+	if !subset(get(p.deployment, "spec", "selector", "matchLabels"), podLabels) {
+		t.Errorf("%s: the Deployment's selector does not match its pods", k.dir)
+	}
+	if image := str(p.container, "image"); !strings.HasPrefix(image, "lanegate") {
+		t.Errorf("%s: image %q", k.dir, image)
+	}
+	if args := stringsOf(get(p.container, "args")); len(args) != 1 || args[0] != "serve" || get(p.container, "command") != nil {
+		t.Errorf("%s: args %v, command %v: want the image's entrypoint with serve", k.dir, args, get(p.container, "command"))
+	}
+	admin, listen := port(t, p.cfg.Admin.Listen), port(t, p.cfg.Server.Listen)
+	for _, pr := range []struct {
+		key   string
+		check func(*testing.T, string, string)
+	}{{"readinessProbe", checkReadiness}, {"livenessProbe", checkLiveness}} {
+		hg := get(p.container, pr.key, "httpGet")
+		if hg == nil {
+			t.Errorf("%s: no %s.httpGet", k.dir, pr.key)
+			continue
+		}
+		if got := p.containerPort(get(hg, "port")); got != admin {
+			t.Errorf("%s: %s on port %v (container port %d), want the admin port %d (LANEGATE_ADMIN_LISTEN=%s)",
+				k.dir, pr.key, get(hg, "port"), got, admin, p.cfg.Admin.Listen)
+		}
+		pr.check(t, k.dir+" "+pr.key, str(hg, "path"))
+	}
+	svc := k.one(t, "Service")
+	if !subset(get(svc, "spec", "selector"), podLabels) {
+		t.Errorf("%s: the Service's selector does not match the pods", k.dir)
+	}
+	for _, sp := range list(svc, "spec", "ports") {
+		if got := p.containerPort(get(sp, "targetPort")); got != listen {
+			t.Errorf("%s: the Service sends port %s to container port %d, want LANEGATE_LISTEN's %d", k.dir, str(sp, "port"), got, listen)
+		}
+	}
+	replicas, _ := strconv.Atoi(str(p.deployment, "spec", "replicas"))
+	pdb := k.one(t, "PodDisruptionBudget")
+	if !subset(get(pdb, "spec", "selector", "matchLabels"), podLabels) {
+		t.Errorf("%s: the PodDisruptionBudget's selector does not match the pods", k.dir)
+	}
+	if minAvail, err := strconv.Atoi(str(pdb, "spec", "minAvailable")); err == nil && minAvail >= replicas {
+		t.Errorf("%s: minAvailable %d of %d replicas: no node could ever be drained", k.dir, minAvail, replicas)
+	}
+	// Each lanegate outside fleet mode admits the whole budget.
+	if replicas > 1 && p.cfg.Fleet.Mode != config.FleetRedis {
+		t.Errorf("%s: %d replicas without LANEGATE_FLEET=redis admit the pool's budget %d times over", k.dir, replicas, replicas)
+	}
+	// The kubelet's SIGKILL comes terminationGracePeriodSeconds after
+	// preStop begins: the pause, then the drain, must fit with room.
+	grace, _ := strconv.Atoi(str(p.spec, "terminationGracePeriodSeconds"))
+	pause, _ := strconv.Atoi(str(p.container, "lifecycle", "preStop", "sleep", "seconds"))
+	if need := time.Duration(pause)*time.Second + p.cfg.Server.ShutdownTimeout + 5*time.Second; time.Duration(grace)*time.Second < need {
+		t.Errorf("%s: terminationGracePeriodSeconds %d is shorter than preStop's %ds, LANEGATE_SHUTDOWN_TIMEOUT=%s and 5s to close",
+			k.dir, grace, pause, p.cfg.Server.ShutdownTimeout)
+	}
+	// runAsNonRoot cannot be checked against a user name, which is what
+	// the image's USER is.
+	if _, err := strconv.Atoi(strings.Split(img.user, ":")[0]); err != nil && str(p.spec, "securityContext", "runAsNonRoot") == "true" {
+		if _, err := strconv.Atoi(str(p.spec, "securityContext", "runAsUser")); err != nil {
+			t.Errorf("%s: runAsNonRoot with the image's USER %q and no numeric runAsUser: the kubelet refuses to start it", k.dir, img.user)
+		}
+	}
+}
+
+func TestKubernetesBase(t *testing.T) {
+	k := kustomize(t, "k8s/base")
+	p := lanegatePod(t, k, "k8s/base/secrets.env.example")
+	checkKustomization(t, k, p)
+	if p.cfg.Fleet.Mode != config.FleetOff {
+		t.Errorf("%s: the base is one lanegate, not a fleet", k.dir)
+	}
+}
+
+func TestKubernetesFleetOverlay(t *testing.T) {
+	k := kustomize(t, "k8s/overlays/fleet")
+	p := lanegatePod(t, k, "k8s/base/secrets.env.example", "k8s/overlays/fleet/secrets.env.example")
+	checkKustomization(t, k, p)
+	if r := str(p.deployment, "spec", "replicas"); r != "3" {
+		t.Errorf("%s: replicas %s, want 3", k.dir, r)
+	}
+	if p.cfg.Fleet.Mode != config.FleetRedis {
+		t.Errorf("%s: LANEGATE_FLEET=%s, want redis", k.dir, p.cfg.Fleet.Mode)
+	}
+	if p.cfg.Fleet.InstanceID != podName || p.from["LANEGATE_INSTANCE_ID"] != "fieldRef:metadata.name" {
+		t.Errorf("%s: LANEGATE_INSTANCE_ID from %q, want the pod's name from the downward API", k.dir, p.from["LANEGATE_INSTANCE_ID"])
+	}
+	// Shared by construction: every pod reads it from the one Secret.
+	if p.cfg.Admission.TicketSecret == "" || p.from["LANEGATE_TICKET_SECRET"] != "secret" {
+		t.Errorf("%s: LANEGATE_TICKET_SECRET from %q, want the Secret every replica reads", k.dir, p.from["LANEGATE_TICKET_SECRET"])
+	}
+	if p.from["LANEGATE_REDIS_URL"] != "secret" {
+		t.Errorf("%s: LANEGATE_REDIS_URL from %q, want the Secret (it holds a password)", k.dir, p.from["LANEGATE_REDIS_URL"])
+	}
+}
