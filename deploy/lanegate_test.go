@@ -52,6 +52,8 @@ type fleetFake struct{}
 
 func (fleetFake) Status() fleet.Status { return fleet.Status{State: fleet.StateOK, Members: 2} }
 
+func (fleetFake) LineStats() fleet.LineStats { return fleet.LineStats{} }
+
 // startLanegate builds a lanegate whose upstream is upstream, which need
 // not answer.
 func startLanegate(t *testing.T, upstream *url.URL) *lanegate {
