@@ -14,13 +14,14 @@ import (
 // as the running configuration was, and applies what can change without a
 // restart: limits, routes and mode. It returns the configuration now
 // applied, or an error, logged, when the new one is refused and applied
-// stays in force.
+// stays in force. record is told the outcome before it is logged, so that
+// whoever reads the log line finds the outcome recorded already.
 //
 // The mode is changed only when the file's value changed since the last
 // load, so an operator's emergency PUT /admission survives an unrelated
 // reload. Everything else needs a restart; each changed variable is named.
 func (a app) reloadConfig(started, applied config.Config, envFile string, resize func(config.Config) (config.Config, error),
-	ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger) (config.Config, error) {
+	ctrl *admission.Controller, h *proxy.Handler, log *zap.Logger, record func(error)) (config.Config, error) {
 	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
 	if err == nil {
 		// Sized from the pool as at start, or the pool size would fall
@@ -28,17 +29,23 @@ func (a app) reloadConfig(started, applied config.Config, envFile string, resize
 		cfg, err = resize(cfg)
 	}
 	if err != nil {
+		err = fmt.Errorf("invalid configuration: %w", err)
+		record(err)
 		log.Error("reload refused: invalid configuration; keeping the running one", zap.Error(err))
-		return applied, fmt.Errorf("invalid configuration: %w", err)
+		return applied, err
 	}
 	rules := routeRules(cfg)
 	if _, err := proxy.NewClassifier(rules); err != nil {
-		log.Error("reload refused: routes", zap.Error(err))
-		return applied, fmt.Errorf("routes: %w", err)
+		err = fmt.Errorf("routes: %w", err)
+		record(err)
+		log.Error("reload refused", zap.Error(err))
+		return applied, err
 	}
 	if err := ctrl.Reconfigure(cfg.Limits()); err != nil {
-		log.Error("reload refused: limits", zap.Error(err))
-		return applied, fmt.Errorf("limits: %w", err)
+		err = fmt.Errorf("limits: %w", err)
+		record(err)
+		log.Error("reload refused", zap.Error(err))
+		return applied, err
 	}
 	h.SetRules(rules) // cannot fail: checked above
 	if cfg.Admission.Mode != applied.Admission.Mode {
@@ -52,6 +59,7 @@ func (a app) reloadConfig(started, applied config.Config, envFile string, resize
 		// raised past query_wait_timeout); it is said the same way.
 		log.Warn("configuration: " + w)
 	}
+	record(nil)
 	log.Info("configuration reloaded", zap.String("mode", string(h.Mode())), zap.Int("budget", cfg.Limits().Budget))
 	return cfg, nil
 }

@@ -257,17 +257,20 @@ func (a app) until(ctx context.Context, errc <-chan error, s *server, cfg config
 		case err := <-errc:
 			return fmt.Errorf("server stopped: %w", err)
 		case <-a.reload:
-			next, err := a.reloadConfig(cfg, applied, envFile, resizer(s.watcher, cfg.PgBouncer.URLs), s.ctrl, s.handler, s.log)
-			rs := admin.ReloadStatus{At: time.Now().UTC(), OK: err == nil}
-			if err != nil {
-				rs.Error = err.Error()
-			} else {
+			next, err := a.reloadConfig(cfg, applied, envFile, resizer(s.watcher, cfg.PgBouncer.URLs), s.ctrl, s.handler, s.log,
+				func(err error) {
+					rs := admin.ReloadStatus{At: time.Now().UTC(), OK: err == nil}
+					if err != nil {
+						rs.Error = err.Error()
+					}
+					s.admin.SetReload(rs)
+				})
+			if err == nil {
 				applied = next
 				if s.fleet != nil {
 					s.fleet.setLimits(next)
 				}
 			}
-			s.admin.SetReload(rs)
 		}
 	}
 }
