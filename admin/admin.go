@@ -1,5 +1,6 @@
 // Package admin is lanegate's operators' listener: health and readiness
-// probes, /status, Prometheus metrics and the run-time admission switch.
+// probes, /status and a live page of it, Prometheus metrics and the
+// run-time admission switch.
 // It reads the data plane's state and changes only its mode; it is never on
 // a request's path.
 package admin
@@ -124,6 +125,8 @@ func New(plane Plane, src Snapshotter, opts Options, log *zap.Logger) *Server {
 	if opts.Upstream == nil {
 		a.ready = func(context.Context) error { return nil }
 	}
+	// The live page, at the root only: every other unknown path is 404.
+	a.mux.Handle("GET /{$}", a.auth(http.HandlerFunc(a.live)))
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
