@@ -224,3 +224,59 @@ func TestLivePageSelfContained(t *testing.T) {
 		}
 	}
 }
+
+// A browser gives the token as the password of Basic credentials, which
+// it asks for itself; they open the page and its /status, nothing else.
+func TestLivePageBasicAuth(t *testing.T) {
+	const token = "s3cret-admin-token"
+	a := newLiveAdmin(t, token)
+	basic := func(user, pass string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+	}
+	for _, path := range []string{"/", "/status"} {
+		for _, tt := range []struct {
+			name, auth string
+			want       int
+		}{
+			{"any user", basic("operator", token), http.StatusOK},
+			{"no user", basic("", token), http.StatusOK},
+			{"token as the user", basic(token, ""), http.StatusUnauthorized},
+			{"wrong password", basic("operator", token+"x"), http.StatusUnauthorized},
+			{"not base64", "Basic " + token, http.StatusUnauthorized},
+		} {
+			rec := adminDo(a, http.MethodGet, "http://lb.internal:9090"+path, tt.auth, "")
+			if rec.Code != tt.want {
+				t.Errorf("GET %s, %s: got %d, want %d", path, tt.name, rec.Code, tt.want)
+			}
+			if rec.Code != http.StatusUnauthorized {
+				continue
+			}
+			// The browser is asked for Basic credentials; a script sees
+			// the Bearer challenge first, as before.
+			ch := rec.Header().Values("WWW-Authenticate")
+			if len(ch) != 2 || !strings.HasPrefix(ch[0], "Bearer ") || !strings.HasPrefix(ch[1], "Basic ") {
+				t.Errorf("GET %s, %s: WWW-Authenticate %q, want a Bearer then a Basic challenge", path, tt.name, ch)
+			}
+		}
+	}
+	// Elsewhere Basic credentials are refused, and not asked for.
+	for _, ep := range []struct{ method, path, body string }{
+		{http.MethodGet, "/metrics", ""},
+		{http.MethodGet, "/admission", ""},
+		{http.MethodPut, "/admission", "off"},
+	} {
+		rec := adminDo(a, ep.method, "http://lb.internal:9090"+ep.path, basic("operator", token), ep.body)
+		if rec.Code != http.StatusUnauthorized {
+			t.Errorf("%s %s with Basic credentials: got %d, want 401", ep.method, ep.path, rec.Code)
+		}
+		if ch := rec.Header().Values("WWW-Authenticate"); len(ch) != 1 || !strings.HasPrefix(ch[0], "Bearer ") {
+			t.Errorf("%s %s: WWW-Authenticate %q, want the Bearer challenge alone", ep.method, ep.path, ch)
+		}
+	}
+	// /status, readable with credentials a browser sends by itself, may
+	// not be loaded by another site's page.
+	rec := adminDo(a, http.MethodGet, "http://lb.internal:9090/status", "Bearer "+token, "")
+	if rec.Header().Get("X-Content-Type-Options") != "nosniff" || rec.Header().Get("Cross-Origin-Resource-Policy") != "same-origin" {
+		t.Errorf("/status headers %v: want nosniff and a same-origin resource policy", rec.Header())
+	}
+}
