@@ -1,5 +1,6 @@
 // Package admin is lanegate's operators' listener: health and readiness
-// probes, /status, Prometheus metrics and the run-time admission switch.
+// probes, /status and a live page of it, Prometheus metrics and the
+// run-time admission switch.
 // It reads the data plane's state and changes only its mode; it is never on
 // a request's path.
 package admin
@@ -124,12 +125,14 @@ func New(plane Plane, src Snapshotter, opts Options, log *zap.Logger) *Server {
 	if opts.Upstream == nil {
 		a.ready = func(context.Context) error { return nil }
 	}
+	// The live page, at the root only: every other unknown path is 404.
+	a.mux.Handle("GET /{$}", a.browserAuth(http.HandlerFunc(a.live)))
 	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	a.mux.Handle("GET /metrics", a.auth(promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{})))
-	a.mux.Handle("GET /status", a.auth(http.HandlerFunc(a.status)))
+	a.mux.Handle("GET /status", a.browserAuth(http.HandlerFunc(a.status)))
 	a.mux.Handle("GET /admission", a.auth(http.HandlerFunc(a.getMode)))
 	a.mux.Handle("PUT /admission", a.auth(http.HandlerFunc(a.putMode)))
 	return a
@@ -142,7 +145,19 @@ func (a *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.Serve
 // listener is on loopback (configuration insists), and the Host must be a
 // loopback name too: otherwise a web page could reach it through DNS
 // rebinding and switch admission off.
-func (a *Server) auth(next http.Handler) http.Handler {
+func (a *Server) auth(next http.Handler) http.Handler { return a.guard(next, false) }
+
+// browserAuth is auth for what the live page reads, GET / and GET
+// /status: there the token may also be the password of HTTP Basic
+// credentials (any user name). A browser cannot send a bearer token when
+// it opens a page, but it asks for Basic credentials itself, keeps them in
+// memory for the session and sends them again on the page's polls, so the
+// token never goes into a URL, a bookmark or the page's script. Both are
+// reads; the endpoints that change or export anything keep to the bearer
+// token.
+func (a *Server) browserAuth(next http.Handler) http.Handler { return a.guard(next, true) }
+
+func (a *Server) guard(next http.Handler, basic bool) http.Handler {
 	if a.opts.Token == "" {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !loopbackHost(r.Host) {
@@ -157,9 +172,16 @@ func (a *Server) auth(next http.Handler) http.Handler {
 	want := sha256.Sum256([]byte(a.opts.Token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		ok := strings.EqualFold(scheme, "Bearer")
+		if basic && strings.EqualFold(scheme, "Basic") {
+			_, token, ok = r.BasicAuth()
+		}
 		got := sha256.Sum256([]byte(token))
-		if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+		if !ok || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="lanegate admin"`)
+			if basic {
+				w.Header().Add("WWW-Authenticate", `Basic realm="lanegate admin", charset="UTF-8"`)
+			}
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
@@ -323,7 +345,13 @@ func (a *Server) status(w http.ResponseWriter, r *http.Request) {
 		}
 		st.Lanes[ln.Lane.String()] = ls
 	}
-	w.Header().Set("Content-Type", "application/json")
+	hd := w.Header()
+	hd.Set("Content-Type", "application/json")
+	// A browser holding Basic credentials sends them with any request
+	// to this origin, a cross-site page's too: such a page may not load
+	// the document as a script or style, nor embed it.
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Cross-Origin-Resource-Policy", "same-origin")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(st)
