@@ -7,12 +7,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"time"
 
 	"github.com/lanegate/lanegate/config"
+	"github.com/lanegate/lanegate/metrics"
 )
 
 // usage prints what lanegate does, its commands, its flags and where its
@@ -55,33 +54,9 @@ The essentials:
 }
 
 // version says which lanegate this is: the module version and VCS
-// revision the binary was built from, when the build recorded them.
-func version() string {
-	v, rev, dirty := "(devel)", "", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-				if len(rev) > 12 {
-					rev = rev[:12]
-				}
-			case "vcs.modified":
-				if s.Value == "true" {
-					dirty = "+modified"
-				}
-			}
-		}
-	}
-	out := "lanegate " + v
-	if rev != "" {
-		out += " (" + rev + dirty + ")"
-	}
-	return out + " " + runtime.Version()
-}
+// revision the binary was built from, when the build recorded them. It is
+// what /metrics exports as lanegate_build_info.
+func version() string { return metrics.ReadBuild().String() }
 
 // healthTimeout bounds healthcheck's request: a container runtime runs it
 // every few seconds and must not pile them up.
