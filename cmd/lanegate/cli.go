@@ -25,8 +25,11 @@ usage: lanegate [--env-file FILE] [command]
 
 commands:
   serve          run the proxy (the default)
-  config         print the configuration in force, each value with where it came from
-                 (set, default, derived; sized from PgBouncer when LANEGATE_PGBOUNCER_URL is set)
+  config [--strict]
+                 print the configuration in force, each value with where it came from
+                 (set, default, derived; sized from PgBouncer when LANEGATE_PGBOUNCER_URL is set),
+                 and on stderr the warnings serve would log at start;
+                 --strict: exit status 2 when there are any (1 when the configuration is invalid)
   config --markdown
                  print the reference table of every variable
   doctor [--app URL] [--timeout D] [--conn-max-age N|None]
@@ -34,7 +37,7 @@ commands:
                  exit status 1 when something must change
   healthcheck    exit 0 when the admin listener's /readyz answers 200, else 1
                  (for container health checks)
-  version        print the version
+  version        print the version (on /metrics: lanegate_build_info)
   help           print this
 
 flags:
@@ -51,6 +54,40 @@ The essentials:
   LANEGATE_ADMIN_LISTEN  /healthz, /readyz, /status, /metrics (127.0.0.1:9090)
 'lanegate config --markdown' lists them all; README.md explains the model.
 `, len(config.Variables()))
+}
+
+// warning is one thing serve warns of as it starts: a message, and the
+// error behind it when there is one.
+type warning struct {
+	msg string
+	err error
+}
+
+func (w warning) String() string {
+	if w.err == nil {
+		return w.msg
+	}
+	return w.msg + ": " + w.err.Error()
+}
+
+// startWarnings are the warnings serve logs as it starts on cfg, and
+// lanegate config prints: that sizing from PgBouncer's pool failed
+// (sizeErr, when it did), then the configuration's own doubts.
+func startWarnings(cfg config.Config, sizeErr error) []warning {
+	var out []warning
+	if sizeErr != nil {
+		// The watcher keeps trying, and the effective budget follows
+		// the pool's real size once it answers; only the static budget
+		// and the lanes stay as configured.
+		out = append(out, warning{
+			msg: fmt.Sprintf("cannot size from PgBouncer's pool at start; starting on the static configuration (budget %d)", cfg.Limits().Budget),
+			err: sizeErr,
+		})
+	}
+	for _, w := range cfg.Warnings() {
+		out = append(out, warning{msg: "configuration: " + w})
+	}
+	return out
 }
 
 // version says which lanegate this is: the module version and VCS

@@ -2,7 +2,8 @@
 // Django app by lane, under a concurrency budget sized to its database pool.
 //
 //	lanegate [--env-file FILE]               serve
-//	lanegate [--env-file FILE] config        print the effective configuration
+//	lanegate [--env-file FILE] config [--strict]
+//	                                         print the effective configuration
 //	lanegate config --markdown               print the configuration reference table
 //	lanegate [--env-file FILE] doctor [--app URL]
 //	                                         check the configuration against PgBouncer and the app
@@ -28,12 +29,28 @@ func main() {
 		if !errors.Is(err, errReported) {
 			fmt.Fprintln(os.Stderr, "lanegate:", err)
 		}
-		os.Exit(1)
+		os.Exit(exitCode(err))
 	}
 }
 
 // errReported means the failure was already explained on stderr.
 var errReported = errors.New("reported")
+
+// errStrict means lanegate config --strict found warnings, already
+// printed: exit status 2, so that a check can tell them from an invalid
+// configuration (1).
+var errStrict = fmt.Errorf("warnings under --strict: %w", errReported)
+
+// exitCode is the exit status for run's result.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errStrict):
+		return 2
+	}
+	return 1
+}
 
 // run is the whole program; main only turns its error into an exit code.
 func run(ctx context.Context, args []string) error {
