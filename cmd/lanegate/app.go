@@ -21,7 +21,8 @@ type listenAddrs struct {
 func (a app) run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("lanegate", flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
-	envFile := fs.String("env-file", "", "dotenv `file` read before the environment (the environment wins)")
+	envFile := &envFileFlag{}
+	fs.Var(envFile, "env-file", envFileUsage)
 	markdown := fs.Bool("markdown", false, "with config: print the reference table of every variable as Markdown")
 	strict := fs.Bool("strict", false, "with config: exit with status 2 when serve would warn about the configuration")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -53,7 +54,7 @@ func (a app) run(ctx context.Context, args []string) error {
 		return errReported
 	}
 	if cmd == "doctor" { // before the parse below: it has flags of its own
-		return a.doctor(ctx, *envFile, rest)
+		return a.doctor(ctx, envFile, rest)
 	}
 	// Flags may follow the command too: lanegate config --markdown.
 	if err := fs.Parse(rest); err != nil {
@@ -68,7 +69,7 @@ func (a app) run(ctx context.Context, args []string) error {
 		fmt.Fprintf(a.stderr, "lanegate: --strict applies to the config command, not %s\n", cmd)
 		return errReported
 	}
-	file := *envFile
+	file := a.envFile(envFile)
 	switch cmd {
 	case "config":
 		return a.printConfig(ctx, file, *markdown, *strict)

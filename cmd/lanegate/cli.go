@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -36,7 +39,7 @@ commands:
                  check the configuration against PgBouncer's console and the app server;
                  exit status 1 when something must change
   healthcheck    exit 0 when the admin listener's /readyz answers 200, else 1
-                 (for container health checks)
+                 (for container health checks; it reads the configuration as serve does)
   version        print the version (on /metrics: lanegate_build_info)
   help           print this
 
@@ -44,16 +47,57 @@ flags:
 `)
 	fs.PrintDefaults()
 	fmt.Fprintf(w, `
-configuration: %d LANEGATE_* environment variables, read under the optional
---env-file (the environment wins); an unknown LANEGATE_* variable is an error.
-The essentials:
+configuration: %d LANEGATE_* environment variables. The environment wins over
+the env file: --env-file FILE's, else %s when it exists
+(--env-file '' reads none); built-in defaults fill the rest. An unknown
+LANEGATE_* variable is an error. The essentials:
   LANEGATE_LISTEN        client address (:8080)
   LANEGATE_UPSTREAM      the Django app server (http://127.0.0.1:8000)
   LANEGATE_DB_POOL_SIZE  PgBouncer's pool for the app (20); the budget and lanes derive from it
   LANEGATE_PGBOUNCER_URL PgBouncer's admin console, to size from it and follow it
   LANEGATE_ADMIN_LISTEN  /healthz, /readyz, /status, /metrics (127.0.0.1:9090)
 'lanegate config --markdown' lists them all; README.md explains the model.
-`, len(config.Variables()))
+`, len(config.Variables()), defaultEnvFile)
+}
+
+// envFileUsage is --env-file's line in the usage, for every command that
+// takes it.
+var envFileUsage = "dotenv `file` read under the environment (the environment wins); without the flag, " +
+	defaultEnvFile + " when it exists; '' reads none"
+
+// envFileFlag is --env-file: the file named, and whether the flag was
+// given at all, which tells an empty --env-file (read no file) from no
+// flag (read the default file if there is one).
+type envFileFlag struct {
+	path string
+	set  bool
+}
+
+func (f *envFileFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.path
+}
+
+func (f *envFileFlag) Set(s string) error {
+	f.path, f.set = s, true
+	return nil
+}
+
+// envFile is the env file to read, "" for none: the one --env-file names
+// (a missing one is then an error, from config.Load), else the default
+// file when it exists, read exactly as if --env-file had named it. A
+// default file that exists but cannot be read is an error too: only its
+// absence means "none".
+func (a app) envFile(f *envFileFlag) string {
+	if f.set || a.defaultEnvFile == "" {
+		return f.path
+	}
+	if _, err := os.Stat(a.defaultEnvFile); errors.Is(err, fs.ErrNotExist) {
+		return ""
+	}
+	return a.defaultEnvFile
 }
 
 // warning is one thing serve warns of as it starts: a message, and the

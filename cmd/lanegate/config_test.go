@@ -189,6 +189,16 @@ func TestCommandLineErrors(t *testing.T) {
 			stderrs: []string{missing},
 		},
 		{
+			name:    "missing env file with healthcheck",
+			args:    []string{"--env-file", missing, "healthcheck"},
+			stderrs: []string{missing},
+		},
+		{
+			name:    "missing env file with doctor",
+			args:    []string{"doctor", "--env-file", missing},
+			stderrs: []string{missing},
+		},
+		{
 			// It would look like a check that passed.
 			name:    "--strict when serving",
 			args:    []string{"--strict", "serve"},
@@ -262,7 +272,7 @@ func TestHelp(t *testing.T) {
 			if !strings.Contains(stderr, "usage: lanegate") || !strings.Contains(stderr, "-env-file") {
 				t.Errorf("stderr does not show the usage and flags:\n%s", stderr)
 			}
-			for _, want := range []string{"doctor", "healthcheck", "LANEGATE_DB_POOL_SIZE", "config --markdown", "--strict", "-strict"} {
+			for _, want := range []string{"doctor", "healthcheck", "LANEGATE_DB_POOL_SIZE", "config --markdown", "--strict", "-strict", defaultEnvFile, "--env-file ''"} {
 				if !strings.Contains(stderr, want) {
 					t.Errorf("usage does not mention %s:\n%s", want, stderr)
 				}
@@ -406,5 +416,81 @@ func TestExitCode(t *testing.T) {
 		if got := exitCode(err); got != want {
 			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)
 		}
+	}
+}
+
+// runWithDefault runs a command of an app whose default env file is
+// defaultFile, as the binary's is /etc/lanegate/lanegate.env.
+func runWithDefault(t *testing.T, defaultFile string, env []string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	out, errOut := newLogBuffer(), newLogBuffer()
+	a := app{
+		stdout:         out,
+		stderr:         errOut,
+		environ:        env,
+		defaultEnvFile: defaultFile,
+		started:        func(listenAddrs) { t.Errorf("%q: started serving, want it to return", args) },
+	}
+	err = a.run(testContext(t), args)
+	return out.String(), errOut.String(), err
+}
+
+// The default env file, when it exists, is read exactly as --env-file
+// would read it, under the environment; when it does not, nothing is.
+// --env-file names another file instead, or, empty, none.
+func TestDefaultEnvFile(t *testing.T) {
+	dir := t.TempDir()
+	def := filepath.Join(dir, "lanegate.env")
+	writeFile(t, def, "LANEGATE_BUDGET=7\nLANEGATE_LOG_LEVEL=debug\n")
+	other := filepath.Join(dir, "other.env")
+	writeFile(t, other, "LANEGATE_BUDGET=5\n")
+	bad := filepath.Join(dir, "bad.env")
+	writeFile(t, bad, "LANEGATE_BUDGTE=7\n")
+	absent := filepath.Join(dir, "absent.env")
+	for _, tt := range []struct {
+		name       string
+		defaultEnv string
+		env        []string
+		args       []string
+		budget     string // "" when it must fail
+		level      string
+		from       string // the file the output says values came from, if any
+		stderr     string
+	}{
+		{name: "default read", defaultEnv: def, args: []string{"config"}, budget: "7", level: "debug", from: def},
+		{name: "environment wins", defaultEnv: def, env: []string{"LANEGATE_BUDGET=9"}, args: []string{"config"}, budget: "9", level: "debug", from: def},
+		{name: "default absent", defaultEnv: absent, args: []string{"config"}, budget: "16", level: "info"},
+		{name: "--env-file instead", defaultEnv: def, args: []string{"--env-file", other, "config"}, budget: "5", level: "info", from: other},
+		{name: "--env-file after the command", defaultEnv: def, args: []string{"config", "--env-file", other}, budget: "5", level: "info", from: other},
+		{name: "--env-file '' reads none", defaultEnv: def, args: []string{"--env-file", "", "config"}, budget: "16", level: "info"},
+		{name: "--env-file= reads none", defaultEnv: def, args: []string{"--env-file=", "config"}, budget: "16", level: "info"},
+		{name: "explicit default path", defaultEnv: def, args: []string{"--env-file", def, "config"}, budget: "7", level: "debug", from: def},
+		{name: "invalid default fails as --env-file does", defaultEnv: bad, args: []string{"config"}, stderr: "LANEGATE_BUDGTE in " + bad},
+		{name: "missing --env-file fails even with a default", defaultEnv: def, args: []string{"--env-file", absent, "config"}, stderr: absent},
+		{name: "doctor reads the default", defaultEnv: bad, args: []string{"doctor"}, stderr: "LANEGATE_BUDGTE in " + bad},
+		{name: "healthcheck reads the default", defaultEnv: bad, args: []string{"healthcheck"}, stderr: "LANEGATE_BUDGTE in " + bad},
+		{name: "serve reads the default", defaultEnv: bad, args: []string{"serve"}, stderr: "LANEGATE_BUDGTE in " + bad},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, err := runWithDefault(t, tt.defaultEnv, tt.env, tt.args...)
+			if tt.budget == "" {
+				if !errors.Is(err, errReported) || !strings.Contains(stderr, tt.stderr) {
+					t.Errorf("error %v, stderr:\n%s\nwant a failure naming %q", err, stderr, tt.stderr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("error %v; stderr:\n%s", err, stderr)
+			}
+			vals := printed(t, stdout)
+			if vals["LANEGATE_BUDGET"] != tt.budget || vals["LANEGATE_LOG_LEVEL"] != tt.level {
+				t.Errorf("LANEGATE_BUDGET=%s LANEGATE_LOG_LEVEL=%s, want %s and %s", vals["LANEGATE_BUDGET"], vals["LANEGATE_LOG_LEVEL"], tt.budget, tt.level)
+			}
+			for _, f := range []string{def, other} {
+				if says := strings.Contains(stdout, "set in "+f); says != (f == tt.from) {
+					t.Errorf("output says values came from %s: %v, want %v:\n%s", f, says, f == tt.from, stdout)
+				}
+			}
+		})
 	}
 }

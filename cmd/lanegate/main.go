@@ -8,7 +8,9 @@
 //	lanegate [--env-file FILE] doctor [--app URL]
 //	                                         check the configuration against PgBouncer and the app
 //
-// Configuration comes from LANEGATE_* environment variables; see README.md.
+// Configuration comes from LANEGATE_* environment variables, over the env
+// file: --env-file's, else /etc/lanegate/lanegate.env when it exists; see
+// README.md.
 package main
 
 import (
@@ -52,16 +54,23 @@ func exitCode(err error) int {
 	return 1
 }
 
+// defaultEnvFile is the env file read when --env-file is not given, if it
+// exists: the container image ships its settings there, and a host
+// install puts them there too. It is a variable so that a build can move
+// it (go build -ldflags=-X=main.defaultEnvFile=PATH), as the tests do.
+var defaultEnvFile = "/etc/lanegate/lanegate.env"
+
 // run is the whole program; main only turns its error into an exit code.
 func run(ctx context.Context, args []string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	return app{
-		stdout:  os.Stdout,
-		stderr:  os.Stderr,
-		environ: os.Environ(),
-		reload:  hup,
+		stdout:         os.Stdout,
+		stderr:         os.Stderr,
+		environ:        os.Environ(),
+		reload:         hup,
+		defaultEnvFile: defaultEnvFile,
 	}.run(ctx, args)
 }
 
@@ -70,6 +79,9 @@ type app struct {
 	stdout, stderr io.Writer
 	environ        []string
 	reload         <-chan os.Signal
+	// defaultEnvFile is read, when it exists, if --env-file is not
+	// given; "" means none, as in tests unless they set it.
+	defaultEnvFile string
 	// started, when set, receives the bound addresses once serving.
 	started func(addrs listenAddrs)
 }

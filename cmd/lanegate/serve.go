@@ -58,7 +58,7 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	}
 	errc := s.start()
 	s.watch(context.Background(), cfg)
-	s.announce(cfg, sizeErr)
+	s.announce(cfg, envFile, sizeErr)
 	if a.started != nil {
 		a.started(listenAddrs{Proxy: s.ln.Addr().String(), Admin: s.adminLn.Addr().String()})
 	}
@@ -223,11 +223,13 @@ func (s *server) start() <-chan error {
 	return errc
 }
 
-// announce logs the start and the warnings lanegate config prints too.
-func (s *server) announce(cfg config.Config, sizeErr error) {
+// announce logs the start, with the env file read ("" for none), and the
+// warnings lanegate config prints too.
+func (s *server) announce(cfg config.Config, envFile string, sizeErr error) {
 	s.log.Info("lanegate started",
 		zap.String("listen", s.ln.Addr().String()),
 		zap.String("admin", s.adminLn.Addr().String()),
+		zap.String("env_file", envFile),
 		zap.String("upstream", cfg.Upstream.URL.String()),
 		zap.String("mode", string(cfg.Admission.Mode)),
 		zap.Int("budget", cfg.Limits().Budget),
