@@ -9,14 +9,17 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o /out/lanegate ./cmd/lan
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/lanegate /usr/local/bin/lanegate
-COPY deploy/env/ /etc/lanegate/
-# In a container lanegate must listen on all interfaces. The admin port is
-# published too, so configuration requires LANEGATE_ADMIN_TOKEN for it:
-# pass it at run time (docker run -e LANEGATE_ADMIN_TOKEN=...), never bake it in.
-ENV LANEGATE_LISTEN=:8080 \
-    LANEGATE_ADMIN_LISTEN=:9090 \
-    LANEGATE_UPSTREAM=http://app:8000 \
-    LANEGATE_LOG_FORMAT=json
+# The container's settings (all interfaces, the admin port on 9090) are
+# a file lanegate reads by default, not ENV: the environment wins over
+# any env file, so ENV here would silently beat a settings file mounted
+# over this one. Mount your own at the same path, or set variables with
+# docker run -e. The admin port listens beyond loopback, so lanegate
+# requires LANEGATE_ADMIN_TOKEN: pass it at run time, never bake it in.
+COPY deploy/image/lanegate.env /etc/lanegate/lanegate.env
 EXPOSE 8080 9090
 USER nonroot:nonroot
+# No shell or curl here: lanegate asks its own admin listener's /readyz,
+# reading the same settings as the server.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/lanegate", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/lanegate"]

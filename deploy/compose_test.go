@@ -55,9 +55,12 @@ func stringsOf(v any) []string {
 type composeService struct {
 	name string
 	svc  any
-	// envFile is the host file mounted where --env-file points, and env
-	// the container's environment: the image's, then env_file's, then
-	// environment's, each overriding the one before.
+	// envFile is the file lanegate reads as its env file, in the
+	// repository: the one mounted where --env-file points or, without
+	// the flag, at the default path, else the one the image ships
+	// there; "" for none. env is the container's environment: the
+	// image's, then env_file's, then environment's, each overriding the
+	// one before, and all of them the file.
 	envFile string
 	env     map[string]string
 	cfg     config.Config
@@ -103,17 +106,27 @@ func (c composeFile) lanegates(t *testing.T) []composeService {
 			}
 		}
 		command := stringsOf(get(svc, "command"))
+		// Where lanegate looks for its env file, as cmd/lanegate resolves
+		// --env-file: the flag's file, which must exist, else the default
+		// one if it does.
+		inImage, explicit := defaultEnvFile(t), false
 		if i := slices.Index(command, "--env-file"); i >= 0 && i+1 < len(command) {
-			for _, v := range stringsOf(get(svc, "volumes")) {
-				src, dst, _ := strings.Cut(v, ":")
-				dst, _, _ = strings.Cut(dst, ":")
-				if dst == command[i+1] {
-					s.envFile = c.rel(src)
-				}
+			inImage, explicit = command[i+1], true
+		}
+		for _, v := range stringsOf(get(svc, "volumes")) {
+			src, dst, _ := strings.Cut(v, ":")
+			dst, _, _ = strings.Cut(dst, ":")
+			if dst == inImage {
+				s.envFile = c.rel(src) // the mount hides what the image has there
 			}
-			if s.envFile == "" {
-				t.Fatalf("%s: %s reads --env-file %s, which no volume mounts", c.path, name, command[i+1])
-			}
+		}
+		if s.envFile == "" && inImage == defaultEnvFile(t) {
+			s.envFile = img.envFile
+		}
+		if s.envFile == "" && explicit && inImage != "" {
+			t.Fatalf("%s: %s reads --env-file %s, which no volume mounts and the image does not ship", c.path, name, inImage)
+		}
+		if s.envFile != "" {
 			for k := range readEnvFile(t, s.envFile) {
 				if _, ok := s.env[k]; ok {
 					t.Errorf("%s: %s sets %s in %s, but the container's environment (the image's, env_file or environment) sets it too and wins: the file's value is never used",
@@ -158,6 +171,13 @@ func checkComposeFile(t *testing.T, c composeFile) []composeService {
 	img := dockerfile(t)
 	for _, s := range lgs {
 		listen, admin := port(t, s.cfg.Server.Listen), port(t, s.cfg.Admin.Listen)
+		// A listener on the container's loopback is out of reach of a
+		// published port, of HAProxy and of the other services.
+		for _, l := range []string{s.cfg.Server.Listen, s.cfg.Admin.Listen} {
+			if !allInterfaces(l) {
+				t.Errorf("%s: %s listens on %s, inside its container only: want all interfaces", c.path, s.name, l)
+			}
+		}
 		for _, p := range []int{listen, admin} {
 			if !slices.Contains(s.ports, p) {
 				t.Errorf("%s: %s listens on %d (LANEGATE_LISTEN=%s, LANEGATE_ADMIN_LISTEN=%s), which it neither exposes nor publishes (%v)",
@@ -169,10 +189,17 @@ func checkComposeFile(t *testing.T, c composeFile) []composeService {
 				t.Errorf("%s: %s publishes its admin port on %q: keep it on the host's loopback", c.path, s.name, host)
 			}
 		}
-		// The health check runs the image's own binary (there is no shell
-		// or curl) with the same configuration as the server.
+		// The health check, the service's or else the image's, runs the
+		// image's own binary (there is no shell or curl) with the same
+		// flags, and so the same configuration, as the server.
 		hc := stringsOf(get(s.svc, "healthcheck", "test"))
+		if hc == nil {
+			hc = append([]string{"CMD"}, img.healthcheck...)
+		}
 		command := stringsOf(get(s.svc, "command"))
+		if len(command) == 0 {
+			t.Fatalf("%s: %s: no command; want it to say serve", c.path, s.name)
+		}
 		want := append(append([]string{"CMD"}, img.entrypoint...), command[:len(command)-1]...)
 		want = append(want, "healthcheck")
 		if !slices.Equal(hc, want) || command[len(command)-1] != "serve" {

@@ -1,9 +1,7 @@
 package deploy
 
 import (
-	"bufio"
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"maps"
@@ -109,6 +107,18 @@ func load(t *testing.T, envFile string, env map[string]string) config.Config {
 	return cfg
 }
 
+// allInterfaces reports whether a listen address is on every interface
+// (":8080", "0.0.0.0:8080", "[::]:8080"), as a listener in a container
+// must be to be reached from outside it.
+func allInterfaces(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "" || ip != nil && ip.IsUnspecified()
+}
+
 // port is the port of a listen address such as :9090 or 0.0.0.0:8080.
 func port(t *testing.T, listen string) int {
 	t.Helper()
@@ -121,61 +131,6 @@ func port(t *testing.T, listen string) int {
 		t.Fatalf("listen address %q: port %q", listen, p)
 	}
 	return n
-}
-
-// image describes the container image the Dockerfile builds: its
-// environment, which a container's own environment overrides and which
-// overrides any --env-file, and its user.
-type image struct {
-	env        map[string]string
-	user       string
-	entrypoint []string
-}
-
-// dockerfile reads the final stage of the repository's Dockerfile.
-func dockerfile(t *testing.T) image {
-	t.Helper()
-	b, err := os.ReadFile("../Dockerfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Join continuation lines, then read the instructions of the last
-	// stage.
-	text := strings.ReplaceAll(string(b), "\\\n", " ")
-	var img image
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		instr, rest, _ := strings.Cut(line, " ")
-		switch strings.ToUpper(instr) {
-		case "FROM":
-			img = image{env: map[string]string{}}
-		case "ENV":
-			for _, kv := range strings.Fields(rest) {
-				k, v, ok := strings.Cut(kv, "=")
-				if !ok {
-					t.Fatalf("Dockerfile: ENV %q: only the KEY=VALUE form is understood here", rest)
-				}
-				img.env[k] = v
-			}
-		case "USER":
-			img.user = strings.TrimSpace(rest)
-		case "ENTRYPOINT":
-			if err := json.Unmarshal([]byte(rest), &img.entrypoint); err != nil {
-				t.Fatalf("Dockerfile: ENTRYPOINT %s: want the exec (JSON) form: %v", rest, err)
-			}
-		}
-	}
-	if len(img.entrypoint) == 0 {
-		t.Fatal("Dockerfile: no ENTRYPOINT in the final stage")
-	}
-	if len(img.env) == 0 {
-		t.Fatal("Dockerfile: no ENV in the final stage; the tests expect the image's LANEGATE_* defaults there")
-	}
-	return img
 }
 
 // yamlDocs decodes every document of a YAML stream.

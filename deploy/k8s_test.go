@@ -65,7 +65,10 @@ type pod struct {
 	// from says where each variable of env comes from: "image",
 	// "configmap", "secret", "value" or "fieldRef:<path>".
 	from map[string]string
-	cfg  config.Config
+	// envFile is the repository's file the image ships as lanegate's
+	// default env file, which the pod reads under env.
+	envFile string
+	cfg     config.Config
 }
 
 // lanegatePod reads the Deployment of k. The Secret it refers to is made
@@ -129,7 +132,15 @@ func lanegatePod(t *testing.T, k kustomized, secretExamples ...string) pod {
 			set(name, str(e, "value"), "value")
 		}
 	}
-	p.cfg = load(t, "", p.env)
+	// The container reads the image's default env file under its
+	// environment: nothing is mounted over it and no --env-file given.
+	for _, m := range list(p.container, "volumeMounts") {
+		if mp := str(m, "mountPath"); mp == defaultEnvFile(t) || strings.HasPrefix(defaultEnvFile(t), strings.TrimSuffix(mp, "/")+"/") {
+			t.Fatalf("%s: a volume is mounted at %s, over the image's settings: the test does not model it", k.dir, mp)
+		}
+	}
+	p.envFile = img.envFile
+	p.cfg = load(t, p.envFile, p.env)
 	return p
 }
 
@@ -176,6 +187,13 @@ func checkKustomization(t *testing.T, k kustomized, p pod) {
 		t.Errorf("%s: args %v, command %v: want the image's entrypoint with serve", k.dir, args, get(p.container, "command"))
 	}
 	admin, listen := port(t, p.cfg.Admin.Listen), port(t, p.cfg.Server.Listen)
+	// The kubelet probes, and the Service sends to, the pod's address,
+	// not its loopback.
+	for _, l := range []string{p.cfg.Server.Listen, p.cfg.Admin.Listen} {
+		if !allInterfaces(l) {
+			t.Errorf("%s: lanegate listens on %s, inside its pod only: want all interfaces", k.dir, l)
+		}
+	}
 	for _, pr := range []struct {
 		key   string
 		check func(*testing.T, string, string)

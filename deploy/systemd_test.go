@@ -139,6 +139,11 @@ func TestSystemdUnitMatchesLanegate(t *testing.T) {
 		t.Fatalf("ExecStart=%v: want --env-file FILE, so that systemctl reload re-reads the settings", start)
 	}
 	envFile := start[i+1]
+	// The default path, so that lanegate config and doctor, run by hand
+	// on the machine, read what the service reads.
+	if def := defaultEnvFile(t); envFile != def {
+		t.Errorf("ExecStart=%v reads %s: want lanegate's default env file, %s", start, envFile, def)
+	}
 	for _, ef := range u["Service"]["EnvironmentFile"] {
 		if strings.TrimPrefix(ef, "-") == envFile {
 			t.Errorf("EnvironmentFile=%s is also the --env-file: its values would win over the file and survive every reload", ef)

@@ -100,8 +100,8 @@ type Registry struct {
 	storeErrors  *prometheus.CounterVec
 }
 
-// New registers lanegate's metrics on reg. src supplies the controller's
-// state at scrape time.
+// New registers lanegate's metrics on reg, lanegate_build_info among
+// them. src supplies the controller's state at scrape time.
 func New(reg prometheus.Registerer, src Snapshotter) (*Registry, error) {
 	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 	qw := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -129,7 +129,7 @@ func New(reg prometheus.Registerer, src Snapshotter) (*Registry, error) {
 		m.queueWait[i] = qw.WithLabelValues(name)
 		m.upstream[i] = up.WithLabelValues(name)
 	}
-	for _, c := range []prometheus.Collector{qw, up, m.upErrors, &snapshotCollector{src: src, m: m, labels: labels}} {
+	for _, c := range []prometheus.Collector{qw, up, m.upErrors, &snapshotCollector{src: src, m: m, labels: labels}, buildInfo(ReadBuild())} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: register: %w", err)
 		}

@@ -21,8 +21,10 @@ type listenAddrs struct {
 func (a app) run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("lanegate", flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
-	envFile := fs.String("env-file", "", "dotenv `file` read before the environment (the environment wins)")
+	envFile := &envFileFlag{}
+	fs.Var(envFile, "env-file", envFileUsage)
 	markdown := fs.Bool("markdown", false, "with config: print the reference table of every variable as Markdown")
+	strict := fs.Bool("strict", false, "with config: exit with status 2 when serve would warn about the configuration")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() { usage(fs) }
 	if err := fs.Parse(args); err != nil {
@@ -52,7 +54,7 @@ func (a app) run(ctx context.Context, args []string) error {
 		return errReported
 	}
 	if cmd == "doctor" { // before the parse below: it has flags of its own
-		return a.doctor(ctx, *envFile, rest)
+		return a.doctor(ctx, envFile, rest)
 	}
 	// Flags may follow the command too: lanegate config --markdown.
 	if err := fs.Parse(rest); err != nil {
@@ -62,19 +64,25 @@ func (a app) run(ctx context.Context, args []string) error {
 		fs.Usage()
 		return errReported
 	}
+	if *strict && cmd != "config" {
+		// Not ignored: it would look like a check that passed.
+		fmt.Fprintf(a.stderr, "lanegate: --strict applies to the config command, not %s\n", cmd)
+		return errReported
+	}
+	file := a.envFile(envFile)
 	switch cmd {
 	case "config":
-		return a.printConfig(ctx, *envFile, *markdown)
+		return a.printConfig(ctx, file, *markdown, *strict)
 	case "healthcheck":
-		return a.healthcheck(ctx, *envFile)
+		return a.healthcheck(ctx, file)
 	}
 	// serve: the commands were checked above.
-	cfg, err := config.Load(config.LoadOptions{EnvFile: *envFile, Environ: a.environ})
+	cfg, err := config.Load(config.LoadOptions{EnvFile: file, Environ: a.environ})
 	if err != nil {
 		fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
 		return errReported
 	}
-	return a.serve(ctx, cfg, *envFile)
+	return a.serve(ctx, cfg, file)
 }
 
 // helpOrReported turns a flag parsing error, which the flag set has
@@ -88,10 +96,11 @@ func helpOrReported(err error) error {
 }
 
 // printConfig prints the effective configuration, sized from PgBouncer's
-// pool when it watches one, as serve would size it. When the configuration
+// pool when it watches one, as serve would size it, and on stderr the
+// warnings serve would log as it started on it. When the configuration
 // is invalid it prints nothing on stdout and reports every problem on
-// stderr.
-func (a app) printConfig(ctx context.Context, envFile string, markdown bool) error {
+// stderr. With strict, warnings make it return errStrict.
+func (a app) printConfig(ctx context.Context, envFile string, markdown, strict bool) error {
 	if markdown {
 		fmt.Fprint(a.stdout, config.MarkdownTable())
 		return nil
@@ -106,16 +115,24 @@ func (a app) printConfig(ctx context.Context, envFile string, markdown bool) err
 		fmt.Fprintf(a.stderr, "lanegate: %v\n", err)
 		return errReported
 	}
+	var sizeErr error
 	if reader != nil {
 		defer reader.Close()
-		sized, err := sizeFromPool(ctx, cfg, reader)
-		if err != nil {
-			// serve would start on these values too, and warn.
-			fmt.Fprintf(a.stderr, "lanegate: %v\n(the values PgBouncer would give are shown as configured)\n", err)
-		}
-		cfg = sized
+		// On error serve starts on these values too, and warns; so does
+		// this, below.
+		cfg, sizeErr = sizeFromPool(ctx, cfg, reader)
 	}
-	return cfg.Print(a.stdout)
+	if err := cfg.Print(a.stdout); err != nil {
+		return err
+	}
+	warnings := startWarnings(cfg, sizeErr)
+	for _, w := range warnings {
+		fmt.Fprintf(a.stderr, "lanegate: warning: %s\n", w)
+	}
+	if strict && len(warnings) > 0 {
+		return errStrict
+	}
+	return nil
 }
 
 func newLogger(c config.Log, w zapcore.WriteSyncer) (*zap.Logger, error) {

@@ -2,17 +2,19 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
-	"runtime"
-	"runtime/debug"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/lanegate/lanegate/config"
+	"github.com/lanegate/lanegate/metrics"
 )
 
 // usage prints what lanegate does, its commands, its flags and where its
@@ -26,62 +28,116 @@ usage: lanegate [--env-file FILE] [command]
 
 commands:
   serve          run the proxy (the default)
-  config         print the configuration in force, each value with where it came from
-                 (set, default, derived; sized from PgBouncer when LANEGATE_PGBOUNCER_URL is set)
+  config [--strict]
+                 print the configuration in force, each value with where it came from
+                 (set, default, derived; sized from PgBouncer when LANEGATE_PGBOUNCER_URL is set),
+                 and on stderr the warnings serve would log at start;
+                 --strict: exit status 2 when there are any (1 when the configuration is invalid)
   config --markdown
                  print the reference table of every variable
   doctor [--app URL] [--timeout D] [--conn-max-age N|None]
                  check the configuration against PgBouncer's console and the app server;
                  exit status 1 when something must change
   healthcheck    exit 0 when the admin listener's /readyz answers 200, else 1
-                 (for container health checks)
-  version        print the version
+                 (for container health checks; it reads the configuration as serve does)
+  version        print the version (on /metrics: lanegate_build_info)
   help           print this
 
 flags:
 `)
 	fs.PrintDefaults()
 	fmt.Fprintf(w, `
-configuration: %d LANEGATE_* environment variables, read under the optional
---env-file (the environment wins); an unknown LANEGATE_* variable is an error.
-The essentials:
+configuration: %d LANEGATE_* environment variables. The environment wins over
+the env file: --env-file FILE's, else %s when it exists
+(--env-file '' reads none); built-in defaults fill the rest. An unknown
+LANEGATE_* variable is an error. The essentials:
   LANEGATE_LISTEN        client address (:8080)
   LANEGATE_UPSTREAM      the Django app server (http://127.0.0.1:8000)
   LANEGATE_DB_POOL_SIZE  PgBouncer's pool for the app (20); the budget and lanes derive from it
   LANEGATE_PGBOUNCER_URL PgBouncer's admin console, to size from it and follow it
   LANEGATE_ADMIN_LISTEN  /healthz, /readyz, /status, /metrics (127.0.0.1:9090)
 'lanegate config --markdown' lists them all; README.md explains the model.
-`, len(config.Variables()))
+`, len(config.Variables()), defaultEnvFile)
+}
+
+// envFileUsage is --env-file's line in the usage, for every command that
+// takes it.
+var envFileUsage = "dotenv `file` read under the environment (the environment wins); without the flag, " +
+	defaultEnvFile + " when it exists; '' reads none"
+
+// envFileFlag is --env-file: the file named, and whether the flag was
+// given at all, which tells an empty --env-file (read no file) from no
+// flag (read the default file if there is one).
+type envFileFlag struct {
+	path string
+	set  bool
+}
+
+func (f *envFileFlag) String() string {
+	if f == nil {
+		return ""
+	}
+	return f.path
+}
+
+func (f *envFileFlag) Set(s string) error {
+	f.path, f.set = s, true
+	return nil
+}
+
+// envFile is the env file to read, "" for none: the one --env-file names
+// (a missing one is then an error, from config.Load), else the default
+// file when it exists, read exactly as if --env-file had named it. A
+// default file that exists but cannot be read is an error too: only its
+// absence means "none".
+func (a app) envFile(f *envFileFlag) string {
+	if f.set || a.defaultEnvFile == "" {
+		return f.path
+	}
+	if _, err := os.Stat(a.defaultEnvFile); errors.Is(err, fs.ErrNotExist) {
+		return ""
+	}
+	return a.defaultEnvFile
+}
+
+// warning is one thing serve warns of as it starts: a message, and the
+// error behind it when there is one.
+type warning struct {
+	msg string
+	err error
+}
+
+func (w warning) String() string {
+	if w.err == nil {
+		return w.msg
+	}
+	return w.msg + ": " + w.err.Error()
+}
+
+// startWarnings are the warnings serve logs as it starts on cfg, and
+// lanegate config prints: that sizing from PgBouncer's pool failed
+// (sizeErr, when it did), then the configuration's own doubts.
+func startWarnings(cfg config.Config, sizeErr error) []warning {
+	var out []warning
+	if sizeErr != nil {
+		// The watcher keeps trying, and the effective budget follows
+		// the pool's real size once it answers; only the static budget
+		// and the lanes stay as configured.
+		out = append(out, warning{
+			msg: fmt.Sprintf("cannot size from PgBouncer's pool at start; starting on the static configuration (budget %d)", cfg.Limits().Budget),
+			err: sizeErr,
+		})
+	}
+	for _, w := range cfg.Warnings() {
+		out = append(out, warning{msg: "configuration: " + w})
+	}
+	return out
 }
 
 // version says which lanegate this is: the module version and VCS
-// revision the binary was built from, when the build recorded them.
-func version() string {
-	v, rev, dirty := "(devel)", "", ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				rev = s.Value
-				if len(rev) > 12 {
-					rev = rev[:12]
-				}
-			case "vcs.modified":
-				if s.Value == "true" {
-					dirty = "+modified"
-				}
-			}
-		}
-	}
-	out := "lanegate " + v
-	if rev != "" {
-		out += " (" + rev + dirty + ")"
-	}
-	return out + " " + runtime.Version()
-}
+// revision the binary was built from, when the build recorded them. It is
+// what /metrics exports as lanegate_build_info.
+func version() string { return metrics.ReadBuild().String() }
 
 // healthTimeout bounds healthcheck's request: a container runtime runs it
 // every few seconds and must not pile them up.

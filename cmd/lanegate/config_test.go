@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,8 +79,8 @@ func TestConfigPrintsEveryVariable(t *testing.T) {
 	if err != nil {
 		t.Fatalf("config: got error %v, want none; stderr:\n%s", err, stderr)
 	}
-	if stderr != "" && !strings.HasPrefix(stderr, "lanegate: reading PgBouncer's console: ") {
-		t.Errorf("config: got stderr %q, want none but the console's refusal", stderr)
+	if want := "lanegate: warning: cannot size from PgBouncer's pool at start; starting on the static configuration (budget 12): reading PgBouncer's console: "; !strings.HasPrefix(stderr, want) {
+		t.Errorf("config: got stderr %q, want only the warning of the console's refusal, as serve's", stderr)
 	}
 	for _, s := range secrets {
 		if strings.Contains(stderr, s) {
@@ -186,6 +188,27 @@ func TestCommandLineErrors(t *testing.T) {
 			args:    []string{"--env-file", missing},
 			stderrs: []string{missing},
 		},
+		{
+			name:    "missing env file with healthcheck",
+			args:    []string{"--env-file", missing, "healthcheck"},
+			stderrs: []string{missing},
+		},
+		{
+			name:    "missing env file with doctor",
+			args:    []string{"doctor", "--env-file", missing},
+			stderrs: []string{missing},
+		},
+		{
+			// It would look like a check that passed.
+			name:    "--strict when serving",
+			args:    []string{"--strict", "serve"},
+			stderrs: []string{"--strict applies to the config command"},
+		},
+		{
+			name:    "--strict with healthcheck",
+			args:    []string{"healthcheck", "--strict"},
+			stderrs: []string{"--strict applies to the config command"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -249,7 +272,7 @@ func TestHelp(t *testing.T) {
 			if !strings.Contains(stderr, "usage: lanegate") || !strings.Contains(stderr, "-env-file") {
 				t.Errorf("stderr does not show the usage and flags:\n%s", stderr)
 			}
-			for _, want := range []string{"doctor", "healthcheck", "LANEGATE_DB_POOL_SIZE", "config --markdown"} {
+			for _, want := range []string{"doctor", "healthcheck", "LANEGATE_DB_POOL_SIZE", "config --markdown", "--strict", "-strict", defaultEnvFile, "--env-file ''"} {
 				if !strings.Contains(stderr, want) {
 					t.Errorf("usage does not mention %s:\n%s", want, stderr)
 				}
@@ -300,5 +323,174 @@ func TestDialable(t *testing.T) {
 		if got := dialable(in); got != want {
 			t.Errorf("dialable(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// warningEnv is a valid configuration that serve warns about at start: a
+// bound on buffered bodies below one body's size.
+var warningEnv = []string{"LANEGATE_BUFFER_BODY_BYTES=65536", "LANEGATE_BUFFER_BODY_TOTAL_BYTES=1000"}
+
+// config prints the warnings serve would log at start, on stderr; with
+// --strict they make its exit status 2, and without any it is 0.
+func TestConfigStrict(t *testing.T) {
+	cfg, err := config.Load(config.LoadOptions{Environ: warningEnv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warnings := startWarnings(cfg, nil)
+	if len(warnings) == 0 {
+		t.Fatalf("%v: no warning; the test needs one", warningEnv)
+	}
+	for _, tt := range []struct {
+		name     string
+		env      []string
+		args     []string
+		warnings bool
+		code     int
+	}{
+		{"clean", nil, []string{"config"}, false, 0},
+		{"clean, strict", nil, []string{"config", "--strict"}, false, 0},
+		{"warnings", warningEnv, []string{"config"}, true, 0},
+		{"warnings, strict", warningEnv, []string{"config", "--strict"}, true, 2},
+		{"warnings, strict before the command", warningEnv, []string{"--strict", "config"}, true, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, err := runOnce(t, tt.env, tt.args...)
+			if got := exitCode(err); got != tt.code {
+				t.Errorf("exit status %d (error %v), want %d; stderr:\n%s", got, err, tt.code, stderr)
+			}
+			if err != nil && !errors.Is(err, errReported) {
+				t.Errorf("error %v: want it explained on stderr (errReported)", err)
+			}
+			// The configuration is printed whatever the verdict.
+			if vals := printed(t, stdout); vals["LANEGATE_LISTEN"] != ":8080" {
+				t.Errorf("stdout does not print the configuration:\n%s", stdout)
+			}
+			var want strings.Builder
+			if tt.warnings {
+				for _, w := range warnings {
+					want.WriteString("lanegate: warning: " + w.String() + "\n")
+				}
+			}
+			if stderr != want.String() {
+				t.Errorf("stderr:\n%s\nwant:\n%s", stderr, want.String())
+			}
+		})
+	}
+}
+
+// serve logs at start the very warnings config prints.
+func TestServeLogsConfigWarnings(t *testing.T) {
+	ctx := testContext(t)
+	up := newUpstream(t)
+	env := environ(up.URL, warningEnv...)
+	_, printedWarnings, err := runOnce(t, env, "config")
+	if err != nil || printedWarnings == "" {
+		t.Fatalf("config: error %v, stderr %q; want warnings", err, printedWarnings)
+	}
+	in := start(ctx, t, env)
+	in.cancel()
+	if err := in.wait(ctx, t); err != nil {
+		t.Fatal(err)
+	}
+	var logged []string
+	for line := range strings.SplitSeq(in.stderr.String(), "\n") {
+		var entry struct{ Level, Msg string }
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.Level == "warn" {
+			logged = append(logged, "lanegate: warning: "+entry.Msg+"\n")
+		}
+	}
+	if got := strings.Join(logged, ""); got != printedWarnings {
+		t.Errorf("serve warned:\n%s\nconfig printed:\n%s", got, printedWarnings)
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	for err, want := range map[error]int{
+		nil:                                 0,
+		errReported:                         1,
+		errors.New("listen: busy"):          1,
+		errStrict:                           2,
+		fmt.Errorf("config: %w", errStrict): 2,
+	} {
+		if got := exitCode(err); got != want {
+			t.Errorf("exitCode(%v) = %d, want %d", err, got, want)
+		}
+	}
+}
+
+// runWithDefault runs a command of an app whose default env file is
+// defaultFile, as the binary's is /etc/lanegate/lanegate.env.
+func runWithDefault(t *testing.T, defaultFile string, env []string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	out, errOut := newLogBuffer(), newLogBuffer()
+	a := app{
+		stdout:         out,
+		stderr:         errOut,
+		environ:        env,
+		defaultEnvFile: defaultFile,
+		started:        func(listenAddrs) { t.Errorf("%q: started serving, want it to return", args) },
+	}
+	err = a.run(testContext(t), args)
+	return out.String(), errOut.String(), err
+}
+
+// The default env file, when it exists, is read exactly as --env-file
+// would read it, under the environment; when it does not, nothing is.
+// --env-file names another file instead, or, empty, none.
+func TestDefaultEnvFile(t *testing.T) {
+	dir := t.TempDir()
+	def := filepath.Join(dir, "lanegate.env")
+	writeFile(t, def, "LANEGATE_BUDGET=7\nLANEGATE_LOG_LEVEL=debug\n")
+	other := filepath.Join(dir, "other.env")
+	writeFile(t, other, "LANEGATE_BUDGET=5\n")
+	bad := filepath.Join(dir, "bad.env")
+	writeFile(t, bad, "LANEGATE_BUDGTE=7\n")
+	absent := filepath.Join(dir, "absent.env")
+	for _, tt := range []struct {
+		name       string
+		defaultEnv string
+		env        []string
+		args       []string
+		budget     string // "" when it must fail
+		level      string
+		from       string // the file the output says values came from, if any
+		stderr     string
+	}{
+		{name: "default read", defaultEnv: def, args: []string{"config"}, budget: "7", level: "debug", from: def},
+		{name: "environment wins", defaultEnv: def, env: []string{"LANEGATE_BUDGET=9"}, args: []string{"config"}, budget: "9", level: "debug", from: def},
+		{name: "default absent", defaultEnv: absent, args: []string{"config"}, budget: "16", level: "info"},
+		{name: "--env-file instead", defaultEnv: def, args: []string{"--env-file", other, "config"}, budget: "5", level: "info", from: other},
+		{name: "--env-file after the command", defaultEnv: def, args: []string{"config", "--env-file", other}, budget: "5", level: "info", from: other},
+		{name: "--env-file '' reads none", defaultEnv: def, args: []string{"--env-file", "", "config"}, budget: "16", level: "info"},
+		{name: "--env-file= reads none", defaultEnv: def, args: []string{"--env-file=", "config"}, budget: "16", level: "info"},
+		{name: "explicit default path", defaultEnv: def, args: []string{"--env-file", def, "config"}, budget: "7", level: "debug", from: def},
+		{name: "invalid default fails as --env-file does", defaultEnv: bad, args: []string{"config"}, stderr: "LANEGATE_BUDGTE in " + bad},
+		{name: "missing --env-file fails even with a default", defaultEnv: def, args: []string{"--env-file", absent, "config"}, stderr: absent},
+		{name: "doctor reads the default", defaultEnv: bad, args: []string{"doctor"}, stderr: "LANEGATE_BUDGTE in " + bad},
+		{name: "healthcheck reads the default", defaultEnv: bad, args: []string{"healthcheck"}, stderr: "LANEGATE_BUDGTE in " + bad},
+		{name: "serve reads the default", defaultEnv: bad, args: []string{"serve"}, stderr: "LANEGATE_BUDGTE in " + bad},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, err := runWithDefault(t, tt.defaultEnv, tt.env, tt.args...)
+			if tt.budget == "" {
+				if !errors.Is(err, errReported) || !strings.Contains(stderr, tt.stderr) {
+					t.Errorf("error %v, stderr:\n%s\nwant a failure naming %q", err, stderr, tt.stderr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("error %v; stderr:\n%s", err, stderr)
+			}
+			vals := printed(t, stdout)
+			if vals["LANEGATE_BUDGET"] != tt.budget || vals["LANEGATE_LOG_LEVEL"] != tt.level {
+				t.Errorf("LANEGATE_BUDGET=%s LANEGATE_LOG_LEVEL=%s, want %s and %s", vals["LANEGATE_BUDGET"], vals["LANEGATE_LOG_LEVEL"], tt.budget, tt.level)
+			}
+			for _, f := range []string{def, other} {
+				if says := strings.Contains(stdout, "set in "+f); says != (f == tt.from) {
+					t.Errorf("output says values came from %s: %v, want %v:\n%s", f, says, f == tt.from, stdout)
+				}
+			}
+		})
 	}
 }

@@ -17,10 +17,10 @@ import (
 // returns errReported (exit status 1) when any is a FAIL; warnings alone
 // exit 0. args are the words after "doctor"; --env-file may be given
 // there too.
-func (a app) doctor(ctx context.Context, envFile string, args []string) error {
+func (a app) doctor(ctx context.Context, envFile *envFileFlag, args []string) error {
 	fs := flag.NewFlagSet("lanegate doctor", flag.ContinueOnError)
 	fs.SetOutput(a.stderr)
-	fs.StringVar(&envFile, "env-file", envFile, "dotenv `file` read before the environment (the environment wins)")
+	fs.Var(envFile, "env-file", envFileUsage)
 	appURL := fs.String("app", "", "the app server's own `URL` (gunicorn's, as LANEGATE_UPSTREAM, with the path to request), probed for free worker threads; it holds as many threads as the budget for up to --timeout")
 	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "longest wait for each read of PgBouncer's console and each answer of the app probe")
 	var connMaxAge doctor.ConnMaxAge
@@ -55,7 +55,8 @@ func (a app) doctor(ctx context.Context, envFile string, args []string) error {
 		opts.App = u
 	}
 
-	cfg, err := config.Load(config.LoadOptions{EnvFile: envFile, Environ: a.environ})
+	file := a.envFile(envFile)
+	cfg, err := config.Load(config.LoadOptions{EnvFile: file, Environ: a.environ})
 	if err != nil {
 		fmt.Fprintf(a.stderr, "lanegate: invalid configuration:\n%v\n", err)
 		return errReported
@@ -76,8 +77,8 @@ func (a app) doctor(ctx context.Context, envFile string, args []string) error {
 
 	report := doctor.Run(ctx, opts)
 	source := "the environment"
-	if envFile != "" {
-		source = envFile
+	if file != "" {
+		source = file
 	}
 	fmt.Fprintf(a.stdout, "lanegate doctor — configuration from %s\n", source)
 	if err := report.Write(a.stdout); err != nil {

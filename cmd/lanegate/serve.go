@@ -36,16 +36,9 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	if err != nil {
 		return err
 	}
+	var sizeErr error // warned of once started (see startWarnings)
 	if reader != nil {
-		sized, err := sizeFromPool(ctx, cfg, reader)
-		if err != nil {
-			// The watcher keeps trying, and the effective budget
-			// follows the pool's real size once it answers; only the
-			// static budget and the lanes stay as configured.
-			log.Warn("cannot size from PgBouncer's pool at start; starting on the static configuration",
-				zap.Error(err), zap.Int("budget", cfg.Limits().Budget))
-		}
-		cfg = sized
+		cfg, sizeErr = sizeFromPool(ctx, cfg, reader)
 	}
 
 	s, err := build(cfg, log, reader) // closes reader if it fails
@@ -65,7 +58,7 @@ func (a app) serve(ctx context.Context, cfg config.Config, envFile string) error
 	}
 	errc := s.start()
 	s.watch(context.Background(), cfg)
-	s.announce(cfg)
+	s.announce(cfg, envFile, sizeErr)
 	if a.started != nil {
 		a.started(listenAddrs{Proxy: s.ln.Addr().String(), Admin: s.adminLn.Addr().String()})
 	}
@@ -230,19 +223,21 @@ func (s *server) start() <-chan error {
 	return errc
 }
 
-// announce logs the start and the configuration's warnings.
-func (s *server) announce(cfg config.Config) {
+// announce logs the start, with the env file read ("" for none), and the
+// warnings lanegate config prints too.
+func (s *server) announce(cfg config.Config, envFile string, sizeErr error) {
 	s.log.Info("lanegate started",
 		zap.String("listen", s.ln.Addr().String()),
 		zap.String("admin", s.adminLn.Addr().String()),
+		zap.String("env_file", envFile),
 		zap.String("upstream", cfg.Upstream.URL.String()),
 		zap.String("mode", string(cfg.Admission.Mode)),
 		zap.Int("budget", cfg.Limits().Budget),
 		zap.Bool("tls", cfg.Server.TLSCertFile != ""),
 		zap.String("session_store", cfg.Session.Store),
 	)
-	for _, w := range cfg.Warnings() {
-		s.log.Warn("configuration: " + w)
+	for _, w := range startWarnings(cfg, sizeErr) {
+		s.log.Warn(w.msg, zap.Error(w.err)) // no field when err is nil
 	}
 }
 
