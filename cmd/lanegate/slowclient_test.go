@@ -113,8 +113,10 @@ func TestSlowReadersHoldNoSlot(t *testing.T) {
 	in := start(ctx, t, environ(up.URL,
 		"LANEGATE_BUDGET=2", "LANEGATE_CORE_MAX=1", "LANEGATE_ACCESS_LOG=false",
 		"LANEGATE_RESPONSE_BUFFER_BYTES=8388608", "LANEGATE_RESPONSE_BUFFER_TOTAL_BYTES=536870912",
-		// They all arrive at once: room for them to wait their turn.
-		"LANEGATE_CORE_QUEUE=64"))
+		// They all arrive at once: room for them to wait their turn,
+		// and time, on a machine busy enough that fifty 8 MB responses
+		// one at a time take longer than the default 5 s.
+		"LANEGATE_CORE_QUEUE=64", "LANEGATE_CORE_QUEUE_TIMEOUT=60s"))
 	c := newClient(t)
 	idle := pages(ctx, t, c, in, 40)
 
