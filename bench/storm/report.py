@@ -1574,11 +1574,11 @@ def terminal_summary(run_dir, modes):
     lines = [f"{m0.env.get('USERS', '?')} users logging in at {m0.env.get('SPAWN_RATE', '?')}/s, then browsing, "
              f"{m0.env.get('DURATION', '?')} s per mode{limit}", ""]
     lines.append(text_table([""] + [md.name for md in modes], terminal_rows(modes)))
-    shared = [f"{100 * m.m['foreign_share']:.0f} % during {m.name}" for m in modes
-              if (m.m.get("foreign_share") or 0) > 0.05]
+    shared = [f"{100 * m.m['foreign_share']:.0f} % during {m.name} ({', '.join(n for n, _ in m.m['foreign_top'])})"
+              for m in modes if (m.m.get("foreign_share") or 0) > 0.05]
     if shared:
-        lines += ["", "WARNING: other processes used the machine's CPU (" + ", ".join(shared)
-                  + "): those columns are skewed."]
+        lines += ["", "WARNING: other processes used the machine's CPU: " + "; ".join(shared)
+                  + ". Those columns are skewed."]
     report = os.path.join(run_dir, "report.md")
     if not os.path.relpath(report).startswith(".."):
         report = os.path.relpath(report)
