@@ -5,7 +5,7 @@ ENV     ?= deploy/env/development.env
 PKGS    := ./...
 BENCHTIME ?= 1s
 
-.PHONY: run test test-go test-django vet build config bench bench-overhead bench-storm bench-storm-chaos chaos fuzz soak clean
+.PHONY: run test test-go test-django vet build config demo bench bench-overhead bench-storm bench-storm-chaos chaos fuzz soak clean
 
 ## run: start lanegate on :8080 in front of a Django app on 127.0.0.1:8000
 run:
@@ -38,6 +38,10 @@ build:
 ## config: print the effective configuration for ENV
 config:
 	$(GO) run ./cmd/lanegate --env-file $(ENV) config
+
+## demo: about 4 minutes, as root on Debian: a short login storm straight at Django and through lanegate, the side-by-side table, then lanegate's live page for DEMO_HOLD (60) seconds
+demo:
+	bench/demo/run
 
 ## bench: Go micro-benchmarks of the hot path (compare runs with benchstat)
 bench:

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Report of one storm benchmark run (bench/storm/run).
 
-Usage: /usr/bin/python3 bench/storm/report.py RUN_DIR [--publish [DEST]] [--check-smoke]
+Usage: /usr/bin/python3 bench/storm/report.py RUN_DIR [--publish [DEST]] [--check-smoke] [--summary]
 
 Reads RUN_DIR/run.env and, per mode, RUN_DIR/<mode>/ (mode.env, Locust's CSV
 files, the locustfile's requests.csv and logins.csv, pools.tsv polled from
@@ -15,6 +15,8 @@ stats and failures CSVs) into bench/results/<run timestamp>/, or DEST.
 --check-smoke also prints a verdict for the CI smoke and exits 1 when any
 mode shows a query_wait_timeout, a 5xx that is not a shed with Retry-After, a
 503/429 without Retry-After, or no successful login at all.
+--summary prints, instead of the report, the side-by-side figures as a
+plain-text table for a terminal (what `make demo` shows).
 """
 
 import bisect
@@ -1517,8 +1519,71 @@ def summary_rows(modes):
             lambda m: f"{ms(m['core_p95_storm'])} / {ms(m['core_p95_steady'])} "
                       f"({ratio(m['core_p95_storm'], m['core_p95_steady'])})"),
         row("answered OK, req/s (÷ `haproxy`'s)",
-            lambda m: f"{num(m['ok_rate'], '{:.1f}')} ({ratio(m['ok_rate'], hap['ok_rate']) if hap else '–'})"),
+            lambda m: f"{num(m['ok_rate'], '{:.1f}')} ({ratio(m['ok_rate'], hap['ok_rate'])})")
+        if hap else row("answered OK, req/s", lambda m: num(m["ok_rate"], "{:.1f}")),
     ] + fleet_ratio_rows(modes)
+
+
+def terminal_rows(modes):
+    """The side-by-side figures for a terminal (--summary): the Summary's, the incident's symptoms
+    (query_wait_timeout, clients waiting in PgBouncer) and the answers that asked to wait, under
+    labels short enough for one screen."""
+    M = [md.m for md in modes]
+
+    def row(label, f):
+        return [label] + [f(m) for m in M]
+
+    def ttl(m):
+        if m["ttl_all_p95"] is None:
+            return "–"
+        ge = "≥ " if m["ttl_censored"] else ""
+        return f"{ge}{sec(m['ttl_all_p95'])} / {sec(m['fifo_p95'])}"
+
+    return [
+        row("HTTP 5xx (not a shed with Retry-After)", lambda m: num(m["5xx"])),
+        row("query_wait_timeout in PgBouncer's log", lambda m: num(m["pgb_qwt"])),
+        row("peak clients waiting in PgBouncer", lambda m: num(m["cl_waiting_peak"])),
+        row("asked to wait or retry (waiting room, sheds)", lambda m: num(m["shed"])),
+        row("users logged in by the end", lambda m: f"{m['logged_in']} / {m['users']}"),
+        row("time to log in p95 / first come, first served", ttl),
+        row("users overtaken by a later arrival", lambda m: pct1(m["overtaken"])),
+        row("core p95 during the logins / after them",
+            lambda m: f"{ms(m['core_p95_storm'])} / {ms(m['core_p95_steady'])}"),
+        row("requests/s answered / answered OK",
+            lambda m: (f"{m['throughput']:.1f} / {m['ok_rate']:.1f}" if m["throughput"] is not None else "–")),
+    ]
+
+
+def text_table(header, rows):
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    out = []
+    for r in [header] + rows:
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def terminal_summary(run_dir, modes):
+    """What --summary prints: the run in a line, the side-by-side table, and where the report is."""
+    run = read_env(os.path.join(run_dir, "run.env"))
+    m0 = modes[0]
+    cpus = fnum(run.get("APP_CPUS")) or fnum(run.get("NPROC"))
+    hash_s = fnum(run.get("HASH_SECONDS"))
+    limit = f"; at most {cpus / hash_s:.2f} logins/s on {cpus:.0f} cores" if cpus and hash_s else ""
+    lines = [f"{m0.env.get('USERS', '?')} users logging in at {m0.env.get('SPAWN_RATE', '?')}/s, then browsing, "
+             f"{m0.env.get('DURATION', '?')} s per mode{limit}", ""]
+    lines.append(text_table([""] + [md.name for md in modes], terminal_rows(modes)))
+    shared = [f"{100 * m.m['foreign_share']:.0f} % during {m.name} ({', '.join(n for n, _ in m.m['foreign_top'])})"
+              for m in modes if (m.m.get("foreign_share") or 0) > 0.05]
+    if shared:
+        lines += ["", "WARNING: other processes used the machine's CPU: " + "; ".join(shared)
+                  + ". Those columns are skewed."]
+    report = os.path.join(run_dir, "report.md")
+    if not os.path.relpath(report).startswith(".."):
+        report = os.path.relpath(report)
+    lines += ["", f"Full report: {report}"]
+    return "\n".join(lines)
 
 
 def md_table(modes, rows):
@@ -2016,9 +2081,14 @@ def main(argv):
     ap.add_argument("--check-smoke", action="store_true",
                     help="exit 1 on any query_wait_timeout, non-shed 5xx, or shed without Retry-After")
     ap.add_argument("--quiet", action="store_true", help="do not print the report")
+    ap.add_argument("--summary", action="store_true",
+                    help="print the side-by-side figures as a plain-text table instead of the report "
+                         "(report.md is written all the same)")
     a = ap.parse_args(argv)
     text, modes, pictures = build(a.run_dir)
-    if not a.quiet:
+    if a.summary and not a.quiet:
+        print(terminal_summary(a.run_dir, modes))
+    elif not a.quiet:
         print(text)
     if a.publish is not None:
         dest = a.publish
