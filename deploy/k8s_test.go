@@ -3,7 +3,9 @@ package deploy
 import (
 	"bytes"
 	"maps"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -275,5 +277,86 @@ func TestKubernetesFleetOverlay(t *testing.T) {
 	}
 	if p.from["LANEGATE_REDIS_URL"] != "secret" {
 		t.Errorf("%s: LANEGATE_REDIS_URL from %q, want the Secret (it holds a password)", k.dir, p.from["LANEGATE_REDIS_URL"])
+	}
+}
+
+// The monitoring component, added to the base: its ServiceMonitor selects
+// the admin Service, which selects the base's pods by their admin port, and
+// reads /metrics with the admin token from the Secret the base uses.
+func TestKubernetesMonitoringComponent(t *testing.T) {
+	kubectl := tool(t, "kubectl", "", "the kustomizations")
+	dir := t.TempDir()
+	rel := func(p string) string {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := filepath.Rel(dir, abs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - " + rel("k8s/base") +
+		"\ncomponents:\n  - " + rel("k8s/components/monitoring") + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	r := kustomized{dir: "k8s/base + k8s/components/monitoring", docs: yamlDocs(t, dir, bytes.NewReader(out))}
+
+	sm := r.one(t, "ServiceMonitor")
+	svc := r.named("Service", "lanegate-admin")
+	if svc == nil {
+		t.Fatalf("%s: no Service lanegate-admin", r.dir)
+	}
+	labels := func(m any) map[string]string {
+		out := map[string]string{}
+		mm, _ := m.(map[string]any)
+		for k, v := range mm {
+			out[k], _ = v.(string)
+		}
+		return out
+	}
+	subset := func(a, b map[string]string) bool {
+		for k, v := range a {
+			if b[k] != v {
+				return false
+			}
+		}
+		return len(a) > 0
+	}
+	if sel, have := labels(get(sm, "spec", "selector", "matchLabels")), labels(get(svc, "metadata", "labels")); !subset(sel, have) {
+		t.Errorf("%s: the ServiceMonitor selects %v, the admin Service is labelled %v", r.dir, sel, have)
+	}
+	pods := labels(get(r.one(t, "Deployment"), "spec", "template", "metadata", "labels"))
+	if sel := labels(get(svc, "spec", "selector")); !subset(sel, pods) {
+		t.Errorf("%s: the admin Service selects %v, the pods are labelled %v", r.dir, sel, pods)
+	}
+	if s := str(svc, "spec", "clusterIP"); s != "None" {
+		t.Errorf("%s: the admin Service has clusterIP %q, want None: each pod is scraped on its own", r.dir, s)
+	}
+	p := lanegatePod(t, r, "k8s/base/secrets.env.example")
+	eps, _ := get(sm, "spec", "endpoints").([]any)
+	if len(eps) != 1 {
+		t.Fatalf("%s: %d ServiceMonitor endpoints, want 1", r.dir, len(eps))
+	}
+	ep := eps[0].(map[string]any)
+	if str(ep, "port") != "admin" || str(ep, "path") != "/metrics" {
+		t.Errorf("%s: the ServiceMonitor scrapes port %q path %q, want admin /metrics", r.dir, str(ep, "port"), str(ep, "path"))
+	}
+	ports, _ := get(svc, "spec", "ports").([]any)
+	if len(ports) != 1 || str(ports[0].(map[string]any), "name") != "admin" || str(ports[0].(map[string]any), "targetPort") != "admin" {
+		t.Errorf("%s: the admin Service's ports %v, want one named admin targeting the container's admin port", r.dir, ports)
+	}
+	if !strings.HasSuffix(p.cfg.Admin.Listen, ":"+str(ports[0].(map[string]any), "port")) {
+		t.Errorf("%s: the admin Service's port %s is not lanegate's admin listener %s", r.dir, str(ports[0].(map[string]any), "port"), p.cfg.Admin.Listen)
+	}
+	if str(ep, "authorization", "type") != "Bearer" || str(ep, "authorization", "credentials", "key") != "LANEGATE_ADMIN_TOKEN" ||
+		p.from["LANEGATE_ADMIN_TOKEN"] != "secret" || str(ep, "authorization", "credentials", "name") != "lanegate-secrets" {
+		t.Errorf("%s: the ServiceMonitor's authorization %v, want the admin token from the Secret the pods read it from", r.dir, get(ep, "authorization"))
 	}
 }
