@@ -399,3 +399,84 @@ func TestFallbackShares(t *testing.T) {
 		}
 	}
 }
+
+// One replica of three is cut off from Redis in the middle of a storm
+// spread round-robin, for three leases: it keeps its share cut to what it
+// has in flight, then admits under its fallback share (the fleet's limits ÷
+// the 3 members it knew), which the fleet keeps counted for it
+// (KeepFallback), so the replicas together never admit more than the
+// budget. Once Redis answers again it rejoins and the fleet's budget is
+// whole. And while Redis restarts empty under all three, the same holds:
+// each falls back, and the fleet relearns before any share grows.
+func TestFleetWithinBudgetThroughRedisFaults(t *testing.T) {
+	srv := redistest.Start(t)
+	fp := redistest.NewFaultProxy(t, srv.Addr())
+	const lease = 600 * time.Millisecond
+	keep := KeepFallback(10 * lease)
+	direct, err := NewLeases(newClient(t, srv.Addr()), "faults", lease, clockwork.NewRealClock(), keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxied, err := NewLeases(newClient(t, fp.Addr()), "faults", lease, clockwork.NewRealClock(), keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lim := stormFleetLimits()
+	rs := []*replica{
+		startReplica(t, direct, "a", lim),
+		startReplica(t, direct, "b", lim),
+		startReplica(t, proxied, "c", lim),
+	}
+	eventually(t, 5*time.Second, "the fleet's first grants", func() bool {
+		for _, r := range rs {
+			if r.co.Status().Grant.Budget == 0 || r.co.Status().Members != 3 {
+				return false
+			}
+		}
+		return true
+	})
+
+	var p pool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		storm(t, &p, rs, 24, 3*lease+3*time.Second, func(i, n int) *replica { return rs[(i+n)%3] })
+	}()
+	// Let the storm settle, then cut c off for three leases.
+	eventually(t, 2*time.Second, "the storm under way", func() bool { return p.served.Load() > 200 })
+	fp.Cut()
+	eventually(t, 3*lease, "c on its fallback share", func() bool { return rs[2].co.Status().Degraded() })
+	eventually(t, 3*lease, "c admitting under its fallback share", func() bool {
+		return rs[2].ctrl.InFlight() > 0
+	})
+	cutPeak := p.peak.Load()
+	time.AfterFunc(2*lease, fp.Heal) // the cut lasts a while longer
+	eventually(t, 4*lease+2*time.Second, "c back in the fleet", func() bool {
+		return rs[2].co.Status().State == StateOK
+	})
+	<-done
+	if peak := p.peak.Load(); peak > 8 {
+		t.Fatalf("with a replica cut off from Redis: %d in flight at once across the fleet, budget 8 (%d by the time it fell back)", peak, cutPeak)
+	}
+
+	// Redis restarts empty under all three.
+	done = make(chan struct{})
+	go func() {
+		defer close(done)
+		storm(t, &p, rs, 24, 4*lease+2*time.Second, func(i, n int) *replica { return rs[(i+n)%3] })
+	}()
+	srv.Restart()
+	eventually(t, 4*lease+2*time.Second, "the fleet renewing again after Redis restarted", func() bool {
+		for _, r := range rs {
+			if st := r.co.Status(); st.State != StateOK || st.At.IsZero() {
+				return false
+			}
+		}
+		return true
+	})
+	<-done
+	if peak := p.peak.Load(); peak > 8 {
+		t.Fatalf("through a Redis restart: %d in flight at once across the fleet, budget 8", peak)
+	}
+	t.Logf("peak %d of 8 with a replica cut off for %s and through a Redis restart; %d requests served", p.peak.Load(), 3*lease, p.served.Load())
+}

@@ -99,7 +99,11 @@
 //
 //   - A member that admits past its lease (the fallback below) does so
 //     outside the fleet's accounting: its in flight counts again only when
-//     it renews, and renewals grow nothing into the excess.
+//     it renews, and renewals grow nothing into the excess. With
+//     KeepFallback(d), the fleet counts such a member (a ghost) as holding
+//     its fallback share, or its last reported in flight if more, for d
+//     past its lease, so a member cut off for less than d stays within the
+//     sums; past d, or without the option, it does not.
 //   - A Redis that fails over with asynchronous replication may come back
 //     without the last renewals. The member that made one notices at its
 //     next renewal (it holds more than the fleet says) and the fleet

@@ -64,9 +64,12 @@ type Leases struct {
 	lease     time.Duration
 	clock     clockwork.Clock
 	clockTime bool
-	renew     *redis.Script
-	read      *redis.Script
-	leave     *redis.Script
+	// fallbackFor is how long a member whose lease ran out still counts
+	// as holding its fallback share (see KeepFallback).
+	fallbackFor time.Duration
+	renew       *redis.Script
+	read        *redis.Script
+	leave       *redis.Script
 	// line holds the login line's keys, of which the renewal reads the
 	// waiting logins and where they wait.
 	line []string
@@ -86,6 +89,16 @@ type Option func(*Leases)
 // ahead of the others' expires their leases early and grows into capacity
 // they still hold.
 func ClockTime() Option { return func(l *Leases) { l.clockTime = true } }
+
+// KeepFallback makes the fleet count a member whose lease ran out as
+// holding its fallback share (the fleet's limits ÷ the members it knew)
+// for d more: it may be alive and cut off from Redis, admitting under that
+// share, and the others then do not grow into it. A member that died
+// frees it after d, the rest of its share after the lease as before. Zero,
+// the default, counts nothing past the lease: the others take the whole
+// share at once, and a member cut off from Redis past its lease admits
+// beside them under its fallback share, beyond the fleet's budget.
+func KeepFallback(d time.Duration) Option { return func(l *Leases) { l.fallbackFor = max(d, 0) } }
 
 // NewLeases returns the leases of the fleet named fleet, kept in Redis
 // through client, lasting lease each (rounded up to whole milliseconds).
@@ -169,7 +182,7 @@ func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand,
 	if l.clockTime {
 		now = strconv.FormatInt(start.UnixMilli(), 10)
 	}
-	args := make([]any, 0, 25)
+	args := make([]any, 0, 26)
 	args = append(args, memberPrefix+member, now, l.lease.Milliseconds(), lim.Budget)
 	for ln := range lanes {
 		args = append(args, lim.Lane[ln].Reserved, lim.Lane[ln].Max)
@@ -178,7 +191,7 @@ func (l *Leases) Renew(ctx context.Context, member string, lim Limits, d Demand,
 		args = append(args, d[ln].InFlight, d[ln].Queued, held.Lane[ln].Max)
 	}
 	args = append(args, int(admission.Core), perKilo(p.Completions), perKilo(p.Arrivals),
-		perKilo(lim.Login.Rate), max(lim.Login.Burst, 0), int(admission.Login))
+		perKilo(lim.Login.Rate), max(lim.Login.Burst, 0), int(admission.Login), millis(l.fallbackFor))
 
 	res, err := l.renew.Run(ctx, l.client, []string{l.key, l.line[1], l.line[2]}, args...).Int64Slice()
 	if err == nil && len(res) != 2*lanes+8 {

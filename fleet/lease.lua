@@ -17,6 +17,8 @@
 -- ARGV[23]      the fleet's login rate, per 1000 s; 0 for none
 -- ARGV[24]      the fleet's login burst
 -- ARGV[25]      the login lane (0-based)
+-- ARGV[26]      how long, in ms, a member whose lease ran out is still
+--               counted as holding its fallback share (0: not at all)
 --
 -- Returns {max, reserved of lane 0, of 1, of 2, members, expires, now,
 -- learning (1 or 0), the fleet's login completions per 1000 s, the
@@ -149,10 +151,15 @@ local myDone, myArrived = arg(21), arg(22)
 local loginRate, loginBurst = arg(23), arg(24)
 local LOGIN = arg(25) + 1
 
--- Read the fleet; drop the members whose lease has run out.
+-- Read the fleet; drop the members whose lease has run out, but keep,
+-- for the fallback period, those lost lately as ghosts: such a member may
+-- be alive and cut off from Redis, admitting under its fallback share
+-- (the fleet's limits ÷ the members it knew), so that share stays counted
+-- as held until the period ends. A member that died frees it then.
+local fallbackFor = arg(26)
 local all = redis.call('HGETALL', key)
-local epoch, mine = nil, nil
-local others, expired = {}, {}
+local epoch, mine, mineGhost = nil, nil, false
+local others, expired, ghosts = {}, {}, {}
 for k = 1, #all, 2 do
   local f, v = all[k], all[k + 1]
   if f == 'epoch' then
@@ -162,10 +169,12 @@ for k = 1, #all, 2 do
     if e == nil then
       return redis.error_reply('fleet: unreadable lease ' .. f .. ': ' .. v)
     end
-    if e[2] <= now then
+    if e[2] <= now and now >= e[2] + fallbackFor then
       expired[#expired + 1] = f
     elseif f == field then
-      mine = e
+      mine, mineGhost = e, e[2] <= now
+    elseif e[2] <= now then
+      ghosts[#ghosts + 1] = { f, e }
     else
       others[#others + 1] = { f, e }
     end
@@ -179,11 +188,31 @@ end
 -- writes (a wiped or failed-over Redis); so does a fleet without an epoch.
 -- Until one lease has passed since, members may have grants the fleet does
 -- not know, so nobody grows: each keeps at most what it holds.
+-- A ghost's fallback share per lane, as the member computes it: the
+-- budget ÷ the members, each lane's max ÷ the members, at least one slot
+-- in a lane that has any, within that budget.
+local known = #others + 1 + #ghosts
+local fallback = {}
+do
+  local fb = math.max(1, idiv(budget, known))
+  for l = 1, LANES do
+    local m = idiv(M[l], known)
+    if M[l] > 0 then
+      m = math.max(m, 1)
+    end
+    fallback[l] = math.min(m, fb)
+  end
+end
+
 local lost = epoch == nil
 for l = 1, LANES do
   local had = 0
   if mine ~= nil then
     had = math.max(mine[GRANTED + l], mine[INFLIGHT + l])
+    if mineGhost then
+      -- Back from its fallback share, which the fleet kept for it.
+      had = math.max(had, fallback[l])
+    end
   end
   if held[l] > had then
     lost = true
@@ -392,6 +421,12 @@ end
 -- When facts break one (a limit lowered, a late member's in flight),
 -- nothing grows that would break it further.
 local H = { 0, 0, 0 }
+for _, o in ipairs(ghosts) do
+  local e = o[2]
+  for l = 1, LANES do
+    H[l] = H[l] + math.max(fallback[l], e[INFLIGHT + l])
+  end
+end
 for _, o in ipairs(others) do
   local e = o[2]
   for l = 1, LANES do
@@ -481,11 +516,14 @@ local last = expires
 for _, o in ipairs(others) do
   last = math.max(last, o[2][2])
 end
+for _, o in ipairs(ghosts) do
+  last = math.max(last, o[2][2] + fallbackFor)
+end
 redis.call('PEXPIRE', key, last - now + lease)
 
 local learned = 0
 if learning then
   learned = 1
 end
-return { grant[1], reserved[1], grant[2], reserved[2], grant[3], reserved[3], self, expires, now, learned,
+return { grant[1], reserved[1], grant[2], reserved[2], grant[3], reserved[3], known, expires, now, learned,
   pace, rateShare, burstShare, before }

@@ -37,6 +37,10 @@ type fleetPart struct {
 	stop    func()
 }
 
+// fallbackKept is how many leases the fleet keeps a lost replica's
+// fallback share counted as held: 30 s with the default 3 s lease.
+const fallbackKept = 10
+
 // memberID is this replica's name in the fleet: LANEGATE_INSTANCE_ID, or
 // the host name and process id, unique among processes on one host and
 // readable on a status page.
@@ -70,7 +74,12 @@ func newFleet(cfg config.Config, ctrl *admission.Controller, log *zap.Logger) (*
 	if err != nil {
 		return nil, fmt.Errorf("fleet: LANEGATE_REDIS_URL: %w", err)
 	}
-	leases, err := fleet.NewLeases(client, cfg.Fleet.Name, cfg.Fleet.Lease, clockwork.NewRealClock())
+	// A replica cut off from Redis admits under its fallback share once
+	// its lease ends; the fleet keeps that share counted for it a while,
+	// so a partition that heals within it never takes the fleet past its
+	// budget. A replica that died frees it after as long.
+	leases, err := fleet.NewLeases(client, cfg.Fleet.Name, cfg.Fleet.Lease, clockwork.NewRealClock(),
+		fleet.KeepFallback(fallbackKept*cfg.Fleet.Lease))
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("fleet: %w", err)
