@@ -436,7 +436,12 @@ end
 local base = {}
 for l = 1, LANES do
   local old = 0
-  if mine ~= nil then
+  if mineGhost then
+    -- Back from a ghost: its old grant is long gone to others, and its
+    -- fallback share was kept only while it could not renew; it keeps
+    -- what it has in flight, and grows like any member.
+    old = 0
+  elseif mine ~= nil then
     old = mine[GRANTED + l]
   end
   base[l] = math.max(math.min(target[l], old), inflight[l])

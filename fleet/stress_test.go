@@ -48,16 +48,22 @@ func TestStress(t *testing.T) {
 	for _, tc := range []struct {
 		seed    int64
 		disrupt bool
+		// keep is KeepFallback's: lost members count a while as ghosts.
+		keep time.Duration
 	}{
-		{1, false}, {2, false}, {3, false},
-		{4, true}, {5, true}, {6, true},
+		{1, false, 0}, {2, false, 0}, {3, false, 0},
+		{4, true, 0}, {5, true, 0}, {6, true, 0},
+		{7, false, 3 * stressLease}, {8, true, 3 * stressLease},
 	} {
 		name := fmt.Sprintf("seed=%d", tc.seed)
 		if tc.disrupt {
 			name += ",disrupt"
 		}
+		if tc.keep > 0 {
+			name += ",ghosts"
+		}
 		t.Run(name, func(t *testing.T) {
-			s := newSim(t, client, tc.seed, tc.disrupt)
+			s := newSim(t, client, tc.seed, tc.disrupt, tc.keep)
 			for i := range steps {
 				s.step(i, false)
 			}
@@ -90,7 +96,8 @@ type sim struct {
 	client  *redis.Client
 	lim     Limits
 	disrupt bool
-	most    int // members alive at most
+	keep    time.Duration // lost members' ghosts last this long
+	most    int           // members alive at most
 	members []*simMember
 	joined  int
 	prev    state     // the stored state after the last renewal
@@ -125,14 +132,14 @@ func (st simStats) require(t *testing.T, disrupt bool) {
 	}
 }
 
-func newSim(t *testing.T, client *redis.Client, seed int64, disrupt bool) *sim {
+func newSim(t *testing.T, client *redis.Client, seed int64, disrupt bool, keep time.Duration) *sim {
 	clock := clockwork.NewFakeClockAt(t0)
-	l, err := NewLeases(client, "stress-"+strconv.FormatInt(seed, 10), stressLease, clock, ClockTime())
+	l, err := NewLeases(client, "stress-"+strconv.FormatInt(seed, 10), stressLease, clock, ClockTime(), KeepFallback(keep))
 	if err != nil {
 		t.Fatalf("NewLeases: %v", err)
 	}
 	rng := rand.New(rand.NewSource(seed))
-	s := &sim{t: t, rng: rng, clock: clock, leases: l, client: client, disrupt: disrupt, lost: clock.Now()}
+	s := &sim{t: t, rng: rng, clock: clock, leases: l, client: client, disrupt: disrupt, lost: clock.Now(), keep: keep}
 	s.most = 2 + rng.Intn(11)
 	s.lim = readmeLimits()
 	if seed%2 == 0 {
@@ -429,7 +436,7 @@ func (s *sim) checkGrant(m *simMember, d Demand, g Grant, post state) {
 	}
 	stored := map[string]entry{}
 	for _, e := range post.entries {
-		if e.expires <= post.now {
+		if e.expires+s.keep.Milliseconds() <= post.now {
 			t.Fatalf("%s's renewal left %s's expired lease", m.id, e.id)
 		}
 		stored[e.id] = e
@@ -447,8 +454,11 @@ func (s *sim) checkGrant(m *simMember, d Demand, g Grant, post state) {
 		if c.gen != s.losses {
 			continue // not renewed since Redis lost it: it may or may not be there
 		}
-		_, has := stored[c.id]
+		e, has := stored[c.id]
 		want := c.grant.Valid(now) && !(c.dead && c.inflight == [lanes]int{} && s.left(c))
+		if has && !want && e.expires <= post.now && e.expires+s.keep.Milliseconds() > post.now {
+			continue // lost lately: a ghost, kept for its fallback share
+		}
 		if has != want {
 			t.Fatalf("%s's renewal: %s stored %v, want %v (dead %v, grant valid %v)", m.id, c.id, has, want, c.dead, c.grant.Valid(now))
 		}
@@ -529,7 +539,7 @@ func (s *sim) quiesce() {
 	for _, m := range s.alive() {
 		m.load = [lanes]int{}
 	}
-	end := s.clock.Now().Add(5 * stressLease)
+	end := s.clock.Now().Add(5*stressLease + s.keep)
 	for s.clock.Now().Before(end) {
 		s.step(-1, true)
 	}
