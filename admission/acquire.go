@@ -108,7 +108,7 @@ func (c *Controller) redeem(r *Request) {
 // mu.
 func (c *Controller) place(r *Request, s uint64, now time.Time, page bool) *Place {
 	ahead := c.loginAhead(r, now)
-	wait := c.loginWait(ahead, s, now)
+	wait := c.room.promise(r.Arrival, now, c.loginWait(ahead, s, now))
 	p := c.room.keep(Place{
 		ID: r.Ticket, Arrival: r.Arrival, Position: ahead + 1, Wait: wait,
 		Until: placeUntil(r.Arrival, now.Add(wait+placeGrace(c.limits.Load().Lane[Login].QueueTimeout))),

@@ -74,6 +74,10 @@ type room struct {
 	used    usedSet
 
 	issued, redeemedN, rejected uint64
+
+	// promised is the latest turn told to a login sent away, and
+	// promisedTo its first arrival (see promise).
+	promised, promisedTo time.Time
 }
 
 func newRoom() *room {
@@ -116,6 +120,27 @@ func (r *room) rateLocked(now time.Time) float64 {
 		return 0
 	}
 	return float64(k-1) / span
+}
+
+// promise returns the wait to tell a login that first arrived at arrival
+// and expects to wait wait from now: never a turn before the latest one
+// told to a login that arrived before it. The estimate moves with the
+// measured completion rate, which a busy app server swings: a login sent
+// away while completions were slow is told a late turn, and one behind it,
+// sent away once they sped up, an earlier one. It would come back first
+// and be served first, since nobody waits for people who are away.
+func (r *room) promise(arrival, now time.Time, wait time.Duration) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if arrival.Before(r.promisedTo) {
+		return wait // ahead of the last promise: its own estimate
+	}
+	turn := now.Add(wait)
+	if turn.Before(r.promised) {
+		turn = r.promised
+	}
+	r.promised, r.promisedTo = turn, arrival
+	return turn.Sub(now)
 }
 
 // purge drops lapsed places and redemption records. Callers hold mu.

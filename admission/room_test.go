@@ -526,3 +526,39 @@ func TestPagePlacesCappedPerClient(t *testing.T) {
 		r.p.Release()
 	}
 }
+
+// A login sent away is never told a turn before one told to a login that
+// arrived before it, however the estimate moved between: otherwise it
+// comes back first and, nobody waiting for people away, is served first.
+// A login that arrived earlier than the last promise keeps its own
+// estimate: it is ahead.
+func TestPromisedTurnsFollowArrival(t *testing.T) {
+	r := newRoom()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	// First arrival at t0, sent away at t0+1s while completions were
+	// slow: 40 s.
+	if got := r.promise(t0, t0.Add(time.Second), 40*time.Second); got != 40*time.Second {
+		t.Fatalf("first promise: %s, want its estimate 40s", got)
+	}
+	// Arrived later, sent away 2 s after, once completions sped up: its
+	// estimate of 10 s would bring it back 28 s before the first.
+	if got := r.promise(t0.Add(500*time.Millisecond), t0.Add(3*time.Second), 10*time.Second); got != 38*time.Second {
+		t.Errorf("later arrival: %s, want 38s, the first's turn", got)
+	}
+	// A later one whose own estimate is later still keeps it.
+	if got := r.promise(t0.Add(time.Second), t0.Add(3*time.Second), 50*time.Second); got != 50*time.Second {
+		t.Errorf("later arrival with a later estimate: %s, want its own 50s", got)
+	}
+	// A login that arrived before the last promise (back with a ticket)
+	// is ahead: its own estimate, and it moves nothing.
+	if got := r.promise(t0.Add(-time.Minute), t0.Add(3*time.Second), time.Second); got != time.Second {
+		t.Errorf("earlier arrival: %s, want its own 1s", got)
+	}
+	if got := r.promise(t0.Add(2*time.Second), t0.Add(4*time.Second), time.Second); got != 49*time.Second {
+		t.Errorf("after an earlier arrival's promise: %s, want 49s, the last later promise", got)
+	}
+	// Once the promised turn has passed, estimates stand as they are.
+	if got := r.promise(t0.Add(3*time.Second), t0.Add(time.Minute), 5*time.Second); got != 5*time.Second {
+		t.Errorf("after the last promised turn: %s, want its own 5s", got)
+	}
+}
