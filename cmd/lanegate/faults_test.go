@@ -523,7 +523,11 @@ func TestFaultClientLeaves(t *testing.T) {
 		if r := recv(ctx, t, queued, "the queued client"); r.err == nil {
 			t.Errorf("queued client: got %d, want its own cancellation", r.status)
 		}
-		st := pollStatus(ctx, t, c, in, "the queue to empty", func(st admin.Status) bool { return st.Lanes["core"].Queued == 0 })
+		// The waiter leaves the queue, and then its decision is counted:
+		// a read between sees neither, so wait for both.
+		st := pollStatus(ctx, t, c, in, "the queue to empty and the cancellation counted", func(st admin.Status) bool {
+			return st.Lanes["core"].Queued == 0 && st.Lanes["core"].Decisions["cancelled"] >= 1
+		})
 		if got := st.Lanes["core"].Decisions["cancelled"]; got != 1 {
 			t.Errorf("cancelled decisions: got %d, want 1", got)
 		}
