@@ -24,8 +24,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,12 +38,11 @@ import (
 
 	"github.com/lanegate/lanegate/admission"
 	"github.com/lanegate/lanegate/fleet"
+	"github.com/lanegate/lanegate/internal/browsertest"
 	"github.com/lanegate/lanegate/poolwatch"
 	"github.com/lanegate/lanegate/session"
 	"github.com/lanegate/lanegate/waitroom"
 )
-
-const liveChromium = "/usr/bin/chromium"
 
 // livePlane is a data plane with a waiting room of fixed figures.
 type livePlane struct {
@@ -312,26 +309,6 @@ func liveWait(ctx context.Context, timeout time.Duration, expr, want string) err
 	}
 }
 
-// liveScreenshot saves png as name in dir and in LANEGATE_SCREENSHOT_DIR
-// when set.
-func liveScreenshot(t *testing.T, dir, name string, png []byte) {
-	t.Helper()
-	dirs := []string{dir}
-	if d := os.Getenv("LANEGATE_SCREENSHOT_DIR"); d != "" {
-		dirs = append(dirs, d)
-	}
-	for _, d := range dirs {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatalf("screenshot dir: %v", err)
-		}
-		p := filepath.Join(d, name)
-		if err := os.WriteFile(p, png, 0o644); err != nil {
-			t.Fatalf("write screenshot: %v", err)
-		}
-		t.Logf("screenshot: %s (%d bytes)", p, len(png))
-	}
-}
-
 // liveViolations collects the page's Content-Security-Policy violations:
 // the browser runs it before the page's own script, and outside the
 // page's policy.
@@ -340,12 +317,7 @@ document.addEventListener('securitypolicyviolation', e =>
 	window.__violations.push(e.effectiveDirective + ' ' + (e.blockedURI || 'inline')));`
 
 func TestBrowserLivePage(t *testing.T) {
-	if _, err := os.Stat(liveChromium); err != nil {
-		if os.Getenv("TEST_REQUIRE_BROWSER") == "1" {
-			t.Fatalf("TEST_REQUIRE_BROWSER=1 but %s is missing: %v (apt-get install chromium)", liveChromium, err)
-		}
-		t.Skipf("%s is missing (apt-get install chromium; TEST_REQUIRE_BROWSER=1 makes this a failure)", liveChromium)
-	}
+	browsertest.Require(t)
 	const token = "live-page-admin-token"
 
 	var lim admission.Limits
@@ -403,29 +375,13 @@ func TestBrowserLivePage(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(liveChromium),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1280, 800),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-domain-reliability", true),
-		chromedp.Flag("no-pings", true),
-		chromedp.Flag("no-proxy-server", true),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-	)
+	opts := browsertest.Options(t, 1280, 800)
 	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, opts...)
 	defer allocCancel()
 	bctx, bcancel := chromedp.NewContext(allocCtx)
 	defer bcancel()
 	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start %s: %v", liveChromium, err)
+		t.Fatalf("start %s: %v", browsertest.Chromium, err)
 	}
 
 	// Everything the page writes to the console, and its CSP violations.
@@ -519,7 +475,7 @@ func TestBrowserLivePage(t *testing.T) {
 		t.Fatalf("screenshot: %v", err)
 	}
 	shots := t.TempDir()
-	liveScreenshot(t, shots, "live-page.png", png)
+	browsertest.Screenshot(t, shots, "live-page.png", png)
 
 	// No console error, no exception, no CSP violation so far.
 	logged := len(consoleSince(0))
@@ -564,7 +520,7 @@ func TestBrowserLivePage(t *testing.T) {
 	conn, _ = liveEval[string](bctx, `document.getElementById('conn').textContent + ' | ' + document.getElementById('updated').textContent`)
 	t.Logf("unreachable: %s", conn)
 	if png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100)); err == nil {
-		liveScreenshot(t, shots, "live-page-unreachable.png", png)
+		browsertest.Screenshot(t, shots, "live-page-unreachable.png", png)
 	}
 	down.Store(false)
 	if err := liveWait(bctx, 10*time.Second, `document.body.dataset.state`, "live"); err != nil {

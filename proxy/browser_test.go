@@ -22,8 +22,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,11 +32,10 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/lanegate/lanegate/admission"
+	"github.com/lanegate/lanegate/internal/browsertest"
 	"github.com/lanegate/lanegate/reply"
 	"github.com/lanegate/lanegate/waitroom"
 )
-
-const roomChromium = "/usr/bin/chromium"
 
 // roomDjango is a Django-like login app: GET /accounts/login/ serves the
 // form, a POST to it takes one login slot from pace (the test's pacing of
@@ -230,26 +227,6 @@ func roomScriptLogin(ctx context.Context, c *http.Client, base, user string) (at
 	return attempts, errors.New("gave up")
 }
 
-// roomScreenshot saves png as name in the test's directory and in
-// LANEGATE_SCREENSHOT_DIR when set.
-func roomScreenshot(t *testing.T, dir, name string, png []byte) {
-	t.Helper()
-	dirs := []string{dir}
-	if d := os.Getenv("LANEGATE_SCREENSHOT_DIR"); d != "" {
-		dirs = append(dirs, d)
-	}
-	for _, d := range dirs {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatalf("screenshot dir: %v", err)
-		}
-		p := filepath.Join(d, name)
-		if err := os.WriteFile(p, png, 0o644); err != nil {
-			t.Fatalf("write screenshot: %v", err)
-		}
-		t.Logf("screenshot: %s", p)
-	}
-}
-
 // roomEval evaluates expr in the page, for polling across navigations:
 // while a page is replaced the evaluation fails, and the caller retries.
 func roomEval[T any](ctx context.Context, expr string) (T, error) {
@@ -286,12 +263,7 @@ const roomPageKind = `document.getElementById('lanegate-place') ? 'waiting' :
 	document.getElementById('welcome') ? 'home' : 'other:' + location.pathname`
 
 func TestBrowserWaitingRoomLogin(t *testing.T) {
-	if _, err := os.Stat(roomChromium); err != nil {
-		if os.Getenv("TEST_REQUIRE_BROWSER") == "1" {
-			t.Fatalf("TEST_REQUIRE_BROWSER=1 but %s is missing: %v (apt-get install chromium)", roomChromium, err)
-		}
-		t.Skipf("%s is missing (apt-get install chromium; TEST_REQUIRE_BROWSER=1 makes this a failure)", roomChromium)
-	}
+	browsertest.Require(t)
 	began := time.Now()
 	const (
 		hold = 3 * time.Second
@@ -347,31 +319,14 @@ func TestBrowserWaitingRoomLogin(t *testing.T) {
 	})
 
 	// The browser.
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(roomChromium),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(900, 640),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-domain-reliability", true),
-		chromedp.Flag("no-pings", true),
-		chromedp.Flag("no-proxy-server", true),
-		// Only 127.0.0.1: no other name resolves.
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-	)
+	opts := browsertest.Options(t, 900, 640)
 	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, opts...)
 	defer allocCancel() // kills Chromium and waits for it
 	bctx, bcancel := chromedp.NewContext(allocCtx)
 	defer bcancel()
 	started := time.Now()
 	if err := chromedp.Do(bctx); err != nil { // starts the browser
-		t.Fatalf("start %s: %v", roomChromium, err)
+		t.Fatalf("start %s: %v", browsertest.Chromium, err)
 	}
 	t.Logf("Chromium started in %s", time.Since(started).Round(time.Millisecond))
 
@@ -403,7 +358,7 @@ func TestBrowserWaitingRoomLogin(t *testing.T) {
 		t.Fatalf("screenshot: %v", err)
 	}
 	shots := t.TempDir()
-	roomScreenshot(t, shots, "waiting-page.png", png)
+	browsertest.Screenshot(t, shots, "waiting-page.png", png)
 
 	// The app moves again; the page refreshes itself until the form shows.
 	pacer.running.Store(true)
@@ -440,7 +395,7 @@ func TestBrowserWaitingRoomLogin(t *testing.T) {
 		t.Fatalf("final page %s says %q (%v), want /home/ saying %q", loc, welcome, err, "Welcome "+person)
 	}
 	if png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100)); err == nil {
-		roomScreenshot(t, shots, "welcome.png", png)
+		browsertest.Screenshot(t, shots, "welcome.png", png)
 	}
 
 	// The password went to the app exactly once, as typed.
